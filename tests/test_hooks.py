@@ -1,0 +1,146 @@
+"""Tower hooks reproduce the native open_clip encoders from native inputs, and pass gradients only to the inputs."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from inversion_fixtures import TINY_CFG, standard_clip, tiny_clip
+from open_clip.model import CLIP, CustomTextCLIP
+from open_clip.tokenizer import SimpleTokenizer
+from torch.testing import assert_close
+
+from pipeline_lib.backbone.hooks import (
+    UnsupportedBackbone,
+    image_features_from_patch_embeddings,
+    image_token_features,
+    text_eos_features,
+    text_features_from_embeddings,
+    text_features_from_token_embeddings,
+)
+
+PLACEHOLDER = 1950  # CLIP BPE piece for " £ "
+MODELS = ["tiny", "tiny-avg", "ViT-B-32", "ViT-B-16"]
+TOL = {"rtol": 1e-4, "atol": 1e-5}
+
+
+@functools.cache
+def _model(name: str) -> CLIP:
+    if name == "tiny":
+        return tiny_clip()
+    if name == "tiny-avg":  # the team's tiny ViT pools by averaging patch tokens
+        return tiny_clip(pool_type="avg")
+    return standard_clip(name)
+
+
+def _ids(model: CLIP, texts: list[str]) -> torch.Tensor:
+    return SimpleTokenizer(context_length=model.context_length)(texts)  # (B, L)
+
+
+def _images(model: CLIP, n: int) -> torch.Tensor:
+    h, w = model.visual.image_size
+    return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(1))  # (B, 3, H, W)
+
+
+def _patches(model: CLIP, images: torch.Tensor) -> torch.Tensor:
+    return model.visual.conv1(images).flatten(2).transpose(1, 2)  # (B, N, W)
+
+
+@pytest.fixture(params=MODELS)
+def model(request: pytest.FixtureRequest) -> CLIP:
+    return _model(request.param)
+
+
+@torch.no_grad()
+def test_token_hook_with_word_embeddings_equals_encode_text(model: CLIP) -> None:
+    # Putting the embedding of a real word into the placeholder slot must give the features of the text with that word.
+    ids = _ids(model, ["a photo of  £  £ "] * 2)
+    words = _ids(model, ["a photo of red dog", "a photo of blue cat"])
+    assert (ids == PLACEHOLDER).sum().item() == 4 and (words[:, 6] == ids[:, 6]).all()  # same EOT slot
+    pseudo = model.token_embedding(words[:, 4:6])  # (2, R=2, W)
+    got = text_features_from_token_embeddings(model, ids, pseudo, PLACEHOLDER)
+    want = model.encode_text(words)
+    assert_close(got, want, **TOL)
+    assert_close(text_features_from_token_embeddings(model, words), want, **TOL)
+
+
+@torch.no_grad()
+def test_full_embeddings_equal_encode_text_also_for_a_shorter_context(model: CLIP) -> None:
+    ids = _ids(model, ["a photo of a dog", "a red square"])
+    emb = model.token_embedding(ids)  # (B, L, W)
+    want = model.encode_text(ids)
+    assert_close(text_features_from_embeddings(model, emb, ids), want, **TOL)
+    short = 8  # positions after EOS cannot change the EOS token under the causal mask
+    assert int(ids.argmax(dim=1).max()) < short < model.context_length
+    assert_close(text_features_from_embeddings(model, emb[:, :short], ids[:, :short]), want, **TOL)
+
+
+@torch.no_grad()
+def test_eos_features_project_to_encode_text(model: CLIP) -> None:
+    ids = _ids(model, ["a photo of a cat", "a blue circle"])
+    eos = text_eos_features(model, ids)
+    assert eos.shape == (2, model.transformer.width)
+    assert_close(eos @ model.text_projection, model.encode_text(ids), **TOL)
+
+
+@torch.no_grad()
+def test_patch_hook_equals_encode_image(model: CLIP) -> None:
+    images = _images(model, 1 if model.visual.image_size[0] > 64 else 2)
+    got = image_features_from_patch_embeddings(model, _patches(model, images))
+    assert_close(got, model.encode_image(images), **TOL)
+
+
+@torch.no_grad()
+def test_token_features_pool_to_encode_image(model: CLIP) -> None:
+    images = _images(model, 1 if model.visual.image_size[0] > 64 else 2)
+    tokens = image_token_features(model, images)
+    gh, gw = model.visual.grid_size
+    assert tokens.shape == (images.shape[0], 1 + gh * gw, model.visual.output_dim)
+    pooled = tokens[:, 1:].mean(dim=1) if model.visual.pool_type == "avg" else tokens[:, 0]
+    assert_close(pooled, model.encode_image(images), **TOL)
+
+
+def test_gradients_reach_pseudo_tokens_and_patches_but_not_the_model() -> None:
+    model = _model("tiny")
+    ids = _ids(model, ["a photo of  £ "] * 3)
+    pseudo = (0.02 * torch.randn(3, 1, model.transformer.width)).requires_grad_()
+    text = text_features_from_token_embeddings(model, ids, pseudo, PLACEHOLDER)
+    patches = (0.02 * torch.randn(3, 64, model.visual.conv1.out_channels)).requires_grad_()
+    image = image_features_from_patch_embeddings(model, patches)
+    (text.sum() + image.sum()).backward()
+    assert pseudo.grad is not None and bool((pseudo.grad.abs().sum(dim=(1, 2)) > 0).all())
+    assert patches.grad is not None and bool((patches.grad.abs().sum(dim=(1, 2)) > 0).all())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@torch.no_grad()
+def test_pseudo_tokens_change_only_their_own_rows_and_broadcast() -> None:
+    model = _model("tiny")
+    ids = _ids(model, ["a photo of  £ "] * 2)
+    pseudo = 0.02 * torch.randn(1, 1, model.transformer.width, generator=torch.Generator().manual_seed(3))
+    out = text_features_from_token_embeddings(model, ids, pseudo, PLACEHOLDER)
+    assert_close(out[0], out[1])  # the single pseudo-token is used for every row
+    assert not torch.allclose(out[0], model.encode_text(ids)[0], atol=1e-3)  # the placeholder really was replaced
+
+
+def test_placeholder_count_is_checked() -> None:
+    model = _model("tiny")
+    ids = _ids(model, ["a photo of  £ ", "a photo of £."])  # "£." is a different BPE piece: no placeholder
+    with pytest.raises(ValueError, match="row 1 .* 0 placeholder tokens"):
+        text_features_from_token_embeddings(model, ids, torch.zeros(2, 1, model.transformer.width), PLACEHOLDER)
+
+
+def test_unsupported_towers_raise_with_the_model_name() -> None:
+    resnet = CLIP(
+        embed_dim=64,
+        vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 16},
+        text_cfg=TINY_CFG["text_cfg"],
+    ).eval()
+    with pytest.raises(UnsupportedBackbone, match="CLIP has ModifiedResNet"):
+        image_features_from_patch_embeddings(resnet, torch.zeros(1, 4, 16))
+    custom = CustomTextCLIP(
+        embed_dim=64, vision_cfg=TINY_CFG["vision_cfg"], text_cfg=TINY_CFG["text_cfg"]
+    ).eval()
+    with pytest.raises(UnsupportedBackbone, match="CustomTextCLIP"):
+        text_eos_features(custom, torch.zeros(1, 16, dtype=torch.long))
