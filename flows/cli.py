@@ -1,0 +1,221 @@
+"""The `bridgeflow` command line: run stages directly (DVC's commands), through Prefect, and inspect results."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from pipeline_lib import __version__
+
+app = typer.Typer(help="Adapt CLIP models across the modality gap: a cached, reproducible pipeline.", no_args_is_help=True)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+RootOpt = Annotated[Path, typer.Option("--root", help="Project folder holding params.yaml.")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Params profile merged over params.yaml (e.g. smoke).")]
+SetOpt = Annotated[list[str] | None, typer.Option("-S", "--set", help="Override a params key: -S key=value (repeatable).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bridgeflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False,
+) -> None:
+    """bridgeflow: SeMoBridge, OTI/OVI and SAM-CZSL on any open_clip backbone."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn expected user errors (bad params, missing inputs, bad data) into a one-screen message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pipeline_lib.errors import USER_ERRORS
+
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            console.print(f"[bold red]error:[/] {err}")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@friendly_errors
+def stage(
+    instance: Annotated[str, typer.Argument(help="Stage name, or NAME@ITEM for a matrix stage (as in dvc.yaml).")],
+    root: RootOpt = Path("."),
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even when published outputs match.")] = False,
+    lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run of this stage.")] = 0.0,
+) -> None:
+    """Run one stage instance directly, without Prefect (this is each dvc.yaml stage's cmd)."""
+    from pipeline_lib.config import effective_params, load_config
+    from pipeline_lib.runner import run_instance
+    from pipeline_lib.stages import parse_instance_id
+
+    cfg = load_config(root, profile, tuple(set_ or ()))
+    inst = parse_instance_id(instance, effective_params(cfg))
+    result = run_instance(root.resolve(), inst, cfg, force=force, lock_wait=lock_wait)
+    console.print(f"[green]{result.id}[/]: {result.status} in {result.seconds:.1f} s (fingerprint {result.fingerprint})")
+
+
+@app.command()
+@friendly_errors
+def run(
+    stage_names: Annotated[list[str] | None, typer.Option("--stage", help="Run this stage and what it needs (repeatable).")] = None,
+    root: RootOpt = Path("."),
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run the pipeline (or the named stages) as a Prefect flow with cached tasks."""
+    from flows.prefect_env import configure_prefect_env
+
+    configure_prefect_env(root)
+    from flows.pipeline import pipeline_flow
+    from pipeline_lib.stages import get_stage
+
+    for name in stage_names or []:
+        get_stage(name)
+    rows = pipeline_flow(root=str(root.resolve()), stages=stage_names, profile=profile, overrides=list(set_ or []))
+    table = Table(title="bridgeflow run")
+    for column in ("stage", "status", "seconds"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["stage"], row["status"], f"{row['seconds']:.1f}")
+    Console().print(table)
+    _print_summary(root)
+
+
+@app.command()
+@friendly_errors
+def params(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt = None) -> None:
+    """Print the validated params (params.yaml + profile + overrides, defaults filled in) as YAML."""
+    from pipeline_lib.config import effective_params, load_config
+
+    cfg = load_config(root, profile, tuple(set_ or ()))
+    typer.echo(yaml.safe_dump(effective_params(cfg), sort_keys=False, width=120), nl=False)
+
+
+@app.command("dvc-yaml")
+def dvc_yaml(
+    root: RootOpt = Path("."),
+    write: Annotated[bool, typer.Option("--write", help="Write dvc.yaml instead of printing it.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 when dvc.yaml differs from the registry.")] = False,
+) -> None:
+    """Render dvc.yaml from the stage registry (pipeline_lib/stages.py)."""
+    from pipeline_lib.dvcfile import render
+
+    text = render(root)
+    path = root / "dvc.yaml"
+    if check:
+        if not path.is_file() or path.read_text() != text:
+            console.print("[red]dvc.yaml is out of date with the stage registry: run `bridgeflow dvc-yaml --write`[/]")
+            raise typer.Exit(1)
+        console.print("dvc.yaml matches the stage registry")
+    elif write:
+        path.write_text(text)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+@friendly_errors
+def status(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt = None) -> None:
+    """Which stage instances are published with the fingerprint the current params and code give."""
+    from pipeline_lib.artifacts import is_published, read_manifest
+    from pipeline_lib.config import effective_params, load_config
+    from pipeline_lib.errors import MissingUpstreamError
+    from pipeline_lib.runner import instance_fingerprint
+    from pipeline_lib.stages import STAGES, instances
+
+    cfg = load_config(root, profile, tuple(set_ or ()))
+    table = Table(title="bridgeflow status")
+    for column in ("stage", "state", "published fingerprint"):
+        table.add_column(column)
+    for st in STAGES:
+        for inst in instances(st, effective_params(cfg)):
+            manifest = read_manifest(root, inst) or {}
+            try:
+                fp = instance_fingerprint(root, inst, cfg)
+                state = "up to date" if is_published(root, inst, fp) else ("stale" if manifest else "missing")
+            except MissingUpstreamError:
+                state = "waiting for upstream"
+            table.add_row(inst.id, state, manifest.get("fingerprint", "-"))
+    Console().print(table)
+
+
+@app.command()
+def summary(root: RootOpt = Path(".")) -> None:
+    """Print the headline results from metrics/*.json."""
+    _print_summary(root)
+
+
+def _print_summary(root: Path) -> None:
+    from pipeline_lib.summary import summary_rows
+
+    rows = summary_rows(root)
+    if not rows:
+        console.print("no metrics yet: run `dvc repro` or `bridgeflow run`")
+        return
+    table = Table(title="bridgeflow results")
+    for column in ("stage", "metric", "value"):
+        table.add_column(column)
+    for stage_name, metric, value in rows:
+        table.add_row(stage_name, metric, value)
+    Console().print(table)
+
+
+@app.command("czsl-pairs")
+@friendly_errors
+def czsl_pairs(
+    root: Annotated[Path, typer.Option("--root", help="CZSL dataset folder (standard layout).")],
+    world: Annotated[str, typer.Option(help="closed or open.")] = "closed",
+) -> None:
+    """Print the pair order (one `attr obj` per line) that score columns must follow."""
+    from pipeline_lib.czsl.cli_support import pair_order
+
+    for attr, obj in pair_order(root, world):
+        typer.echo(f"{attr} {obj}")
+
+
+@app.command("czsl-eval")
+@friendly_errors
+def czsl_eval(
+    root: Annotated[Path, typer.Option("--root", help="CZSL dataset folder (standard layout).")],
+    scores: Annotated[Path, typer.Option("--scores", help="float32 .npy, N x P, rows in metadata order.")],
+    split: Annotated[str, typer.Option(help="val or test.")] = "test",
+    world: Annotated[str, typer.Option(help="closed or open.")] = "closed",
+    feasibility: Annotated[Path | None, typer.Option(help="float32 .npy over the open-world pair order.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Feasibility threshold for the open-world filter.")] = None,
+) -> None:
+    """Evaluate any model's pair scores with the standard CZSL protocol; prints JSON."""
+    from pipeline_lib.czsl.cli_support import evaluate_scores_file
+
+    result = evaluate_scores_file(root, split, world, scores, feasibility_path=feasibility, threshold=threshold)
+    typer.echo(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,40 @@
+"""The Prefect flow that chains the registry's stages as cached tasks (`bridgeflow run`, deployments)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from pipeline_lib.config import effective_params, load_config
+from pipeline_lib.runner import instance_fingerprint
+from pipeline_lib.stages import STAGES, instances, upstream_closure
+from tasks.stage_tasks import stage_task
+
+
+@flow(name="bridgeflow-pipeline", log_prints=False)
+def pipeline_flow(
+    root: str = ".", stages: list[str] | None = None, profile: str | None = None, overrides: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Run the named stages (default: all) and everything they need, reusing every published stage."""
+    logger = get_run_logger()
+    root_path = Path(root).resolve()
+    cfg = load_config(root_path, profile, tuple(overrides or ()))
+    params = effective_params(cfg)
+    rows: list[dict[str, Any]] = []
+    for stage in upstream_closure(stages or [s.name for s in STAGES]):
+        for inst in instances(stage, params):
+            fp = instance_fingerprint(root_path, inst, cfg)
+            state = stage_task.with_options(task_run_name=inst.id)(
+                str(root_path), inst.id, fp, profile, list(overrides or []), return_state=True
+            )
+            result = state.result()
+            status = "cached (prefect)" if state.name == "Cached" else result["status"]
+            rows.append({"stage": inst.id, "status": status, "seconds": result["seconds"], "fingerprint": fp})
+            logger.info("%s: %s", inst.id, status)
+    create_table_artifact(
+        key="bridgeflow-run-summary", table=rows, description="Stages of this run: ran, reused or republished."
+    )
+    return rows

@@ -1,0 +1,75 @@
+"""The validated view of params.yaml: one strict pydantic model per stage group, composed here.
+
+Each area owns its section model (`pipeline_lib/<area>/config.py`); this module joins them, adds the runtime section
+(device, workers, progress: never part of a stage's fingerprint) and turns pydantic's errors into messages that name
+the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from pipeline_lib.backbone.config import BackboneConfig
+from pipeline_lib.configbase import Section
+from pipeline_lib.czsl.config import CzslConfig
+from pipeline_lib.data.config import DataConfig
+from pipeline_lib.features.config import FeaturesConfig
+from pipeline_lib.fewshot.config import FewshotConfig
+from pipeline_lib.inversion.config import InversionConfig
+from pipeline_lib.params import ParamsError, get_dotted, load_params
+
+
+class RuntimeConfig(Section):
+    """How to run, not what to compute: changing these never invalidates a finished stage."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present, else CPU
+    num_workers: int = Field(2, ge=0)  # image-decoding worker processes (the machine has 2 cores)
+    progress: bool = True  # progress bars (always off when CI=true)
+
+
+class Config(Section):
+    """Every knob of the pipeline, grouped by stage as in params.yaml."""
+
+    data: DataConfig = DataConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    fewshot: FewshotConfig = FewshotConfig()
+    inversion: InversionConfig = InversionConfig()
+    czsl: CzslConfig = CzslConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+def _describe_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key (remove it or check its spelling)"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    try:
+        value = repr(get_dotted(raw, key))
+    except KeyError:
+        value = repr(err.get("input"))
+    return f"{key} = {value}: {err['msg']}"
+
+
+def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Config:
+    """Validate a raw params dict, raising ParamsError listing every bad key with its value and the rule."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        lines = [_describe_error(e, raw) for e in err.errors()]
+        raise ParamsError(f"invalid params in {source}:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(root: Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """params.yaml + profile + overrides, validated."""
+    source = "params.yaml" + (f" + profile {profile}" if profile else "") + (" + overrides" if overrides else "")
+    return validate_params(load_params(root, profile, overrides), source)
+
+
+def effective_params(cfg: Config) -> dict[str, Any]:
+    """The validated params with every default filled in, as plain JSON-able data (what fingerprints hash)."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,75 @@
+"""Render `dvc.yaml` from the stage registry, so the DVC graph can never drift from the one Prefect runs.
+
+Each stage's `cmd` runs the stage function directly (`bridgeflow stage NAME`), with no Prefect server start per stage.
+Deps are the stage's code and its upstream outputs; params are exactly the dotted keys the registry lists, so a stage
+reruns only when its own keys change.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline_lib.stages import STAGES, Stage, dvc_template, get_stage
+
+HEADER = "# Generated from pipeline_lib/stages.py by `bridgeflow dvc-yaml --write`: edit the registry, not this file.\n"
+
+
+def code_path(module: str, root: Path) -> str:
+    """Repo-relative path of a module (`x/y.py`) or package (`x/y`) for DVC's deps."""
+    base = module.replace(".", "/")
+    if (root / base).is_dir():
+        return base
+    if (root / f"{base}.py").is_file():
+        return f"{base}.py"
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.submodule_search_locations:
+        return base
+    return f"{base}.py"
+
+
+def upstream_outs(stage: Stage) -> list[str]:
+    """The cached outputs of the stages this one reads; a matrix upstream is depended on through its parent folder."""
+    paths: list[str] = []
+    for dep in stage.deps:
+        up = get_stage(dep)
+        for out in up.outs:
+            paths.append(str(Path(out.split("{")[0]).parent) if "{" in out else out)
+    return list(dict.fromkeys(paths))
+
+
+def stage_entry(stage: Stage, root: Path) -> dict[str, Any]:
+    cmd = "bridgeflow stage " + stage.name
+    if stage.matrix:
+        cmd += "@" + "-".join(f"${{item.{var}}}" for var, _ in stage.matrix)
+    entry: dict[str, Any] = {}
+    if stage.matrix:
+        entry["matrix"] = {var: f"${{{key}}}" for var, key in stage.matrix}
+    entry["desc"] = stage.description
+    entry["cmd"] = cmd
+    entry["deps"] = [code_path(m, root) for m in stage.code] + upstream_outs(stage)
+    entry["params"] = list(stage.params)
+    entry["outs"] = [dvc_template(p) for p in stage.outs]
+    if stage.metrics:
+        entry["metrics"] = [{dvc_template(p): {"cache": False}} for p in stage.metrics]
+    if stage.plots:
+        entry["plots"] = [{dvc_template(p.path): {"cache": False}} for p in stage.plots]
+    return entry
+
+
+def plots_section() -> list[dict[str, Any]]:
+    """Top-level named plots with their axes (matrix plots are listed by their folder)."""
+    section = []
+    for stage in STAGES:
+        for plot in stage.plots:
+            y = {plot.path: list(plot.y)} if len(plot.y) > 1 else {plot.path: plot.y[0]}
+            section.append({plot.title: {"template": plot.template, "x": plot.x, "y": y}})
+    return section
+
+
+def render(root: Path) -> str:
+    document = {"stages": {s.name: stage_entry(s, root) for s in STAGES}, "plots": plots_section()}
+    return HEADER + yaml.safe_dump(document, sort_keys=False, width=120)

@@ -1,0 +1,32 @@
+"""The errors a user can cause (bad params, missing inputs, bad data, unsupported models) and fix themselves.
+
+Entry points print these as one clear message instead of a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pipeline_lib.params import ParamsError
+
+
+class StageLockedError(RuntimeError):
+    """Another process is running the same stage instance in this workspace."""
+
+
+class MissingUpstreamError(RuntimeError):
+    """A stage was asked to run before the stages it reads from have published their outputs."""
+
+
+class UnknownStageError(KeyError):
+    """A stage or matrix instance name that the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ParamsError,
+    MissingUpstreamError,
+    StageLockedError,
+    UnknownStageError,
+    FileNotFoundError,
+)

@@ -1,0 +1,174 @@
+"""Run one stage instance: fingerprint it, skip it when its outputs are already published, else compute and publish.
+
+This is what `bridgeflow stage NAME` (DVC's stage command) and the Prefect tasks both call, so the two runners share
+one notion of "already done".
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline_lib import __version__
+from pipeline_lib.artifacts import (
+    code_digest,
+    finalize_scratch,
+    fingerprint,
+    is_complete_in_scratch,
+    is_published,
+    params_subset,
+    publish,
+    read_manifest,
+    scratch_dir,
+    stage_lock,
+)
+from pipeline_lib.config import Config, effective_params
+from pipeline_lib.errors import MissingUpstreamError
+from pipeline_lib.stages import StageInstance, get_stage, instances
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def progress_enabled(cfg: Config) -> bool:
+    """Progress bars unless disabled in params or running under CI."""
+    return cfg.runtime.progress and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
+
+
+def resolve_device(cfg: Config) -> "Any":
+    import torch
+
+    if cfg.runtime.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device = 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    if cfg.runtime.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+@dataclass
+class StageContext:
+    """Everything a stage function may use: validated config, where to read inputs and where to write outputs."""
+
+    cfg: Config
+    root: Path
+    work: Path
+    item: dict[str, Any] = field(default_factory=dict)
+
+    def out(self, rel: str) -> Path:
+        """Where to write the declared output `rel` (inside the fingerprint-keyed scratch folder)."""
+        path = self.work / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def inp(self, rel: str) -> Path:
+        """A published upstream output."""
+        return self.root / rel
+
+    @property
+    def device(self) -> Any:
+        return resolve_device(self.cfg)
+
+    def progress(self, iterable: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
+        """tqdm over `iterable`, silent under CI=true or runtime.progress = false."""
+        from tqdm.auto import tqdm
+
+        return iter(tqdm(iterable, total=total, desc=desc, disable=not progress_enabled(self.cfg), leave=False))
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What happened to one stage instance: `ran`, `cached` (already published) or `republished` (from scratch)."""
+
+    id: str
+    status: str
+    fingerprint: str
+    seconds: float
+    summary: dict[str, Any]
+
+
+def upstream_fingerprints(root: Path, inst: StageInstance, params: dict[str, Any]) -> dict[str, str]:
+    """Fingerprints of every published upstream instance; a clear error when one is missing."""
+    found: dict[str, str] = {}
+    for dep in inst.stage.deps:
+        for up in instances(get_stage(dep), params):
+            manifest = read_manifest(root, up)
+            if manifest is None:
+                raise MissingUpstreamError(
+                    f"stage {inst.id} needs the outputs of {up.id}, which are not published under {root}: "
+                    f"run `bridgeflow run --stage {inst.stage.name}` or `dvc repro {inst.stage.name}`"
+                )
+            found[up.id] = manifest["fingerprint"]
+    return found
+
+
+def instance_fingerprint(root: Path, inst: StageInstance, cfg: Config) -> str:
+    params = effective_params(cfg)
+    return fingerprint(inst, params, upstream_fingerprints(root, inst, params), code_digest(inst.stage.code))
+
+
+def load_function(spec: str) -> Callable[..., dict[str, Any]]:
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    versions = {"bridgeflow": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for name in ("open_clip", "zarr"):
+        try:
+            versions[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def run_instance(root: Path, inst: StageInstance, cfg: Config, force: bool = False, lock_wait: float = 0.0) -> StageResult:
+    """Compute one stage instance unless its published outputs already carry its fingerprint."""
+    start = time.perf_counter()
+    params = effective_params(cfg)
+    upstream = upstream_fingerprints(root, inst, params)
+    fp = fingerprint(inst, params, upstream, code_digest(inst.stage.code))
+    with stage_lock(root, inst, wait_seconds=lock_wait):
+        if not force and is_published(root, inst, fp):
+            summary = (read_manifest(root, inst) or {}).get("summary", {})
+            return StageResult(inst.id, "cached", fp, time.perf_counter() - start, summary)
+        work = scratch_dir(root, inst, fp)
+        if not force and is_complete_in_scratch(work, fp):
+            publish(root, work, inst)
+            summary = (read_manifest(root, inst) or {}).get("summary", {})
+            return StageResult(inst.id, "republished", fp, time.perf_counter() - start, summary)
+        (work / "complete.json").unlink(missing_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        log.info("running stage %s (fingerprint %s)", inst.id, fp)
+        ctx = StageContext(cfg=cfg, root=root, work=work, item=dict(inst.item))
+        summary = load_function(inst.stage.func)(ctx, **inst.item) if inst.item else load_function(inst.stage.func)(ctx)
+        seconds = time.perf_counter() - start
+        manifest = {
+            "stage": inst.stage.name,
+            "id": inst.id,
+            "item": inst.item,
+            "fingerprint": fp,
+            "params": params_subset(params, inst.stage.params),
+            "upstream": upstream,
+            "seconds": round(seconds, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": _versions(),
+            "summary": summary,
+        }
+        finalize_scratch(work, inst, manifest)
+        publish(root, work, inst)
+    return StageResult(inst.id, "ran", fp, seconds, summary)
+
+
+def run_stage(root: Path, name: str, cfg: Config, force: bool = False, lock_wait: float = 0.0) -> list[StageResult]:
+    """Every instance of a stage (one for a plain stage, one per matrix item otherwise)."""
+    stage = get_stage(name)
+    return [run_instance(root, inst, cfg, force, lock_wait) for inst in instances(stage, effective_params(cfg))]

@@ -1,0 +1,182 @@
+"""THE stage registry: the single source of truth for the stage graph.
+
+`dvc.yaml` is generated from it (`bridgeflow dvc-yaml`, and a test fails when the committed file differs), the
+Prefect flow walks it, and `bridgeflow stage NAME` looks stages up here. A stage is data: its name, the dotted params
+keys it reads, the stages it consumes, the outputs it writes, the code that versions it, and the plain function that
+computes it (`module:function`, imported only when the stage runs, so reading the registry stays cheap).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline_lib.params import get_dotted
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A CSV plot a stage writes, with the axes `dvc plots show` draws."""
+
+    path: str
+    x: str
+    y: tuple[str, ...]
+    title: str
+    template: str = "linear"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One node of the pipeline graph. Paths are repo-relative; `{var}` in a path is filled per matrix item."""
+
+    name: str
+    func: str  # "package.module:function" taking a StageContext and returning a small JSON summary
+    description: str
+    params: tuple[str, ...]  # dotted params keys whose values version the stage (and DVC's `params:`)
+    deps: tuple[str, ...] = ()  # upstream stage names; their outputs become this stage's DVC deps
+    outs: tuple[str, ...] = ()  # outputs cached by DVC; the first one is a directory holding manifest.json
+    metrics: tuple[str, ...] = ()  # small JSON metrics (git-tracked, `dvc metrics show`)
+    plots: tuple[Plot, ...] = ()  # CSV plot data (git-tracked, `dvc plots show`)
+    code: tuple[str, ...] = ()  # modules/packages whose source versions the stage (also DVC deps)
+    matrix: tuple[tuple[str, str], ...] = ()  # (item variable, params key holding its list of values)
+
+    @property
+    def manifest_dir(self) -> str:
+        """The directory output that carries the stage's manifest.json."""
+        return self.outs[0]
+
+    def all_outputs(self) -> tuple[str, ...]:
+        return self.outs + self.metrics + tuple(p.path for p in self.plots)
+
+
+@dataclass(frozen=True)
+class StageInstance:
+    """A stage with its matrix item filled in (the stage itself when it has no matrix)."""
+
+    stage: Stage
+    item: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """DVC's name for the instance: `name` or `name@v1-v2` for a matrix stage."""
+        if not self.item:
+            return self.stage.name
+        return self.stage.name + "@" + "-".join(str(v) for v in self.item.values())
+
+    def path(self, template: str) -> str:
+        return template.format(**self.item)
+
+    @property
+    def manifest_dir(self) -> str:
+        return self.path(self.stage.manifest_dir)
+
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(self.path(p) for p in self.stage.all_outputs())
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        name="data",
+        func="pipeline_lib.data.stage:run_data",
+        description="Generate the shapes world: pretraining corpus, few-shot, CZSL and retrieval datasets on disk.",
+        params=("data",),
+        outs=("artifacts/data",),
+        metrics=("metrics/data.json",),
+        code=("pipeline_lib.data",),
+    ),
+    Stage(
+        name="backbone",
+        func="pipeline_lib.backbone.stage:run_backbone",
+        description="Pretrain the tiny CLIP on the shapes captions, or record a real open_clip backbone's spec.",
+        params=("backbone",),
+        deps=("data",),
+        outs=("artifacts/backbone",),
+        metrics=("metrics/backbone.json",),
+        plots=(Plot("plots/backbone_loss.csv", "step", ("loss",), "Tiny CLIP pretraining loss"),),
+        code=("pipeline_lib.backbone",),
+    ),
+    Stage(
+        name="features",
+        func="pipeline_lib.features.stage:run_features",
+        description="Extract image, augmented-view, patch-token and text features into zarr stores.",
+        params=("features",),
+        deps=("data", "backbone"),
+        outs=("artifacts/features",),
+        metrics=("metrics/features.json",),
+        code=("pipeline_lib.features", "pipeline_lib.store", "pipeline_lib.backbone"),
+    ),
+    Stage(
+        name="diagnose",
+        func="pipeline_lib.backbone.stage:run_diagnose",
+        description="Measure the backbone's modality gap and intra-modal misalignment on the cached features.",
+        params=("backbone.diagnose",),
+        deps=("features",),
+        outs=("artifacts/diagnose",),
+        metrics=("metrics/gap.json",),
+        plots=(Plot("plots/gap_similarity.csv", "cosine", ("image_text", "image_image", "text_text"),
+                    "Modality gap: cosine similarity histograms"),),
+        code=("pipeline_lib.diagnostics", "pipeline_lib.retrieval"),
+    ),
+)
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in STAGES]
+
+
+def get_stage(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    from pipeline_lib.errors import UnknownStageError
+
+    raise UnknownStageError(f"unknown stage {name!r} (known: {', '.join(stage_names())})")
+
+
+def upstream_closure(names: list[str]) -> list[Stage]:
+    """The named stages and everything they depend on, in registry (= topological) order."""
+    wanted: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name not in wanted:
+            wanted.add(name)
+            for dep in get_stage(name).deps:
+                visit(dep)
+
+    for name in names:
+        visit(name)
+    return [s for s in STAGES if s.name in wanted]
+
+
+def instances(stage: Stage, params: dict[str, Any]) -> list[StageInstance]:
+    """Every matrix item of a stage under the given params (one instance for a plain stage)."""
+    if not stage.matrix:
+        return [StageInstance(stage)]
+    variables = [var for var, _ in stage.matrix]
+    values = [list(get_dotted(params, key)) for _, key in stage.matrix]
+    return [StageInstance(stage, dict(zip(variables, combo))) for combo in itertools.product(*values)]
+
+
+def parse_instance_id(text: str, params: dict[str, Any]) -> StageInstance:
+    """Find the instance named like DVC does (`fewshot_run@4-2`) or a plain stage name."""
+    name = text.split("@", 1)[0]
+    stage = get_stage(name)
+    for inst in instances(stage, params):
+        if inst.id == text or (not stage.matrix and text == name):
+            return inst
+    from pipeline_lib.errors import UnknownStageError
+
+    known = ", ".join(i.id for i in instances(stage, params))
+    raise UnknownStageError(f"no instance {text!r} of stage {name!r} under these params (known: {known})")
+
+
+def module_path(module: str) -> str:
+    """Repo-relative source path of a dotted module or package name (a package maps to its folder)."""
+    return module.replace(".", "/")
+
+
+def dvc_template(path: str) -> str:
+    """Registry path template `{shots}` -> DVC's `${item.shots}`."""
+    return re.sub(r"\{(\w+)\}", r"${item.\1}", path)
