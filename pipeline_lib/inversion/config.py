@@ -1,0 +1,118 @@
+"""params.yaml `inversion` section: OTI (image -> text-side feature) and OVI (text -> image-side feature).
+
+Defaults follow the reference implementation of Cross-the-Gap (ICLR 2025): AdamW lr 0.02, wd 0.01, N(0, 0.02) init,
+loss mean(1 - cos), batch 64, OTI 150 steps with R = 1 pseudo-token in "a photo of {}", OVI 1000 steps with P = 1
+pseudo-patch, fp16 autocast + GradScaler on CUDA, last iterate kept.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline_lib.configbase import Section
+
+
+class OptimConfig(Section):
+    """What OTI and OVI share: per-sample parameters optimised in batches with AdamW against a frozen encoder."""
+
+    # Fixed step count, no early stopping: the last iterate is kept, as in the reference (retrieval peaks earlier,
+    # which the snapshots below measure instead of selecting on).
+    steps: int = Field(150, ge=1)
+    # Reference optimiser: AdamW with a constant learning rate, no warm-up or schedule.
+    lr: float = Field(0.02, gt=0.0)
+    # Decoupled weight decay is the only regulariser of the pseudo-tokens (shrinks them by lr*wd per step).
+    weight_decay: float = Field(0.01, ge=0.0)
+    # N(0, 0.02): the scale of CLIP's own token-embedding initialisation.
+    init_std: float = Field(0.02, gt=0.0)
+    # Samples optimised together as one batch of independent parameters; also the runner's resumable block size.
+    batch_size: int = Field(64, ge=1)
+    # Steps after which the features of the current iterate are recorded (0 = the initialisation), so retrieval
+    # versus optimisation length is measured from one run.
+    snapshot_steps: tuple[int, ...] = (1, 10, 25, 50, 100, 150)
+
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _sorted_unique(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 0 for s in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"snapshot_steps={list(value)} must be non-negative, strictly increasing step numbers")
+        return value
+
+    @model_validator(mode="after")
+    def _snapshots_within_steps(self) -> "OptimConfig":
+        if self.snapshot_steps and self.snapshot_steps[-1] > self.steps:
+            raise ValueError(
+                f"snapshot_steps={list(self.snapshot_steps)} has steps beyond steps={self.steps}; every snapshot "
+                f"step must be <= steps"
+            )
+        return self
+
+
+class OtiConfig(OptimConfig):
+    """Optimization-based Textual Inversion: a pseudo-word whose text feature matches a query image's feature."""
+
+    # R = 1 pseudo-token for every backbone in the reference configs.
+    num_tokens: int = Field(1, ge=1)
+    # The prompt the pseudo-token(s) are placed in; "{}" receives the placeholders.
+    template: str = "a photo of {}"
+    # A character that CLIP's BPE turns into one token when surrounded by spaces (" £ " -> id 1950).
+    placeholder: str = "£"
+
+    @field_validator("template")
+    @classmethod
+    def _one_slot(cls, value: str) -> str:
+        if value.count("{}") != 1:
+            raise ValueError(f"template={value!r} must contain exactly one '{{}}' slot for the pseudo-token(s)")
+        return value
+
+
+class OviConfig(OptimConfig):
+    """Optimization-based Visual Inversion: pseudo-patches whose image feature matches a query text's feature."""
+
+    # OVI is the expensive direction: 1000 image-encoder forward+backward passes per batch in the reference.
+    steps: int = Field(1000, ge=1)
+    snapshot_steps: tuple[int, ...] = (1, 10, 50, 100, 250, 500, 1000)
+    # P = 1 pseudo-patch (reference ViT-B/32 configs), repeated over the whole patch grid; P > 1 fills contiguous
+    # runs of patches (patch i uses pseudo-patch floor(i * P / N)).
+    num_patches: int = Field(1, ge=1)
+
+
+class InversionConfig(Section):
+    """OTI / OVI settings and how their retrieval is evaluated."""
+
+    # Seeds the pseudo-token initialisation; each block derives its own seed from this and its index, so a resumed
+    # run reproduces an uninterrupted one.
+    seed: int = 42
+    # fp16 autocast + GradScaler on CUDA as in the reference; CPU always runs fp32 (autocast would be a no-op).
+    amp: bool = True
+    oti: OtiConfig = OtiConfig()
+    ovi: OviConfig = OviConfig()
+    # Invert at most this many queries per direction (None = all); the smoke profile keeps the stage to seconds.
+    max_queries: int | None = Field(None, ge=1)
+    # Blocks per zarr shard: one block per chunk keeps resumption exact, many per shard keeps the file count low.
+    blocks_per_shard: int = Field(16, ge=1)
+    # Queries ranked at once by the retrieval metrics (bounds the (chunk, gallery) similarity matrix in memory).
+    query_chunk: int = Field(1024, ge=1)
+    # Snapshot steps whose similarity distributions are plotted next to image-image and text-image (must be among
+    # oti.snapshot_steps; the final step is always plotted).
+    plot_steps: tuple[int, ...] = (1, 10, 50)
+    # Histogram bins of the similarity-distribution plot over [-1, 1].
+    histogram_bins: int = Field(50, ge=2)
+
+    @model_validator(mode="after")
+    def _plot_steps_are_snapshots(self) -> "InversionConfig":
+        missing = [s for s in self.plot_steps if s not in self.oti.snapshot_steps]
+        if missing:
+            raise ValueError(
+                f"inversion.plot_steps {missing} are not in inversion.oti.snapshot_steps "
+                f"{list(self.oti.snapshot_steps)}; plotted steps must be recorded snapshots"
+            )
+        return self
+
+
+#: Overrides for the smoke profile (profiles/smoke.yaml): a few steps on a few queries, seconds on 2 CPU cores.
+SMOKE_OVERRIDES: dict[str, object] = {
+    "max_queries": 48,
+    "plot_steps": [1, 5],
+    "oti": {"steps": 10, "batch_size": 32, "snapshot_steps": [1, 5, 10]},
+    "ovi": {"steps": 20, "batch_size": 32, "snapshot_steps": [1, 10, 20]},
+}
