@@ -1,0 +1,227 @@
+"""Zarr v3 feature stores: sharded along samples, written in resumable whole-shard blocks, read lazily.
+
+Why the layout is what it is:
+- Arrays are chunked along the sample axis (the read unit) and packed into shards (the write unit, one file), so a
+  store is tens of files rather than thousands (DVC hashing time grows with the file count).
+- A *block* is one shard of every array in a group. Exactly one writer writes a block, because concurrent writes
+  into one shard silently lose data, and a block is marked done (one `_done` chunk per block) only after all its
+  arrays are written. A killed extraction therefore redoes at most the blocks it was in the middle of.
+- Metadata (group/array creation, attrs) is written by the coordinating process only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import zarr
+
+log = logging.getLogger(__name__)
+
+DONE = "_done"  # per-group bool array, one chunk per block
+PLAN_ATTR = "block_plan"  # group attr: digest of the array specs + chunking the group was created for
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a block group; the first axis is the sample axis shared by the group."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if not self.shape:
+            raise ValueError(f"array {self.name!r}: a block array needs a sample axis, got shape ()")
+
+
+def chunk_layout(n_rows: int, rows_per_chunk: int, rows_per_shard: int) -> tuple[int, int]:
+    """(chunk rows, shard rows) for n_rows samples: the configured sizes, shrunk for small arrays."""
+    if rows_per_chunk < 1 or rows_per_shard < rows_per_chunk or rows_per_shard % rows_per_chunk:
+        raise ValueError(
+            f"rows_per_chunk={rows_per_chunk}, rows_per_shard={rows_per_shard}: expected chunk >= 1 and the shard a "
+            "multiple of the chunk"
+        )
+    chunk = max(1, min(rows_per_chunk, n_rows))
+    shard = chunk * max(1, min(rows_per_shard // rows_per_chunk, math.ceil(max(n_rows, 1) / chunk)))
+    return chunk, shard
+
+
+def _plan_digest(specs: list[ArraySpec], chunk: int, shard: int, extra: Mapping[str, Any]) -> str:
+    payload = {
+        "arrays": [[s.name, list(s.shape), s.dtype] for s in specs],
+        "chunk": chunk,
+        "shard": shard,
+        "extra": dict(extra),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class BlockGroup:
+    """A zarr group of arrays sharing a sample axis, written block by block (block = one shard of each array)."""
+
+    def __init__(self, group: zarr.Group, n_rows: int, block_rows: int) -> None:
+        self.group = group
+        self.n_rows = n_rows
+        self.block_rows = block_rows
+        self.n_blocks = math.ceil(n_rows / block_rows) if n_rows else 0
+
+    @classmethod
+    def create_or_resume(
+        cls,
+        root: Path,
+        group_path: str,
+        specs: list[ArraySpec],
+        rows_per_chunk: int,
+        rows_per_shard: int,
+        plan: Mapping[str, Any] | None = None,
+    ) -> "BlockGroup":
+        """Open `root/group_path` for block writes, resuming when it was created for the same specs and plan.
+
+        `plan` holds whatever else decides the content (e.g. model fingerprint, split list digest): a group created
+        for another plan is deleted and recreated, so stale blocks are never mixed into a new store.
+        """
+        n_rows = {s.shape[0] for s in specs}
+        if len(n_rows) != 1:
+            raise ValueError(f"group {group_path!r}: arrays disagree on the sample count: {[(s.name, s.shape) for s in specs]}")
+        n = n_rows.pop()
+        chunk, shard = chunk_layout(n, rows_per_chunk, rows_per_shard)
+        digest = _plan_digest(specs, chunk, shard, plan or {})
+        root_group = zarr.open_group(str(root), mode="a")
+        if group_path in root_group:
+            existing = root_group[group_path]
+            if isinstance(existing, zarr.Group) and existing.attrs.get(PLAN_ATTR) == digest:
+                bg = cls(existing, n, shard)
+                log.info("resuming %s/%s: %d of %d blocks done", root, group_path, bg.n_done(), bg.n_blocks)
+                return bg
+            log.info("recreating %s/%s: it was built for another plan", root, group_path)
+            shutil.rmtree(Path(root) / group_path)
+        group = root_group.create_group(group_path)
+        for s in specs:
+            group.create_array(
+                s.name,
+                shape=s.shape,
+                chunks=(chunk, *s.shape[1:]),
+                shards=(shard, *s.shape[1:]),
+                dtype=s.dtype,
+                fill_value=0,
+            )
+        n_blocks = math.ceil(n / shard) if n else 0
+        group.create_array(DONE, shape=(n_blocks,), chunks=(1,), dtype="bool", fill_value=False)
+        group.attrs[PLAN_ATTR] = digest  # written last: a group without it is rebuilt from scratch
+        return cls(group, n, shard)
+
+    def rows(self, block: int) -> tuple[int, int]:
+        """[start, stop) sample rows of a block."""
+        if not 0 <= block < self.n_blocks:
+            raise IndexError(f"block {block} out of range [0, {self.n_blocks})")
+        start = block * self.block_rows
+        return start, min(start + self.block_rows, self.n_rows)
+
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self.group[DONE][:], dtype=bool)
+
+    def n_done(self) -> int:
+        return int(self.done_mask().sum())
+
+    def pending(self) -> list[int]:
+        """Blocks still to write, in order."""
+        return [int(b) for b in np.flatnonzero(~self.done_mask())]
+
+    @property
+    def complete(self) -> bool:
+        return self.n_blocks == 0 or bool(self.done_mask().all())
+
+    def write_block(self, block: int, data: Mapping[str, np.ndarray]) -> None:
+        """Write every array's rows of `block`, then mark it done (so a crash in between only repeats this block)."""
+        start, stop = self.rows(block)
+        names = {k for k in self.group.array_keys() if k != DONE}
+        if set(data) != names:
+            raise ValueError(f"block {block}: got arrays {sorted(data)}, the group holds {sorted(names)}")
+        for name, values in data.items():
+            arr = self.group[name]
+            expected = (stop - start, *arr.shape[1:])
+            if tuple(values.shape) != expected:
+                raise ValueError(f"block {block} array {name!r}: shape {tuple(values.shape)}, expected {expected}")
+            arr[start:stop] = np.asarray(values, dtype=arr.dtype)
+        self.group[DONE][block] = True
+
+
+def write_whole(group: zarr.Group, name: str, data: np.ndarray, attrs: Mapping[str, Any] | None = None) -> zarr.Array:
+    """Write a small array (text features, projection matrix) in one chunk; idempotent, so it needs no resume."""
+    data = np.asarray(data, order="C")  # (ascontiguousarray would turn a scalar into shape (1,))
+    arr = group.create_array(
+        name, shape=data.shape, chunks=data.shape if data.ndim else (), dtype=data.dtype, fill_value=0, overwrite=True
+    )
+    arr[...] = data
+    if attrs:
+        arr.attrs.update(dict(attrs))
+    return arr
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    """Library versions and caller facts for store attrs (no timestamps, so reruns write identical metadata)."""
+    import torch
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "zarr": zarr.__version__,
+        "torch": torch.__version__,
+    }
+    try:
+        import open_clip
+
+        info["open_clip"] = open_clip.__version__
+    except ImportError:  # provenance must not fail on a missing optional library
+        pass
+    info.update(extra)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+def open_store(path: Path | str) -> zarr.Group:
+    """Open a feature store read-only; a clear error when it is missing."""
+    p = Path(path)
+    if not (p / "zarr.json").exists():
+        raise FileNotFoundError(f"no zarr v3 store at {p} (expected {p / 'zarr.json'}); has the features stage run?")
+    return zarr.open_group(str(p), mode="r")
+
+
+def _check_group_complete(store: zarr.Group, name: str) -> None:
+    parent = name.rsplit("/", 1)[0] if "/" in name else ""
+    group = store[parent] if parent else store
+    if DONE in group:
+        done = np.asarray(group[DONE][:], dtype=bool)
+        if not done.all():
+            raise RuntimeError(f"{name!r}: its group is half written ({int(done.sum())} of {done.size} blocks done)")
+
+
+def lazy_array(path: Path | str, name: str) -> zarr.Array:
+    """A lazily read array (slicing reads only the chunks touched); fails for a half-written group."""
+    store = open_store(path)
+    if name not in store:
+        raise KeyError(f"{path}: no array {name!r}")
+    _check_group_complete(store, name)
+    return store[name]
+
+
+def read_array(path: Path | str, name: str) -> np.ndarray:
+    """Read a whole array into memory (e.g. read_array(p, "train/image") -> (N, D))."""
+    arr = lazy_array(path, name)
+    return np.asarray(arr[...])
+
+
+def file_count(path: Path | str) -> int:
+    """Number of files in a store (what DVC hashes)."""
+    return sum(1 for f in Path(path).rglob("*") if f.is_file())
