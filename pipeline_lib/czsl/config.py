@@ -1,0 +1,97 @@
+"""Params of the CZSL stage (SAM-CZSL: soft prompts, Sparse Alignment, VAC, LoRA, Dynamic Memory Bank).
+
+Defaults describe the embedded pipeline (shapes CZSL benchmark, tiny ViT, embed 128) and keep the whole stage within a
+few minutes on 2 CPU cores in frozen mode. `SMOKE` holds the values of the smoke profile.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline_lib.configbase import Section
+
+
+class CzslConfig(Section):
+    """Every SAM-CZSL hyper-parameter; the defaults follow specs/czsl.md sections 3-5 scaled to the tiny backbone."""
+
+    # --- data -----------------------------------------------------------------------------------------------------
+    dataset: str = "shapes"  # folder under artifacts/data/czsl/ in the standard CZSL layout
+    worlds: list[Literal["closed", "open"]] = ["closed", "open"]  # settings evaluated; OW uses feasibility filtering
+    ow_filter: Literal["multiply", "mask"] = "multiply"  # spec 2.5.3 exact multiplicative rule, or -1e10 variant
+    # --- text side: soft prompts (spec 3.1) ------------------------------------------------------------------------
+    context_length: int = Field(8, ge=6)  # CSP/Troika truncate the text context to 8 tokens
+    prompt_init: str = "a photo of"  # learnable context of every branch starts from these token embeddings
+    attr_dropout: float = Field(0.3, ge=0.0, lt=1.0)  # dropout on the shared primitive vocabulary (training only)
+    logit_scale: float = Field(100.0, gt=0.0)  # CLIP's exp(logit_scale) ~ 100 multiplies every cosine
+    # --- losses ---------------------------------------------------------------------------------------------------
+    w_attr: float = Field(1.0, ge=0.0)  # weight of the attribute-branch CE (Troika: 1 on MIT/UT, 0.1 on C-GQA)
+    w_obj: float = Field(1.0, ge=0.0)  # weight of the object-branch CE
+    # --- Sparse Alignment (spec 5) ----------------------------------------------------------------------------------
+    sa_topk: int = Field(1, ge=1)  # 1 = max over tokens (the paper's choice); k > 1 = mean of the top-k (ablation)
+    sa_chunk: int = Field(4096, ge=1)  # texts per chunk so OW text sets never build a (B, T, P) tensor at once
+    # --- Visual Adaptive Condensation ---------------------------------------------------------------------------------
+    vac_blocks: int = Field(2, ge=1)  # Troika uses 2-3 cross-attention layers
+    vac_heads: int = Field(4, ge=1)  # head width 32 at embed 128 (ViT-L/14: 12 heads of 64)
+    vac_mlp_ratio: float = Field(4.0, gt=0.0)  # pre-norm FFN width multiplier, as in CLIP blocks
+    vac_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # Troika CMT dropout
+    kl_alpha: float = Field(0.5, ge=0.0, le=1.0)  # L_vac = (1 - alpha) L_base^vac + alpha L_kl (paper's alpha)
+    kl_temperature: float = Field(1.0, gt=0.0)  # tau_d of the SA -> VAC distillation (spec 5: start at 1)
+    # --- inference fusion: p_bar = p(c) + p(a) p(o) per branch --------------------------------------------------------
+    w_sa: float = Field(1.0, ge=0.0)  # fusion weight of the SA (or CLS) branch
+    w_vac: float = Field(1.0, ge=0.0)  # paper's beta: fusion weight of the VAC branch
+    w_bank: float = Field(1.0, ge=0.0)  # paper's gamma: fusion weight of the memory-bank branch
+    # --- LoRA on the vision encoder attention (spec 3.2 [ours]) -------------------------------------------------------
+    mode: Literal["frozen", "lora"] = "frozen"  # frozen trains from cached tokens (fast); lora runs the encoder
+    lora_rank: int = Field(4, ge=1)  # spec: r in {4, 8, 16}
+    lora_alpha: float = Field(4.0, gt=0.0)  # scale alpha / r; alpha = r keeps the update scale at 1
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # dropout on the LoRA input path
+    lora_targets: list[Literal["q", "k", "v", "o"]] = ["q", "k", "v", "o"]  # projections adapted in every block
+    lora_lr: float = Field(1e-4, gt=0.0)  # spec: about 1e-4 for LoRA weights
+    # --- optimisation ---------------------------------------------------------------------------------------------
+    epochs: int = Field(12, ge=1)  # frozen-mode epochs over the cached train tokens
+    lr: float = Field(2e-3, gt=0.0)  # prompts + VAC (tiny backbone learns faster than ViT-L's 5e-4)
+    batch_size: int = Field(64, ge=1)  # Troika UT uses 128; 64 gives more steps on the small benchmark
+    weight_decay: float = Field(1e-5, ge=0.0)  # Adam weight decay used by CSP/Troika
+    eval_every: int = Field(1, ge=1)  # epochs between val evaluations (checkpoint selection by val AUC)
+    # --- Dynamic Memory Bank (spec 5) ----------------------------------------------------------------------------------
+    bank_slots: int = Field(3, ge=1)  # N slots per composition, as TDA/TOMCAT
+    bank_key: Literal["vac", "cls"] = "vac"  # bank keys: VAC's condensed feature v_q (paper) or the CLS token
+    bank_alpha_grid: list[float] = [0.5, 1.0, 2.0]  # spec grid for alpha in alpha * sum exp(-beta (1 - f.k))
+    bank_beta_grid: list[float] = [5.0, 7.5, 10.0]  # spec grid for beta
+    bank_gate_grid: list[float] = [1.0, 0.5]  # tau_gate on H / log C; 1 = no gate (TDA), sweep range 0.3-0.7
+    bank_temperature: float = Field(0.1, gt=0.0)  # paper's tau_mb: p_mb = softmax(bank logits / tau_mb)
+    bank_text_entropy: float | None = None  # normalised entropy of text-initialised slots; None = 1 (= log C)
+    stream_seeds: list[int] = [0, 1, 2]  # test-stream orders; bank results are the mean over these seeds
+    # --- misc -----------------------------------------------------------------------------------------------------
+    seed: int = 0  # training seed (all reference repositories use 0)
+
+    @field_validator("bank_alpha_grid", "bank_beta_grid", "bank_gate_grid", "stream_seeds", "worlds", "lora_targets")
+    @classmethod
+    def _non_empty(cls, v: list, info) -> list:
+        if len(v) == 0:
+            raise ValueError(f"czsl.{info.field_name} is empty; expected at least one value")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> CzslConfig:
+        if any(g <= 0 or g > 1 for g in self.bank_gate_grid):
+            raise ValueError(f"czsl.bank_gate_grid={self.bank_gate_grid}: every gate must lie in (0, 1]")
+        if self.bank_text_entropy is not None and not 0 <= self.bank_text_entropy <= 1:
+            raise ValueError(f"czsl.bank_text_entropy={self.bank_text_entropy}: expected None or a value in [0, 1]")
+        return self
+
+
+# Smoke profile values (tiny; the whole stage in seconds).
+SMOKE: dict = {
+    "epochs": 2,
+    "batch_size": 32,
+    "vac_blocks": 1,
+    "bank_alpha_grid": [1.0],
+    "bank_beta_grid": [5.0],
+    "bank_gate_grid": [1.0],
+    "stream_seeds": [0],
+    "lora_rank": 2,
+    "lora_alpha": 2.0,
+}
