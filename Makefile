@@ -1,0 +1,35 @@
+# One-command setup: an isolated venv in .venv with the pinned versions of constraints.txt (verified to install here).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bridgeflow-installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install test lint pipeline smoke clean-scratch
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"bridgeflow needs Python 3.11, found {sys.version}"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check pipeline_lib flows tasks tests benchmarks
+
+pipeline: install
+	$(BIN)/dvc repro
+
+smoke: install
+	$(BIN)/bridgeflow run --profile smoke
+
+clean-scratch:
+	rm -rf .bridgeflow/work

@@ -1,0 +1,52 @@
+"""Shared test setup: offline, quiet tools; one Prefect test server per session; a tiny project folder factory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("CI", "true")  # no progress bars in test output
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Prefect test server for the whole session (starting one costs ~15 s here); never nest harnesses."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(home / "results")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def copy_project(dest: Path, profile: str | None = "smoke") -> Path:
+    """A fresh project folder with the repo's pipeline files and params (the smoke profile merged in)."""
+    import yaml
+
+    from pipeline_lib.config import effective_params, load_config
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(REPO / "profiles", dest / "profiles", dirs_exist_ok=True)
+    params = effective_params(load_config(REPO, profile))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
+@pytest.fixture
+def smoke_project(tmp_path: Path) -> Path:
+    return copy_project(tmp_path / "project")

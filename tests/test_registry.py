@@ -1,0 +1,42 @@
+"""One stage graph: dvc.yaml must equal what the registry renders, and every declared key and module must exist."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import yaml
+
+from conftest import REPO
+from pipeline_lib.config import effective_params, load_config
+from pipeline_lib.dvcfile import render
+from pipeline_lib.params import get_dotted
+from pipeline_lib.runner import load_function
+from pipeline_lib.stages import STAGES, get_stage
+
+
+def test_dvc_yaml_matches_registry() -> None:
+    assert (REPO / "dvc.yaml").read_text() == render(REPO), "run `bridgeflow dvc-yaml --write`"
+
+
+def test_dvc_yaml_stages_names_params_deps_outs() -> None:
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(dvc) == [s.name for s in STAGES]
+    for stage in STAGES:
+        entry = dvc[stage.name]
+        assert entry["params"] == list(stage.params)
+        assert entry["cmd"].startswith(f"bridgeflow stage {stage.name}")
+        for dep in stage.deps:
+            assert any(d.startswith(out.split("{")[0].rstrip("/").rsplit("/", 1)[0]) for out in get_stage(dep).outs
+                       for d in entry["deps"])
+
+
+def test_declared_params_modules_and_functions_exist() -> None:
+    params = effective_params(load_config(REPO))
+    for stage in STAGES:
+        for key in stage.params:
+            get_dotted(params, key)
+        for module in stage.code:
+            assert importlib.util.find_spec(module) is not None, module
+        assert callable(load_function(stage.func))
+        for _, key in stage.matrix:
+            assert isinstance(get_dotted(params, key), list)

@@ -1,0 +1,91 @@
+"""The runner's contract: fingerprints decide reuse, publishing is all-or-nothing, scratch copies survive deletion."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline_lib import stages
+from pipeline_lib.artifacts import read_manifest, stage_lock
+from pipeline_lib.config import load_config
+from pipeline_lib.errors import MissingUpstreamError, StageLockedError
+from pipeline_lib.runner import run_instance
+from pipeline_lib.stages import Stage, StageInstance
+
+ALPHA = Stage("alpha", "fake_stages:run_alpha", "test stage", params=("data.seed",), outs=("artifacts/alpha",),
+              metrics=("metrics/alpha.json",), code=("fake_stages",))
+BETA = Stage("beta", "fake_stages:run_beta", "test stage", params=("features.batch_size",), deps=("alpha",),
+             outs=("artifacts/beta",), code=("fake_stages",))
+
+
+@pytest.fixture(autouse=True)
+def fake_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stages, "STAGES", (ALPHA, BETA))
+
+
+def runs(root: Path, name: str) -> int:
+    path = root / f"runs-{name}.txt"
+    return int(path.read_text()) if path.exists() else 0
+
+
+def test_second_run_is_cached_and_param_change_reruns_only_dependents(smoke_project: Path) -> None:
+    root = smoke_project
+    cfg = load_config(root)
+    assert run_instance(root, StageInstance(ALPHA), cfg).status == "ran"
+    assert run_instance(root, StageInstance(BETA), cfg).status == "ran"
+    assert run_instance(root, StageInstance(ALPHA), cfg).status == "cached"
+    assert run_instance(root, StageInstance(BETA), cfg).status == "cached"
+    # a param only beta reads: alpha stays cached
+    cfg2 = load_config(root, overrides=("features.batch_size=3",))
+    assert run_instance(root, StageInstance(ALPHA), cfg2).status == "cached"
+    assert run_instance(root, StageInstance(BETA), cfg2).status == "ran"
+    # a param alpha reads: alpha reruns, and beta's fingerprint follows alpha's
+    cfg3 = load_config(root, overrides=("data.seed=7",))
+    assert run_instance(root, StageInstance(ALPHA), cfg3).status == "ran"
+    assert run_instance(root, StageInstance(BETA), cfg3).status == "ran"
+    assert (root / "artifacts/beta/double.txt").read_text() == "140"
+    assert (runs(root, "alpha"), runs(root, "beta")) == (2, 3)
+
+
+def test_deleted_outputs_are_republished_from_scratch_without_recomputing(smoke_project: Path) -> None:
+    root = smoke_project
+    cfg = load_config(root)
+    first = run_instance(root, StageInstance(ALPHA), cfg)
+    import shutil
+
+    shutil.rmtree(root / "artifacts/alpha")
+    (root / "metrics/alpha.json").unlink()  # what `dvc repro` does before running a stage
+    again = run_instance(root, StageInstance(ALPHA), cfg)
+    assert again.status == "republished" and again.fingerprint == first.fingerprint
+    assert runs(root, "alpha") == 1
+    assert read_manifest(root, StageInstance(ALPHA))["fingerprint"] == first.fingerprint
+
+
+def test_crash_publishes_nothing_and_keeps_previous_outputs(smoke_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = smoke_project
+    run_instance(root, StageInstance(ALPHA), load_config(root))
+    before = read_manifest(root, StageInstance(ALPHA))
+    monkeypatch.setenv("FAKE_STAGE_CRASH", "alpha")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_instance(root, StageInstance(ALPHA), load_config(root, overrides=("data.seed=5",)))
+    assert read_manifest(root, StageInstance(ALPHA)) == before
+    assert (root / "artifacts/alpha/value.txt").read_text() == str(load_config(root).data.seed * 10)
+    monkeypatch.delenv("FAKE_STAGE_CRASH")
+    assert run_instance(root, StageInstance(ALPHA), load_config(root, overrides=("data.seed=5",))).status == "ran"
+    assert not any(p.name.startswith(".alpha") for p in (root / "artifacts").iterdir())
+
+
+def test_missing_upstream_is_a_clear_error(smoke_project: Path) -> None:
+    with pytest.raises(MissingUpstreamError, match="needs the outputs of alpha"):
+        run_instance(smoke_project, StageInstance(BETA), load_config(smoke_project))
+
+
+def test_concurrent_run_of_the_same_stage_fails_clearly(smoke_project: Path) -> None:
+    root = smoke_project
+    with stage_lock(root, StageInstance(ALPHA)):
+        with pytest.raises(StageLockedError, match="being run by another process"):
+            run_instance(root, StageInstance(ALPHA), load_config(root))
+    assert not (root / "artifacts/alpha").exists()
+    assert os.listdir(root / ".bridgeflow/locks")
