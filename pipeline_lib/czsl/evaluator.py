@@ -1,0 +1,284 @@
+"""The standard CZSL evaluator (spec 2): seen/unseen accuracy curve over a calibration bias, AUC, best HM.
+
+It reproduces the algorithm shared by the reference CZSL code bases, quirks included, on a dense float32 score
+matrix S (N, P) processed in row chunks so that open-world C-GQA matrices (5098 x 278362) never need a second full
+copy in memory:
+
+1. max-bias pass (b = 1e3, closed mask): per-sample correctness; U_max, S_at_max, and `match_max` on unseen samples;
+2. unbiased pass (b = 0, closed mask): attr_acc and obj_acc over all samples;
+3. bias candidates: for unseen samples correct at max bias, d_i = (k-th largest seen-pair score) - S[i, y_i] - 1e-4
+   on the raw S, sorted ascending, every step-th value with step = max(n // 20, 1);
+4. sweep: (seen_acc(b), unseen_acc(b)) for every candidate, then the max-bias point appended;
+5. AUC = trapezoid with seen as y and unseen as x in list order; HM per point (0 if either is 0), first argmax.
+
+"Prediction at bias b" (spec 2.3): add b to the columns of unseen pairs, set columns outside the closed mask to
+-1e10, take the top-k pairs; a sample is correct when one of them is its ground-truth pair (same attr and obj).
+Accuracies are per-sample means over the seen / unseen samples, reported as fractions (papers print x100).
+Ties in the top-1 prediction go to the lowest column index (torch.argmax), so results never depend on chunking.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from pipeline_lib.czsl.data import CzslDataset
+
+log = logging.getLogger(__name__)
+
+MAX_BIAS = 1e3  # spec 2.4.1: hard-coded by the references (the yml `bias: 0.001` is unused)
+MASK_VALUE = -1e10  # columns outside the closed mask
+BIAS_SHIFT = 1e-4  # spec 2.4.3: candidates sit just below each correct unseen margin
+N_BIAS_BINS = 20  # spec 2.4.3: step = max(n_kept // 20, 1)
+DEFAULT_CHUNK_SIZE = 512  # rows per chunk: 512 x 278362 float32 = 0.57 GB for open-world C-GQA
+
+Scores = torch.Tensor | np.ndarray
+ColumnTransform = Callable[[torch.Tensor], torch.Tensor]  # (n, P) float32 -> (n, P) float32, row-wise
+
+
+@dataclass(frozen=True)
+class CzslMetrics:
+    """Evaluator output. Fractions in [0, 1]; `seen`/`unseen`/`hm`/`auc` are what papers report (x100)."""
+
+    seen: float  # best seen accuracy on the curve (its first point, spec 2.4.6)
+    unseen: float  # best unseen accuracy on the curve
+    hm: float  # best harmonic mean on the curve
+    auc: float  # area under the seen (y) / unseen (x) curve
+    attr_acc: float  # unbiased (b = 0) closed-mask top-k attr accuracy over all samples
+    obj_acc: float  # same for objs
+    best_bias: float  # bias of the best-HM point (MAX_BIAS when it is the appended point)
+    hm_seen: float  # seen accuracy at the best-HM point
+    hm_unseen: float  # unseen accuracy at the best-HM point
+    seen_at_max: float  # seen accuracy at b = MAX_BIAS (not always 0, e.g. with log-probability scores)
+    unseen_at_max: float  # unseen accuracy at b = MAX_BIAS
+    acc_unbiased: float  # unbiased pair accuracy over all samples
+    seen_unbiased: float  # unbiased pair accuracy over the seen samples
+    unseen_unbiased: float  # unbiased pair accuracy over the unseen samples
+    n_seen: int  # number of seen samples
+    n_unseen: int  # number of unseen samples
+    top_k: int
+    curve_seen: list[float]  # seen accuracy per curve point (len(biases) + 1)
+    curve_unseen: list[float]  # unseen accuracy per curve point
+    biases: list[float]  # sweep biases (the last curve point uses MAX_BIAS)
+
+    def summary(self) -> dict[str, float]:
+        """The headline numbers (the `bridgeflow czsl-eval` JSON keys)."""
+        keys = ("seen", "unseen", "hm", "auc", "attr_acc", "obj_acc", "best_bias")
+        return {k: getattr(self, k) for k in keys}
+
+    def to_dict(self) -> dict:
+        """Everything, JSON-serialisable (curve included, for plots)."""
+        return asdict(self)
+
+
+def evaluate(
+    scores: Scores,
+    attr_labels: torch.Tensor,
+    obj_labels: torch.Tensor,
+    pair_labels: torch.Tensor,
+    pair_attrs: torch.Tensor,
+    pair_objs: torch.Tensor,
+    seen_mask: torch.Tensor,
+    closed_mask: torch.Tensor,
+    *,
+    top_k: int = 1,
+    max_bias: float = MAX_BIAS,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    device: torch.device | str | None = None,
+    column_transform: ColumnTransform | None = None,
+) -> CzslMetrics:
+    """Run the standard evaluator (spec 2.4) on a score matrix.
+
+    scores: (N, P) float32, a torch tensor or a NumPy array (a read-only np.load(mmap_mode='r') works: rows are
+        read chunk by chunk). Columns follow the candidate pair order; scores are used as given.
+    attr_labels, obj_labels, pair_labels: (N,) int ground truth; pair_labels index the columns.
+    pair_attrs, pair_objs: (P,) int attr / obj index of every column.
+    seen_mask: (P,) bool, pair in train_pairs. closed_mask: (P,) bool candidate set (all ones in the open world).
+    column_transform: applied to every row chunk before anything else (open-world feasibility filtering), so the
+        evaluator sees exactly the transformed matrix.
+    device: where chunks are processed; default CUDA when available, else CPU.
+    """
+    n, p = _check_inputs(scores, attr_labels, obj_labels, pair_labels, pair_attrs, pair_objs, seen_mask, closed_mask,
+                         top_k, chunk_size)
+    dev = torch.device(device) if device is not None else _default_device()
+    labels = _as_long(pair_labels)  # (N,)
+    attr_t, obj_t = _as_long(attr_labels), _as_long(obj_labels)
+    pa, po = _as_long(pair_attrs), _as_long(pair_objs)
+    seen_cols = seen_mask.to(torch.bool).cpu()  # (P,)
+    closed_cols = closed_mask.to(torch.bool).cpu()  # (P,)
+    if not bool((pa[labels] == attr_t).all() and (po[labels] == obj_t).all()):
+        bad = int(torch.nonzero((pa[labels] != attr_t) | (po[labels] != obj_t))[0])
+        raise ValueError(
+            f"sample {bad}: pair label {int(labels[bad])} is (attr {int(pa[labels[bad]])}, obj {int(po[labels[bad]])})"
+            f" but the attr/obj labels are ({int(attr_t[bad])}, {int(obj_t[bad])}); expected consistent labels"
+        )
+    sample_seen = seen_cols[labels]  # (N,) spec 2.2: seen iff the ground-truth pair is a train pair
+    n_seen, n_unseen = int(sample_seen.sum()), int((~sample_seen).sum())
+    if n_seen == 0 or n_unseen == 0:
+        raise ValueError(f"{n_seen} seen and {n_unseen} unseen samples; the CZSL curve needs both to be non-zero")
+    if not bool((closed_cols[labels]).all()):
+        bad = int(torch.nonzero(~closed_cols[labels])[0])
+        raise ValueError(f"sample {bad}: ground-truth pair {int(labels[bad])} lies outside the closed mask")
+    if int(seen_cols.sum()) < top_k:
+        raise ValueError(f"top_k={top_k} but only {int(seen_cols.sum())} seen pairs; expected top_k <= #seen pairs")
+
+    seen_d, closed_d = seen_cols.to(dev), closed_cols.to(dev)
+    bias_cols = (~seen_d) & closed_d  # (P,) columns that receive the bias (unseen and in the candidate set)
+
+    # Pass 1: max-bias and unbiased predictions, margins d_i for unseen samples.
+    match_max = torch.empty(n, dtype=torch.bool)
+    match_ub = torch.empty(n, dtype=torch.bool)
+    attr_ub = torch.empty(n, dtype=torch.bool)
+    obj_ub = torch.empty(n, dtype=torch.bool)
+    margin = torch.empty(n, dtype=torch.float32)  # d_i = m_i - c_i on the raw (transformed) scores
+    for lo, hi, chunk in _chunks(scores, n, chunk_size, dev, column_transform, p):
+        y = labels[lo:hi].to(dev)  # (n,)
+        masked = chunk.masked_fill(~closed_d, MASK_VALUE)  # (n, P)
+        top_max = _top_k(torch.where(bias_cols, chunk + max_bias, masked), top_k)  # (n, k)
+        top_ub = _top_k(masked, top_k)  # (n, k)
+        match_max[lo:hi] = (top_max == y[:, None]).any(1).cpu()
+        match_ub[lo:hi] = (top_ub == y[:, None]).any(1).cpu()
+        attr_ub[lo:hi] = (pa.to(dev)[top_ub] == attr_t[lo:hi].to(dev)[:, None]).any(1).cpu()
+        obj_ub[lo:hi] = (po.to(dev)[top_ub] == obj_t[lo:hi].to(dev)[:, None]).any(1).cpu()
+        correct = chunk.gather(1, y[:, None])[:, 0]  # (n,) c_i
+        kth_seen = chunk[:, seen_d].topk(top_k, dim=1).values[:, top_k - 1]  # (n,) m_i
+        margin[lo:hi] = (kth_seen - correct).cpu()
+
+    unseen_idx = ~sample_seen
+    kept = margin[unseen_idx & match_max] - BIAS_SHIFT  # float32, as the references compute it
+    kept = torch.sort(kept).values
+    step = max(kept.numel() // N_BIAS_BINS, 1)
+    biases = kept[::step]  # (B,) float32
+    n_bias = biases.numel()
+
+    # Pass 2: the sweep. Counts are integers, so the result does not depend on the chunking.
+    seen_hits = torch.zeros(n_bias, dtype=torch.long)
+    unseen_hits = torch.zeros(n_bias, dtype=torch.long)
+    biases_d = biases.to(dev)
+    if n_bias:
+        for lo, hi, chunk in _chunks(scores, n, chunk_size, dev, column_transform, p):
+            y = labels[lo:hi].to(dev)  # (n,)
+            is_seen = sample_seen[lo:hi].to(dev)  # (n,)
+            masked = chunk.masked_fill(~closed_d, MASK_VALUE)  # (n, P)
+            for j in range(n_bias):
+                top = _top_k(torch.where(bias_cols, chunk + biases_d[j], masked), top_k)  # (n, k)
+                hit = (top == y[:, None]).any(1)  # (n,)
+                seen_hits[j] += int((hit & is_seen).sum())
+                unseen_hits[j] += int((hit & ~is_seen).sum())
+
+    seen_at_max = _mean(match_max[sample_seen])
+    unseen_at_max = _mean(match_max[unseen_idx])
+    curve_seen = [c / n_seen for c in seen_hits.tolist()] + [seen_at_max]
+    curve_unseen = [c / n_unseen for c in unseen_hits.tolist()] + [unseen_at_max]
+    s_arr, u_arr = np.asarray(curve_seen), np.asarray(curve_unseen)
+    auc = float(np.sum((u_arr[1:] - u_arr[:-1]) * (s_arr[1:] + s_arr[:-1]) / 2.0))
+    hm = harmonic_means(s_arr, u_arr)
+    idx = int(np.argmax(hm))  # first argmax
+    bias_list = [float(b) for b in biases.tolist()]
+    best_bias = float(max_bias) if idx == n_bias else bias_list[idx]
+    metrics = CzslMetrics(
+        seen=float(s_arr.max()), unseen=float(u_arr.max()), hm=float(hm[idx]), auc=auc,
+        attr_acc=_mean(attr_ub), obj_acc=_mean(obj_ub), best_bias=best_bias,
+        hm_seen=float(s_arr[idx]), hm_unseen=float(u_arr[idx]), seen_at_max=seen_at_max, unseen_at_max=unseen_at_max,
+        acc_unbiased=_mean(match_ub), seen_unbiased=_mean(match_ub[sample_seen]),
+        unseen_unbiased=_mean(match_ub[unseen_idx]), n_seen=n_seen, n_unseen=n_unseen, top_k=top_k,
+        curve_seen=curve_seen, curve_unseen=curve_unseen, biases=bias_list,
+    )
+    log.debug("CZSL eval on %d x %d (%d seen / %d unseen, %d biases): %s", n, p, n_seen, n_unseen, n_bias,
+              metrics.summary())
+    return metrics
+
+
+def evaluate_split(
+    scores: Scores,
+    dataset: CzslDataset,
+    split: str,
+    **kwargs,
+) -> CzslMetrics:
+    """`evaluate` with labels and masks taken from a loaded dataset (split 'val' or 'test').
+
+    Score rows follow the split's row order, columns `dataset.pairs` (the dataset's world). The closed mask is the
+    phase's (spec 2.2): val -> val u train pairs, test -> test u train pairs, open world -> all pairs.
+    Keyword arguments go to `evaluate` (top_k, chunk_size, device, column_transform, max_bias).
+    """
+    if split not in ("val", "test"):
+        raise ValueError(f"split={split!r}; the evaluator runs on 'val' or 'test'")
+    attr, obj, pair = dataset.labels(split)
+    return evaluate(
+        scores, attr, obj, pair, dataset.pair_attr_idx(), dataset.pair_obj_idx(), dataset.seen_mask,
+        dataset.closed_mask(split), **kwargs,
+    )
+
+
+def harmonic_means(seen: np.ndarray, unseen: np.ndarray) -> np.ndarray:
+    """2su / (s + u) per point, 0 where either is 0 (spec 2.4.5)."""
+    seen, unseen = np.asarray(seen, dtype=np.float64), np.asarray(unseen, dtype=np.float64)
+    out = np.zeros_like(seen)
+    ok = (seen > 0) & (unseen > 0)
+    out[ok] = 2 * seen[ok] * unseen[ok] / (seen[ok] + unseen[ok])
+    return out
+
+
+def _top_k(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, P) -> (n, k) column indices; k = 1 uses argmax (first index on ties) so chunking never changes a result."""
+    if k == 1:
+        return x.argmax(dim=1, keepdim=True)
+    return x.topk(k, dim=1).indices
+
+
+def _mean(x: torch.Tensor) -> float:
+    return float(x.sum()) / x.numel()
+
+
+def _as_long(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to("cpu", torch.long)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _chunks(scores: Scores, n: int, chunk_size: int, dev: torch.device, transform: ColumnTransform | None, p: int):
+    """Yield (lo, hi, float32 chunk (hi - lo, P) on dev), transformed; never copies the whole matrix."""
+    for lo in range(0, n, chunk_size):
+        hi = min(lo + chunk_size, n)
+        if isinstance(scores, torch.Tensor):
+            chunk = scores[lo:hi].to(dev)
+        else:
+            chunk = torch.from_numpy(np.array(scores[lo:hi], dtype=np.float32, copy=True)).to(dev)  # memmap-safe
+        if transform is not None:
+            chunk = transform(chunk)
+            if chunk.shape != (hi - lo, p) or chunk.dtype != torch.float32:
+                raise ValueError(
+                    f"column_transform returned {tuple(chunk.shape)} {chunk.dtype}; expected ({hi - lo}, {p}) float32"
+                )
+        yield lo, hi, chunk
+
+
+def _check_inputs(scores, attr_labels, obj_labels, pair_labels, pair_attrs, pair_objs, seen_mask, closed_mask,
+                  top_k: int, chunk_size: int) -> tuple[int, int]:
+    if scores.ndim != 2:
+        raise ValueError(f"scores has shape {tuple(scores.shape)}; expected (N samples, P pairs)")
+    dtype_ok = scores.dtype == (torch.float32 if isinstance(scores, torch.Tensor) else np.float32)
+    if not dtype_ok:
+        raise ValueError(f"scores dtype is {scores.dtype}; expected float32 (fp16 breaks the -1e10 mask, spec 2.1)")
+    n, p = scores.shape
+    for name, v, size in (("attr_labels", attr_labels, n), ("obj_labels", obj_labels, n),
+                          ("pair_labels", pair_labels, n), ("pair_attrs", pair_attrs, p), ("pair_objs", pair_objs, p),
+                          ("seen_mask", seen_mask, p), ("closed_mask", closed_mask, p)):
+        if tuple(v.shape) != (size,):
+            raise ValueError(f"{name} has shape {tuple(v.shape)}; expected ({size},) to match scores {n} x {p}")
+    if n == 0:
+        raise ValueError("scores has no rows; expected at least one sample")
+    labels = _as_long(pair_labels)
+    if int(labels.min()) < 0 or int(labels.max()) >= p:
+        raise ValueError(f"pair_labels range [{int(labels.min())}, {int(labels.max())}]; expected within [0, {p})")
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k}; expected >= 1")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}; expected >= 1")
+    return n, p
