@@ -67,7 +67,7 @@ _ARTICLE = re.compile(r"\ba (?=[aeiou])")
 
 
 def _fix_articles(text: str) -> str:
-    """"a orange" -> "an orange" (every word in the vocabulary follows the vowel-letter rule)."""
+    """Turn "a orange" into "an orange" (every word in the vocabulary follows the vowel-letter rule)."""
     return _ARTICLE.sub("an ", text)
 
 

@@ -9,7 +9,7 @@ from pipeline_lib.data.captions import all_captions
 from pipeline_lib.data.vocab import COLOUR_RGB, KNOWN_BACKGROUNDS, KNOWN_PATTERNS, KNOWN_SHAPES, SIZE_RADIUS
 
 
-def _check_names(field: str, values: list[str], known: tuple[str, ...] | list[str]) -> list[str]:
+def _check_names(field: str, values: tuple[str, ...], known: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """A factor list must be non-empty, free of duplicates and drawn from the known names."""
     if not values:
         raise ValueError(f"data.{field} is empty: list at least one of {list(known)}")
@@ -30,13 +30,13 @@ class DataConfig(Section):
     supersample: int = Field(4, ge=1, le=8)  # draw at image_size x this, box-filter down: anti-aliased edges
 
     # Captioned factors. Few-shot classes are the shapes; CZSL attrs are the colours and objs the shapes.
-    shapes: list[str] = ["circle", "square", "triangle", "star", "cross", "ring"]  # 6: the set a tiny ViT learned
-    colours: list[str] = ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"]  # 8 CZSL attrs
-    patterns: list[str] = ["solid", "striped", "dotted"]  # fill textures, readable at 32 px
-    sizes: list[str] = ["medium", "large"]  # "small" objects lose their outline at 32 px
+    shapes: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")  # 6: the set a tiny ViT learned
+    colours: tuple[str, ...] = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")  # 8 CZSL attrs
+    patterns: tuple[str, ...] = ("solid", "striped", "dotted")  # fill textures, readable at 32 px
+    sizes: tuple[str, ...] = ("medium", "large")  # "small" objects lose their outline at 32 px
 
     # Uncaptioned nuisances: they make image-image similarity follow more than the captioned object.
-    backgrounds: list[str] = ["flat", "gradient", "blotches", "blocks"]  # one per image, uniformly
+    backgrounds: tuple[str, ...] = ("flat", "gradient", "blotches", "blocks")  # one per image, uniformly
     position_jitter: float = Field(0.3, ge=0.0, le=0.5)  # object centre = 0.5 +- this (fraction of the side)
     rotation_deg: float = Field(15.0, ge=0.0, le=180.0)  # rotation drawn uniformly in +- this many degrees
     max_distractors: int = Field(1, ge=0, le=5)  # 0..this small blobs of any hue behind the object
@@ -75,27 +75,27 @@ class DataConfig(Section):
 
     @field_validator("shapes")
     @classmethod
-    def _known_shapes(cls, v: list[str]) -> list[str]:
+    def _known_shapes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return _check_names("shapes", v, KNOWN_SHAPES)
 
     @field_validator("colours")
     @classmethod
-    def _known_colours(cls, v: list[str]) -> list[str]:
+    def _known_colours(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return _check_names("colours", v, list(COLOUR_RGB))
 
     @field_validator("patterns")
     @classmethod
-    def _known_patterns(cls, v: list[str]) -> list[str]:
+    def _known_patterns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return _check_names("patterns", v, KNOWN_PATTERNS)
 
     @field_validator("sizes")
     @classmethod
-    def _known_sizes(cls, v: list[str]) -> list[str]:
+    def _known_sizes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return _check_names("sizes", v, list(SIZE_RADIUS))
 
     @field_validator("backgrounds")
     @classmethod
-    def _known_backgrounds(cls, v: list[str]) -> list[str]:
+    def _known_backgrounds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return _check_names("backgrounds", v, KNOWN_BACKGROUNDS)
 
     @model_validator(mode="after")

@@ -90,7 +90,9 @@ def _classnames(rows_by_split: dict[str, list[tuple[str, int, str]]], split_file
     by_name: dict[str, int] = {}
     for label, classname in sorted(names.items()):
         if classname in by_name:
-            raise DatasetError(f"{split_file}: class name {classname!r} has two labels, {by_name[classname]} and {label}")
+            raise DatasetError(
+                f"{split_file}: class name {classname!r} has two labels, {by_name[classname]} and {label}"
+            )
         by_name[classname] = label
     return [names[label] for label in range(len(names))]
 

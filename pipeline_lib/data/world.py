@@ -97,7 +97,12 @@ def write_pretrain(cfg: DataConfig, out_dir: Path, renderer: Renderer) -> dict[s
     table = pl.DataFrame({"index": list(range(len(specs))), **_spec_columns(specs), "group": groups}).with_columns(
         pl.col("index", "distractors", "group").cast(pl.Int64)
     )
-    for factor, values in (("shape", cfg.shapes), ("colour", cfg.colours), ("pattern", cfg.patterns), ("size", cfg.sizes)):
+    for factor, values in (
+        ("shape", cfg.shapes),
+        ("colour", cfg.colours),
+        ("pattern", cfg.patterns),
+        ("size", cfg.sizes),
+    ):
         ids = {v: i for i, v in enumerate(values)}
         table = table.with_columns(pl.col(factor).replace_strict(ids, return_dtype=pl.Int64).alias(f"{factor}_id"))
     table.write_parquet(out_dir / vocab.PRETRAIN_LABELS)
@@ -136,7 +141,9 @@ def write_fewshot(cfg: DataConfig, out_dir: Path, renderer: Renderer) -> dict[st
     plan = fewshot_specs(cfg)
     rows = [(split, relpath, spec) for split in _SPLITS for relpath, spec in plan[split]]
     renderer.to_pngs([r[2] for r in rows], [images / r[1] for r in rows], desc="few-shot")
-    split_json = {split: [[relpath, label_of[spec.shape], spec.shape] for relpath, spec in plan[split]] for split in _SPLITS}
+    split_json = {
+        split: [[relpath, label_of[spec.shape], spec.shape] for relpath, spec in plan[split]] for split in _SPLITS
+    }
     (root / vocab.FEWSHOT_SPLIT_FILE).write_text(json.dumps(split_json, indent=0))
     specs = [r[2] for r in rows]
     attributes = pl.DataFrame(
@@ -232,7 +239,9 @@ def write_czsl(cfg: DataConfig, out_dir: Path, renderer: Renderer) -> dict[str, 
     for attr, obj in {(e[1], e[2]) for e in entries}:
         (images / f"{attr}_{obj}").mkdir(parents=True, exist_ok=True)
     renderer.to_pngs([e[4] for e in entries], [images / f"{e[1]}_{e[2]}" / e[3] for e in entries], desc="czsl")
-    metadata = [{"image": f"{attr}_{obj}/{file}", "attr": attr, "obj": obj, "set": name} for name, attr, obj, file, _ in entries]
+    metadata = [
+        {"image": f"{attr}_{obj}/{file}", "attr": attr, "obj": obj, "set": name} for name, attr, obj, file, _ in entries
+    ]
     # The legacy (non-zip) format: byte-identical across runs (the zip format embeds a random serialization id) and
     # what the released .t7 files use; torch.load(weights_only=True) reads it.
     torch.save(metadata, root / vocab.CZSL_METADATA, _use_new_zipfile_serialization=False)
