@@ -75,11 +75,19 @@ def test_feasibility_options(root: Path, tmp_path: Path) -> None:
     np.save(val_path, _scores(ds, "val"))
 
     out = evaluate_scores_file(root, "test", "open", test_path, feas_path, threshold=0.5)
-    expected = evaluate_split(torch.from_numpy(np.load(test_path)), ds, "test",
-                              column_transform=feasibility_filter(torch.from_numpy(feas), ds.seen_mask, 0.5))
+    expected = evaluate_split(
+        torch.from_numpy(np.load(test_path)),
+        ds,
+        "test",
+        column_transform=feasibility_filter(torch.from_numpy(feas), ds.seen_mask, 0.5),
+    )
     assert {k: out[k] for k in KEYS} == expected.summary()
     assert (out["threshold"], out["threshold_source"], out["filter"], out["feasibility"]) == (
-        0.5, "given", "multiply", "file:feas.npy")
+        0.5,
+        "given",
+        "multiply",
+        "file:feas.npy",
+    )
     masked = evaluate_scores_file(root, "test", "open", test_path, feas_path, threshold=0.5, filter_variant="mask")
     assert masked["filter"] == "mask"
 

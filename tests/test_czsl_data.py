@@ -23,8 +23,16 @@ def root(tmp_path: Path) -> Path:
     return write_czsl_fixture(tmp_path / "shapes")
 
 
-CLOSED = [("blue", "ball"), ("blue", "cone"), ("blue", "cube"), ("green", "ball"), ("green", "cube"),
-          ("red", "ball"), ("red", "cone"), ("red", "cube")]
+CLOSED = [
+    ("blue", "ball"),
+    ("blue", "cone"),
+    ("blue", "cube"),
+    ("green", "ball"),
+    ("green", "cube"),
+    ("red", "ball"),
+    ("red", "cone"),
+    ("red", "cube"),
+]
 
 
 def test_vocabularies_and_pair_orders(root: Path) -> None:
@@ -44,12 +52,20 @@ def test_vocabularies_and_pair_orders(root: Path) -> None:
 def test_filter_and_routing_by_set(root: Path) -> None:
     ds = load_czsl_dataset(root, "closed")
     assert ds.skipped == {"attr_na": 1, "set_na": 1, "pair_not_listed": 1}
-    assert ds.split("train")["image"].to_list() == ["red_ball/0.png", "green_cube/0.png", "blue_cone/0.png",
-                                                    "red_cube/0.png"]
+    assert ds.split("train")["image"].to_list() == [
+        "red_ball/0.png",
+        "green_cube/0.png",
+        "blue_cone/0.png",
+        "red_cube/0.png",
+    ]
     # red_ball is a train pair but this image's set is 'val'; green_cube is seen but listed for test.
     assert ds.split("val")["image"].to_list() == ["red_ball/1.png", "green_ball/0.png", "blue_cube/0.png"]
-    assert ds.split("test")["image"].to_list() == ["green_cube/1.png", "red_cone/0.png", "blue_ball/0.png",
-                                                   "blue_ball/1.png"]
+    assert ds.split("test")["image"].to_list() == [
+        "green_cube/1.png",
+        "red_cone/0.png",
+        "blue_ball/0.png",
+        "blue_ball/1.png",
+    ]
     assert ds.split("val")["seen"].to_list() == [True, False, False]
     # Open world applies the same filter (czsl rule): same rows.
     ow = load_czsl_dataset(root, "open")
@@ -63,8 +79,11 @@ def test_labels(root: Path) -> None:
     assert train["pair_idx"].to_list() == [0, 1, 2, 3]  # index in train_pairs (file order), not in `pairs`
     assert train["world_pair_idx"].to_list() == [CLOSED.index(p) for p in TRAIN_PAIRS]
     val = ds.split("val")
-    assert val["pair_idx"].to_list() == [CLOSED.index(("red", "ball")), CLOSED.index(("green", "ball")),
-                                         CLOSED.index(("blue", "cube"))]
+    assert val["pair_idx"].to_list() == [
+        CLOSED.index(("red", "ball")),
+        CLOSED.index(("green", "ball")),
+        CLOSED.index(("blue", "cube")),
+    ]
     assert val["attr_idx"].to_list() == [2, 1, 0] and val["obj_idx"].to_list() == [0, 0, 2]
     ow = load_czsl_dataset(root, "open")
     assert ow.split("val")["pair_idx"].to_list() == [2 * 3 + 0, 1 * 3 + 0, 0 * 3 + 2]
@@ -85,10 +104,11 @@ def test_masks(root: Path) -> None:
     ds = load_czsl_dataset(root, "closed")
     assert ds.seen_mask.tolist() == [p in TRAIN_PAIRS for p in CLOSED]
     # val phase: val u train; the test-only unseen pairs (red cone, blue ball) are excluded.
-    assert [p for p, m in zip(ds.pairs, ds.closed_mask("val").tolist()) if not m] == [("blue", "ball"),
-                                                                                     ("red", "cone")]
-    assert [p for p, m in zip(ds.pairs, ds.closed_mask("test").tolist()) if not m] == [("blue", "cube"),
-                                                                                      ("green", "ball")]
+    assert [p for p, m in zip(ds.pairs, ds.closed_mask("val").tolist()) if not m] == [("blue", "ball"), ("red", "cone")]
+    assert [p for p, m in zip(ds.pairs, ds.closed_mask("test").tolist()) if not m] == [
+        ("blue", "cube"),
+        ("green", "ball"),
+    ]
     ow = load_czsl_dataset(root, "open")
     assert ow.closed_mask("test").all() and ow.closed_mask("val").all()
     assert int(ow.seen_mask.sum()) == 4 and ow.seen_mask[ow.pair2idx[("blue", "cone")]]
@@ -133,11 +153,14 @@ def test_errors_for_missing_files_and_bad_lines(tmp_path: Path) -> None:
 def test_metadata_errors(tmp_path: Path) -> None:
     root = write_czsl_fixture(tmp_path / "d")
     meta = root / "metadata_compositional-split-natural.t7"
+    torch.save([{"image": "x.png", "attr": "red", "obj": "ball", "set": 3}], meta)
+    with pytest.raises(TypeError, match=r"entry 0 has non-string values \{'set': 3\}"):
+        load_czsl_dataset(root)
     torch.save([{"image": "x.png", "attr": "red", "obj": "ball"}], meta)
     with pytest.raises(ValueError, match=r"entry 0 lacks keys \['set'\]"):
         load_czsl_dataset(root)
     torch.save({"image": "x.png"}, meta)
-    with pytest.raises(ValueError, match="expected a list of dicts"):
+    with pytest.raises(TypeError, match="expected a list of dicts"):
         load_czsl_dataset(root)
     torch.save([{"image": "x.png", "attr": "red", "obj": "ball", "set": _Opaque()}], meta)
     with pytest.raises(ValueError, match=r"weights_only=True"):

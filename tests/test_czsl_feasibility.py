@@ -30,9 +30,15 @@ OBJS = ["ball", "cone", "cube"]
 # Unit-free 2-d vectors: cos(red, green) = 0.6, cos(green, blue) = 0.8, cos(red, blue) = 0;
 # cos(ball, cone) = cos(cube, cone) = 1/sqrt(2), cos(ball, cube) = 0.
 VECTORS = {
-    "red": (1.0, 0.0), "green": (0.6, 0.8), "blue": (0.0, 1.0),
-    "ball": (1.0, 0.0), "cube": (0.0, 1.0), "cone": (1.0, 1.0),
-    "fake": (2.0, 0.0), "fur": (0.0, 4.0), "the": (9.0, 9.0),
+    "red": (1.0, 0.0),
+    "green": (0.6, 0.8),
+    "blue": (0.0, 1.0),
+    "ball": (1.0, 0.0),
+    "cube": (0.0, 1.0),
+    "cone": (1.0, 1.0),
+    "fake": (2.0, 0.0),
+    "fur": (0.0, 4.0),
+    "the": (9.0, 9.0),
 }
 R = 1 / math.sqrt(2)
 

@@ -77,26 +77,41 @@ def evaluate_scores_file(
         metrics = evaluate_split(scores, ds, split, **kwargs)
     else:
         feas_np = _load_matrix(Path(feasibility_path), (p,), "feasibility vector (open-world pair order)")
-        feas = Feasibility(scores=torch.from_numpy(np.array(feas_np)), seen_mask=ds.seen_mask,
-                           source=f"file:{Path(feasibility_path).name}")
+        feas = Feasibility(
+            scores=torch.from_numpy(np.array(feas_np)),
+            seen_mask=ds.seen_mask,
+            source=f"file:{Path(feasibility_path).name}",
+        )
         nonzero_seen = int((feas.scores[ds.seen_mask] != 0).sum())
         if nonzero_seen:
-            log.warning("%d seen pairs have non-zero feasibility in %s; the references zero them", nonzero_seen,
-                        feasibility_path)
+            log.warning(
+                "%d seen pairs have non-zero feasibility in %s; the references zero them",
+                nonzero_seen,
+                feasibility_path,
+            )
         if threshold is None:
             if split != "val":
                 raise ValueError("no --threshold given for the test split; calibrate it on val first (spec 2.5.2)")
             attr, obj, pair = ds.labels(split)
-            cal = calibrate_threshold(scores, attr, obj, pair, ds.pair_attr_idx(), ds.pair_obj_idx(), feas,
-                                      variant=filter_variant, **kwargs)
+            cal = calibrate_threshold(
+                scores, attr, obj, pair, ds.pair_attr_idx(), ds.pair_obj_idx(), feas, variant=filter_variant, **kwargs
+            )
             metrics, threshold, how = cal.val_metrics, cal.threshold, "calibrated_on_val"
         else:
             transform = feasibility_filter(feas.scores, ds.seen_mask, float(threshold), filter_variant)
             metrics = evaluate_split(scores, ds, split, column_transform=transform, **kwargs)
             how = "given"
         out.update(threshold=float(threshold), threshold_source=how, filter=filter_variant, feasibility=feas.source)
-    result = {**metrics.summary(), "split": split, "world": world, "n_samples": n, "n_pairs": p,
-              "n_seen": metrics.n_seen, "n_unseen": metrics.n_unseen, **out}
+    result = {
+        **metrics.summary(),
+        "split": split,
+        "world": world,
+        "n_samples": n,
+        "n_pairs": p,
+        "n_seen": metrics.n_seen,
+        "n_unseen": metrics.n_unseen,
+        **out,
+    }
     return result
 
 

@@ -136,7 +136,9 @@ def read_pair_splits(root: Path) -> PairSplits:
     root = Path(root)
     split_dir = root / SPLIT_DIR
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"CZSL split folder not found: {split_dir} (is {root} a dataset root in the CZSL layout?)")
+        raise FileNotFoundError(
+            f"CZSL split folder not found: {split_dir} (is {root} a dataset root in the CZSL layout?)"
+        )
     return PairSplits(*(read_pairs_file(split_dir / f"{s}_pairs.txt") for s in SPLITS))
 
 
@@ -146,22 +148,22 @@ def load_metadata(path: Path) -> list[dict[str, str]]:
         raise FileNotFoundError(f"CZSL metadata not found: {path} (expected <root>/{METADATA_FILE})")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name and what was expected
+    except Exception as exc:  # any unpickling failure: re-raised with the file name and what was expected
         raise ValueError(
             f"could not load CZSL metadata {path} with torch.load(weights_only=True): {exc}. Expected a torch-saved "
             f"list of dicts with string keys {METADATA_KEYS}; files that need arbitrary unpickling are refused"
         ) from exc
     if not isinstance(data, list):
-        raise ValueError(f"CZSL metadata {path} holds a {type(data).__name__}; expected a list of dicts")
+        raise TypeError(f"CZSL metadata {path} holds a {type(data).__name__}; expected a list of dicts")
     for i, entry in enumerate(data):
         if not isinstance(entry, dict):
-            raise ValueError(f"CZSL metadata {path} entry {i} is a {type(entry).__name__}; expected a dict")
+            raise TypeError(f"CZSL metadata {path} entry {i} is a {type(entry).__name__}; expected a dict")
         missing = [k for k in METADATA_KEYS if k not in entry]
         if missing:
             raise ValueError(f"CZSL metadata {path} entry {i} lacks keys {missing}; found keys {sorted(entry)}")
         bad = {k: entry[k] for k in METADATA_KEYS if not isinstance(entry[k], str)}
         if bad:
-            raise ValueError(f"CZSL metadata {path} entry {i} has non-string values {bad}; expected strings")
+            raise TypeError(f"CZSL metadata {path} entry {i} has non-string values {bad}; expected strings")
     return data
 
 
@@ -317,8 +319,17 @@ def load_czsl_dataset(
         world_idx = pair2idx[pair]
         label = train_pair2idx[pair] if split == "train" else world_idx
         rows[split].append(
-            (str(image_dir / entry["image"]), entry["image"], attr, obj, attr2idx[attr], obj2idx[obj], label,
-             world_idx, pair in train_set)
+            (
+                str(image_dir / entry["image"]),
+                entry["image"],
+                attr,
+                obj,
+                attr2idx[attr],
+                obj2idx[obj],
+                label,
+                world_idx,
+                pair in train_set,
+            )
         )
 
     splits = {s: _frame(rows[s]) for s in SPLITS}
@@ -326,13 +337,29 @@ def load_czsl_dataset(
         _check_images_exist(splits)
     seen_mask = torch.tensor([p in train_set for p in pairs], dtype=torch.bool)
     ds = CzslDataset(
-        name=name, root=root, world=world, attrs=ps.attrs, objs=ps.objs, pairs=pairs, closed_pairs=ps.closed_pairs,
-        train_pairs=ps.train_pairs, val_pairs=ps.val_pairs, test_pairs=ps.test_pairs, seen_mask=seen_mask,
-        splits=splits, skipped=skipped,
+        name=name,
+        root=root,
+        world=world,
+        attrs=ps.attrs,
+        objs=ps.objs,
+        pairs=pairs,
+        closed_pairs=ps.closed_pairs,
+        train_pairs=ps.train_pairs,
+        val_pairs=ps.val_pairs,
+        test_pairs=ps.test_pairs,
+        seen_mask=seen_mask,
+        splits=splits,
+        skipped=skipped,
     )
     log.info(
         "CZSL %s (%s world): %d attrs, %d objs, %d pairs; images train/val/test %d/%d/%d; skipped %s",
-        name, world, len(ps.attrs), len(ps.objs), len(pairs), *(splits[s].height for s in SPLITS), skipped,
+        name,
+        world,
+        len(ps.attrs),
+        len(ps.objs),
+        len(pairs),
+        *(splits[s].height for s in SPLITS),
+        skipped,
     )
     if check_sizes and name in EXPECTED_SIZES:
         check_split_sizes(ds, EXPECTED_SIZES[name])
@@ -340,8 +367,15 @@ def load_czsl_dataset(
 
 
 _SCHEMA = {
-    "path": pl.Utf8, "image": pl.Utf8, "attr": pl.Utf8, "obj": pl.Utf8, "attr_idx": pl.Int64, "obj_idx": pl.Int64,
-    "pair_idx": pl.Int64, "world_pair_idx": pl.Int64, "seen": pl.Boolean,
+    "path": pl.Utf8,
+    "image": pl.Utf8,
+    "attr": pl.Utf8,
+    "obj": pl.Utf8,
+    "attr_idx": pl.Int64,
+    "obj_idx": pl.Int64,
+    "pair_idx": pl.Int64,
+    "world_pair_idx": pl.Int64,
+    "seen": pl.Boolean,
 }
 
 
@@ -384,5 +418,6 @@ def check_split_sizes(ds: CzslDataset, expected: ExpectedSizes) -> None:
     if errors:
         raise ValueError(
             f"CZSL dataset {ds.name!r} at {ds.root} does not match the published sizes (spec 1.3): "
-            + "; ".join(errors) + ". Pass check_sizes=False to load it anyway."
+            + "; ".join(errors)
+            + ". Pass check_sizes=False to load it anyway."
         )

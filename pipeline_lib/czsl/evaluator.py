@@ -102,8 +102,9 @@ def evaluate(
         evaluator sees exactly the transformed matrix.
     device: where chunks are processed; default CUDA when available, else CPU.
     """
-    n, p = _check_inputs(scores, attr_labels, obj_labels, pair_labels, pair_attrs, pair_objs, seen_mask, closed_mask,
-                         top_k, chunk_size)
+    n, p = _check_inputs(
+        scores, attr_labels, obj_labels, pair_labels, pair_attrs, pair_objs, seen_mask, closed_mask, top_k, chunk_size
+    )
     dev = torch.device(device) if device is not None else _default_device()
     labels = _as_long(pair_labels)  # (N,)
     attr_t, obj_t = _as_long(attr_labels), _as_long(obj_labels)
@@ -181,15 +182,30 @@ def evaluate(
     bias_list = [float(b) for b in biases.tolist()]
     best_bias = float(max_bias) if idx == n_bias else bias_list[idx]
     metrics = CzslMetrics(
-        seen=float(s_arr.max()), unseen=float(u_arr.max()), hm=float(hm[idx]), auc=auc,
-        attr_acc=_mean(attr_ub), obj_acc=_mean(obj_ub), best_bias=best_bias,
-        hm_seen=float(s_arr[idx]), hm_unseen=float(u_arr[idx]), seen_at_max=seen_at_max, unseen_at_max=unseen_at_max,
-        acc_unbiased=_mean(match_ub), seen_unbiased=_mean(match_ub[sample_seen]),
-        unseen_unbiased=_mean(match_ub[unseen_idx]), n_seen=n_seen, n_unseen=n_unseen, top_k=top_k,
-        curve_seen=curve_seen, curve_unseen=curve_unseen, biases=bias_list,
+        seen=float(s_arr.max()),
+        unseen=float(u_arr.max()),
+        hm=float(hm[idx]),
+        auc=auc,
+        attr_acc=_mean(attr_ub),
+        obj_acc=_mean(obj_ub),
+        best_bias=best_bias,
+        hm_seen=float(s_arr[idx]),
+        hm_unseen=float(u_arr[idx]),
+        seen_at_max=seen_at_max,
+        unseen_at_max=unseen_at_max,
+        acc_unbiased=_mean(match_ub),
+        seen_unbiased=_mean(match_ub[sample_seen]),
+        unseen_unbiased=_mean(match_ub[unseen_idx]),
+        n_seen=n_seen,
+        n_unseen=n_unseen,
+        top_k=top_k,
+        curve_seen=curve_seen,
+        curve_unseen=curve_unseen,
+        biases=bias_list,
     )
-    log.debug("CZSL eval on %d x %d (%d seen / %d unseen, %d biases): %s", n, p, n_seen, n_unseen, n_bias,
-              metrics.summary())
+    log.debug(
+        "CZSL eval on %d x %d (%d seen / %d unseen, %d biases): %s", n, p, n_seen, n_unseen, n_bias, metrics.summary()
+    )
     return metrics
 
 
@@ -209,8 +225,15 @@ def evaluate_split(
         raise ValueError(f"split={split!r}; the evaluator runs on 'val' or 'test'")
     attr, obj, pair = dataset.labels(split)
     return evaluate(
-        scores, attr, obj, pair, dataset.pair_attr_idx(), dataset.pair_obj_idx(), dataset.seen_mask,
-        dataset.closed_mask(split), **kwargs,
+        scores,
+        attr,
+        obj,
+        pair,
+        dataset.pair_attr_idx(),
+        dataset.pair_obj_idx(),
+        dataset.seen_mask,
+        dataset.closed_mask(split),
+        **kwargs,
     )
 
 
@@ -259,17 +282,33 @@ def _chunks(scores: Scores, n: int, chunk_size: int, dev: torch.device, transfor
         yield lo, hi, chunk
 
 
-def _check_inputs(scores, attr_labels, obj_labels, pair_labels, pair_attrs, pair_objs, seen_mask, closed_mask,
-                  top_k: int, chunk_size: int) -> tuple[int, int]:
+def _check_inputs(
+    scores,
+    attr_labels,
+    obj_labels,
+    pair_labels,
+    pair_attrs,
+    pair_objs,
+    seen_mask,
+    closed_mask,
+    top_k: int,
+    chunk_size: int,
+) -> tuple[int, int]:
     if scores.ndim != 2:
         raise ValueError(f"scores has shape {tuple(scores.shape)}; expected (N samples, P pairs)")
     dtype_ok = scores.dtype == (torch.float32 if isinstance(scores, torch.Tensor) else np.float32)
     if not dtype_ok:
         raise ValueError(f"scores dtype is {scores.dtype}; expected float32 (fp16 breaks the -1e10 mask, spec 2.1)")
     n, p = scores.shape
-    for name, v, size in (("attr_labels", attr_labels, n), ("obj_labels", obj_labels, n),
-                          ("pair_labels", pair_labels, n), ("pair_attrs", pair_attrs, p), ("pair_objs", pair_objs, p),
-                          ("seen_mask", seen_mask, p), ("closed_mask", closed_mask, p)):
+    for name, v, size in (
+        ("attr_labels", attr_labels, n),
+        ("obj_labels", obj_labels, n),
+        ("pair_labels", pair_labels, n),
+        ("pair_attrs", pair_attrs, p),
+        ("pair_objs", pair_objs, p),
+        ("seen_mask", seen_mask, p),
+        ("closed_mask", closed_mask, p),
+    ):
         if tuple(v.shape) != (size,):
             raise ValueError(f"{name} has shape {tuple(v.shape)}; expected ({size},) to match scores {n} x {p}")
     if n == 0:

@@ -195,8 +195,13 @@ def dataset_feasibility(
     A configured file that is missing is an error (never a silent fallback).
     """
     if word_vectors is not None:
-        return compute_feasibility(attrs, objs, train_pairs, word_file_embedder(Path(word_vectors), rename),
-                                   source=f"word_vectors:{Path(word_vectors).name}")
+        return compute_feasibility(
+            attrs,
+            objs,
+            train_pairs,
+            word_file_embedder(Path(word_vectors), rename),
+            source=f"word_vectors:{Path(word_vectors).name}",
+        )
     if fallback is None:
         raise ValueError("no word-vector file configured and no fallback embedder given; expected one of them")
     return compute_feasibility(attrs, objs, train_pairs, fallback, source=fallback_name)
@@ -270,13 +275,34 @@ def calibrate_threshold(
     thresholds = threshold_candidates(feas, seen, n_thresholds)
     aucs = []
     for tau in thresholds:
-        m = evaluate(val_scores, attr_labels, obj_labels, pair_labels, pair_attrs, pair_objs, seen, closed,
-                     column_transform=feasibility_filter(feas, seen, float(tau), variant), **eval_kwargs)
+        m = evaluate(
+            val_scores,
+            attr_labels,
+            obj_labels,
+            pair_labels,
+            pair_attrs,
+            pair_objs,
+            seen,
+            closed,
+            column_transform=feasibility_filter(feas, seen, float(tau), variant),
+            **eval_kwargs,
+        )
         aucs.append(m.auc)
         if best is None or m.auc > best[1]:
             best = (float(tau), m.auc, m)
     assert best is not None
-    log.info("OW threshold %.4f (val AUC %.4f, %s filter, feasibility from %s)", best[0], best[1], variant,
-             feasibility.source)
-    return Calibration(threshold=best[0], variant=variant, source=feasibility.source, val_metrics=best[2],
-                       thresholds=[float(t) for t in thresholds], val_aucs=aucs)
+    log.info(
+        "OW threshold %.4f (val AUC %.4f, %s filter, feasibility from %s)",
+        best[0],
+        best[1],
+        variant,
+        feasibility.source,
+    )
+    return Calibration(
+        threshold=best[0],
+        variant=variant,
+        source=feasibility.source,
+        val_metrics=best[2],
+        thresholds=[float(t) for t in thresholds],
+        val_aucs=aucs,
+    )
