@@ -20,6 +20,15 @@ TINY = {
 }
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two busy-waiting ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def tiny() -> tuple[open_clip.CLIP, open_clip.tokenizer.SimpleTokenizer]:
     torch.manual_seed(0)

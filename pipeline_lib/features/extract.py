@@ -1,0 +1,242 @@
+"""Batched image feature extraction into resumable block groups.
+
+DataLoader workers decode and preprocess images (PIL work only) while the main process runs the forward pass and
+writes finished blocks. Workers never touch zarr: zarr's sync API drives an asyncio loop on a thread of the parent,
+and a forked child that used zarr could deadlock on it; a child that only decodes images is safe to fork, and fork
+starts workers in milliseconds where spawn re-imports torch in each. `start_method="spawn"` is there for platforms
+without fork or datasets that need it. Batches never straddle blocks and always start at a block's first row, so a
+resumed run computes every block with exactly the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pipeline_lib.features.augment import augment_view
+from pipeline_lib.features.config import AugmentConfig
+from pipeline_lib.store import BlockGroup
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[..., Iterable]
+# Workers only decode images (module docstring), so fork is safe where the platform has it.
+WORKER_START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+
+
+def quiet_progress() -> bool:
+    """Progress bars are off under CI=true (logs stay readable in CI)."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def default_progress(iterable: Iterable, total: int | None = None, desc: str | None = None) -> Iterable:
+    """tqdm over `iterable`, silent under CI=true."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=quiet_progress(), leave=False)
+
+
+def _load_rgb(path: str) -> Image.Image:
+    from pipeline_lib.data.images import load_rgb
+
+    return load_rgb(path)
+
+
+class ImageViewsDataset(Dataset):
+    """Item i -> (i, views (V, 3, H, W)): image `paths[i]` decoded, augmented per view, then the model's preprocess.
+
+    View 0 is the plain image; view j > 0 is augmented with randomness from (seed, i, j) only, where i is the row in
+    the split list, so results do not depend on batching, workers or resumption.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        preprocess: Callable[[Image.Image], Tensor],
+        views: int = 1,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        crop_size: int = 224,
+    ) -> None:
+        if views < 1:
+            raise ValueError(f"views={views}: expected >= 1")
+        if views > 1 and augment is None:
+            raise ValueError(f"views={views} needs an augmentation recipe")
+        self.paths = list(paths)
+        self.preprocess = preprocess
+        self.views = views
+        self.augment = augment
+        self.seed = seed
+        self.crop_size = crop_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor]:
+        img = _load_rgb(self.paths[i])
+        out = [
+            self.preprocess(augment_view(img, self.augment, self.seed, i, v, self.crop_size) if v else img)
+            for v in range(self.views)
+        ]
+        return i, torch.stack(out)  # (V, 3, H, W)
+
+
+class BlockBatchSampler(Sampler[list[int]]):
+    """Batches of row ids covering the given blocks in order; each block is cut into batches from its first row."""
+
+    def __init__(self, block_rows: Sequence[tuple[int, int]], batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: expected >= 1")
+        self.block_rows = list(block_rows)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start, stop in self.block_rows:
+            for b in range(start, stop, self.batch_size):
+                yield list(range(b, min(b + self.batch_size, stop)))
+
+    def __len__(self) -> int:
+        return sum(-(-(stop - start) // self.batch_size) for start, stop in self.block_rows)
+
+
+def autocast_context(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when asked; CPU always runs fp32 (the reference numerics)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def image_encoder(model: nn.Module, tokens: bool = False) -> Callable[[Tensor], dict[str, Tensor]]:
+    """A batch function images (B, 3, H, W) -> {"image": (B, D)[, "tokens": (B, 1 + N, D)]}.
+
+    Features are raw post-projection `encode_image` outputs (not normalised). With tokens, one forward pass gives both:
+    the pooled output is read from the image tower while the token hook runs.
+    """
+    if not tokens:
+        return lambda images: {"image": model.encode_image(images)}
+
+    from pipeline_lib.backbone.hooks import image_token_features
+
+    def encode(images: Tensor) -> dict[str, Tensor]:
+        pooled: list[Tensor] = []
+        handle = model.visual.register_forward_hook(lambda _m, _i, out: pooled.append(out))
+        try:
+            toks = image_token_features(model, images)  # (B, 1 + N, D)
+        finally:
+            handle.remove()
+        image = pooled[-1][0] if isinstance(pooled[-1], tuple) else pooled[-1]  # (B, D), = encode_image
+        return {"image": image, "tokens": toks}
+
+    return encode
+
+
+@dataclass
+class ExtractStats:
+    """What one extraction call did (for metrics)."""
+
+    images: int = 0  # source images encoded in this call
+    forwards: int = 0  # images through the model (images x views)
+    blocks_written: int = 0
+    blocks_skipped: int = 0  # already done by an earlier (killed) run
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.forwards / self.seconds if self.seconds > 0 else 0.0
+
+
+def extract_to_blocks(
+    group: BlockGroup,
+    dataset: ImageViewsDataset,
+    encode: Callable[[Tensor], dict[str, Tensor]],
+    row_arrays: dict[str, np.ndarray],
+    *,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    amp: bool = True,
+    views_key: str | None = None,
+    progress: Progress | None = None,
+    desc: str = "features",
+    on_block: Callable[[int], None] | None = None,
+    start_method: str = WORKER_START_METHOD,
+) -> ExtractStats:
+    """Encode every pending block of `group` and write it.
+
+    `row_arrays` are per-sample arrays known up front (labels, indices), sliced into each block. With `views_key`, the
+    dataset yields V views per image: all of them go to `views_key` (N, V, D) and view 0 to "image" (N, D). `on_block`
+    runs after each block is marked done (tests use it to simulate a kill).
+    """
+    stats = ExtractStats(blocks_skipped=group.n_blocks - len(group.pending()))
+    pending = group.pending()
+    if not pending:
+        return stats
+    progress = progress or default_progress
+    sampler = BlockBatchSampler([group.rows(b) for b in pending], batch_size)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        multiprocessing_context=start_method if num_workers > 0 else None,
+        pin_memory=device.type == "cuda",
+    )
+    t0 = time.perf_counter()
+    block_iter = iter(pending)
+    block = next(block_iter)
+    start, stop = group.rows(block)
+    parts: dict[str, list[np.ndarray]] = {}
+    filled = start
+    with torch.inference_mode(), autocast_context(device, amp):
+        for rows, views in progress(loader, total=len(sampler), desc=desc):
+            if int(rows[0]) != filled:
+                raise RuntimeError(f"batch starts at row {int(rows[0])}, expected {filled}: sampler out of order")
+            bsz, n_views = views.shape[:2]
+            flat = views.to(device, non_blocking=True).flatten(0, 1)  # (B * V, 3, H, W)
+            out = encode(flat)
+            for name, t in out.items():
+                arr = t.float().cpu().numpy().reshape(bsz, n_views, *t.shape[1:])  # (B, V, ...)
+                if views_key is not None and name == "image":
+                    parts.setdefault(views_key, []).append(arr)
+                parts.setdefault(name, []).append(arr[:, 0])
+            filled += bsz
+            stats.forwards += bsz * n_views
+            stats.images += bsz
+            if filled == stop:
+                data = {k: np.concatenate(v) for k, v in parts.items()}
+                data.update({k: v[start:stop] for k, v in row_arrays.items()})
+                group.write_block(block, data)
+                stats.blocks_written += 1
+                parts = {}
+                if on_block is not None:
+                    on_block(block)
+                block = next(block_iter, None)
+                if block is not None:
+                    start, stop = group.rows(block)
+                    filled = start
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def stats_dict(stats: ExtractStats, **extra: Any) -> dict[str, Any]:
+    """JSON-ready summary of an ExtractStats."""
+    return {
+        "images": stats.images,
+        "forwards": stats.forwards,
+        "blocks_written": stats.blocks_written,
+        "blocks_skipped": stats.blocks_skipped,
+        "seconds": round(stats.seconds, 3),
+        "images_per_s": round(stats.images_per_s, 1),
+        **extra,
+    }

@@ -1,0 +1,222 @@
+"""The features stage end to end on a handful of PNGs with a tiny random-init open_clip model: store contents,
+resumption after a simulated kill (byte-identical stores) and DataLoader workers giving the same features."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import open_clip
+import polars as pl
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import pipeline_lib.features.stage as stage
+from pipeline_lib.backbone.load import Backbone
+from pipeline_lib.config import Config, RuntimeConfig
+from pipeline_lib.features.config import FeaturesConfig
+from pipeline_lib.features.extract import ImageViewsDataset, extract_to_blocks, image_encoder
+from pipeline_lib.store import ArraySpec, BlockGroup, read_array
+
+TINY = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 96, "layers": 3, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
+}
+COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
+SHAPES = ("circle", "square")
+
+
+def _draw(path: Path, colour: str, shape: str, k: int) -> None:
+    img = Image.new("RGB", (32, 32), (240 - 10 * k % 60, 235, 230))
+    box = (6 + k % 4, 6 + k % 3, 24 + k % 4, 25)
+    draw = ImageDraw.Draw(img)
+    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def _make_data(root: Path) -> Path:
+    """A tiny CoOp dataset, CZSL dataset and text-retrieval table in the data stage's layout."""
+    data = root / "artifacts" / "data"
+    fs = data / "fewshot" / "shapes"
+    split: dict[str, list] = {}
+    for name, n in (("train", 5), ("val", 1), ("test", 2)):
+        split[name] = []
+        for label, colour in enumerate(COLOURS):
+            for k in range(n):
+                rel = f"{colour}/{name}_{k}.png"
+                _draw(fs / "images" / rel, colour, SHAPES[k % 2], k)
+                split[name].append([rel, label, colour])
+    (fs / "split_zhou_Shapes.json").write_text(json.dumps(split))
+
+    cz = data / "czsl" / "shapes"
+    pairs = {"train": ["red circle", "blue square"], "val": ["red square"], "test": ["blue circle", "red circle"]}
+    (cz / "compositional-split-natural").mkdir(parents=True)
+    for name, lines in pairs.items():
+        (cz / "compositional-split-natural" / f"{name}_pairs.txt").write_text("\n".join(lines) + "\n")
+    meta = []
+    for set_name, lines in pairs.items():
+        for line in lines:
+            attr, obj = line.split()
+            for k in range(2):
+                image = f"{attr}_{obj}/{set_name}_{k}.png"
+                _draw(cz / "images" / image, attr, obj, k)
+                meta.append({"image": image, "attr": attr, "obj": obj, "set": set_name})
+    torch.save(meta, cz / "metadata_compositional-split-natural.t7")
+
+    (data / "retrieval").mkdir(parents=True)
+    pl.DataFrame({
+        "text": ["a red circle.", "a circle in red.", "a blue square.", "a square, blue.", "a red square."],
+        "group": [0, 0, 1, 1, 2],
+        "split": ["query", "gallery", "query", "gallery", "gallery"],
+    }).write_parquet(data / "retrieval" / "texts.parquet")
+    return data
+
+
+def _backbone() -> Backbone:
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY).eval()
+    return Backbone(
+        model=model,
+        preprocess=open_clip.image_transform(32, is_train=False),
+        tokenizer=open_clip.tokenizer.SimpleTokenizer(context_length=16),
+        name="tiny-test", pretrained=None, fingerprint="f" * 64, image_size=32, context_length=16,
+    )
+
+
+def _ctx(root: Path, work: Path, **features) -> SimpleNamespace:
+    cfg = Config(
+        features=FeaturesConfig(batch_size=4, views=3, rows_per_chunk=2, rows_per_shard=4, **features),
+        runtime=RuntimeConfig(device="cpu", num_workers=0, progress=False),
+    )
+
+    def out(rel: str) -> Path:
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        return work / rel
+
+    return SimpleNamespace(
+        cfg=cfg, root=root, device=torch.device("cpu"), out=out, inp=lambda rel: root / rel,
+        progress=lambda it, total=None, desc="": it,
+    )
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two busy-waiting ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    _make_data(root)
+    return root
+
+
+@pytest.fixture
+def published(monkeypatch) -> Backbone:
+    bb = _backbone()
+    monkeypatch.setattr("pipeline_lib.backbone.load.load_published_backbone", lambda *_a, **_k: bb)
+    return bb
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Backbone, monkeypatch) -> None:
+    t0 = time.perf_counter()
+    summary = stage.run_features(_ctx(world, tmp_path / "full"))
+    elapsed = time.perf_counter() - t0
+    fs = tmp_path / "full" / "artifacts" / "features" / "fewshot.zarr"
+
+    # Few-shot store: shapes, labels, views (view 0 = plain image), text and clip arrays.
+    image = read_array(fs, "train/image")
+    views = read_array(fs, "train/views")
+    assert image.shape == (15, 128) and views.shape == (15, 3, 128)
+    np.testing.assert_array_equal(views[:, 0], image)
+    assert not np.allclose(views[:, 1], image)
+    np.testing.assert_array_equal(read_array(fs, "train/label"), np.repeat([0, 1, 2], 5))
+    np.testing.assert_array_equal(read_array(fs, "test/index"), np.arange(6))
+    with torch.no_grad():
+        ds = ImageViewsDataset([str(world / "artifacts/data/fewshot/shapes/images/blue/test_1.png")],
+                               published.preprocess)
+        direct = published.model.encode_image(ds[0][1]).numpy()  # (1, D), raw (not normalised)
+    np.testing.assert_allclose(read_array(fs, "test/image")[3], direct[0], rtol=1e-4, atol=1e-5)
+    assert read_array(fs, "text/class_proj").shape == (3, 128)
+    assert read_array(fs, "text/prompt_eos").shape == (3, 1, 128)
+    np.testing.assert_allclose(read_array(fs, "clip/text_projection"),
+                               published.model.text_projection.detach().numpy())
+    assert float(read_array(fs, "clip/logit_scale")) == pytest.approx(1 / 0.07, rel=1e-4)
+
+    # CZSL store: tokens (CLS + 64 patches), labels into the closed-world pair list.
+    cz = tmp_path / "full" / "artifacts" / "features" / "czsl.zarr"
+    assert read_array(cz, "train/tokens").shape == (4, 65, 128)
+    # closed-world pairs, sorted: blue circle, blue square, red circle, red square
+    assert read_array(cz, "test/pair").tolist() == [0, 0, 2, 2]
+    rt = tmp_path / "full" / "artifacts" / "features" / "retrieval_text.zarr"
+    assert read_array(rt, "gallery/text").shape == (3, 128)
+    assert read_array(rt, "gallery/group").tolist() == [0, 1, 2]
+
+    metrics = json.loads((tmp_path / "full" / "metrics" / "features.json").read_text())
+    assert metrics["fewshot"]["train"]["forwards"] == 45 and metrics["images_per_s"] > 0
+    assert summary["files"] == metrics["files"]
+    assert elapsed < 20, f"tiny stage took {elapsed:.1f} s"
+
+    # Kill after 3 blocks, rerun: the finished blocks are skipped and the stores end byte-identical.
+    calls: list[tuple] = []
+
+    def kill(store: str, group: str, block: int) -> None:
+        calls.append((store, group, block))
+        if len(calls) == 3:
+            raise Killed
+
+    monkeypatch.setattr(stage, "after_block", kill)
+    with pytest.raises(Killed):
+        stage.run_features(_ctx(world, tmp_path / "resumed"))
+    monkeypatch.setattr(stage, "after_block", None)
+    rerun = stage.run_features(_ctx(world, tmp_path / "resumed"))
+    assert rerun["blocks_skipped"] == 3
+    full_tree = _tree(tmp_path / "full" / "artifacts" / "features")
+    assert full_tree == _tree(tmp_path / "resumed" / "artifacts" / "features")
+    # Sharding: 8 chunks of 2 rows in 4 shard files of 4 rows (one per block).
+    assert sorted(k for k in full_tree if k.startswith("fewshot.zarr/train/views/c/")) == [
+        f"fewshot.zarr/train/views/c/{i}/0/0" for i in range(4)
+    ]
+
+
+def test_bad_template_fails_before_extraction(world: Path, tmp_path: Path, published: Backbone) -> None:
+    ctx = _ctx(world, tmp_path, cupl_file=str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="cupl_file"):
+        stage.run_features(ctx)
+    assert not (tmp_path / "artifacts" / "features" / "fewshot.zarr" / "train").exists()
+
+
+def test_worker_processes_give_identical_features(world: Path, tmp_path: Path) -> None:
+    bb = _backbone()
+    paths = sorted(str(p) for p in (world / "artifacts/data/fewshot/shapes/images").rglob("*.png"))[:6]
+    cfg = FeaturesConfig()
+    results = []
+    for workers, name in ((0, "a.zarr"), (1, "b.zarr")):
+        bg = BlockGroup.create_or_resume(
+            tmp_path / name, "g", [ArraySpec("image", (6, 128), "float32"), ArraySpec("views", (6, 2, 128), "float32")],
+            rows_per_chunk=2, rows_per_shard=4,
+        )
+        ds = ImageViewsDataset(paths, bb.preprocess, views=2, augment=cfg.augment, seed=3, crop_size=32)
+        stats = extract_to_blocks(bg, ds, image_encoder(bb.model), {}, batch_size=3, device=torch.device("cpu"),
+                                  num_workers=workers, views_key="views")
+        assert stats.blocks_written == 2 and stats.forwards == 12
+        results.append(read_array(tmp_path / name, "g/views"))
+    np.testing.assert_array_equal(results[0], results[1])
