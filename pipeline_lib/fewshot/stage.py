@@ -1,0 +1,237 @@
+"""Few-shot stage functions (stage contract): bridge fit, one (shots, seed) run, report over all runs.
+
+Outputs (repo-relative):
+- fewshot_fit:    artifacts/fewshot/bridge/       bridge.pt (W+, L), bridge.json (spectrum, rank)
+- fewshot_seed:   artifacts/fewshot/k{shots}-s{seed}/  results.json, curves.csv, search.csv, bias_norms.csv,
+                  semobridge_t.pt (last and best weights)
+- fewshot_report: artifacts/fewshot/report/ (summary.json), metrics/fewshot.json, plots/fewshot_accuracy.csv,
+                  plots/fewshot_train_curve.csv, plots/fewshot_bias_norms.csv
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline_lib.fewshot.bridge import BridgeFit, fit_bridge
+from pipeline_lib.fewshot.config import FewshotConfig
+from pipeline_lib.fewshot.evaluate import FewshotInputs, SeedResult, aggregate, evaluate_seed, paired_differences
+from pipeline_lib.fewshot.sampling import build_support, sample_fewshot_indices
+
+log = logging.getLogger(__name__)
+
+FEATURES = "artifacts/features"
+STORE = "fewshot.zarr"
+BRIDGE_OUT = "artifacts/fewshot/bridge"
+REPORT_OUT = "artifacts/fewshot/report"
+
+
+def seed_out(shots: int, seed: int) -> str:
+    """Output directory of one (shots, seed) run."""
+    return f"artifacts/fewshot/k{shots}-s{seed}"
+
+
+def read_store_array(store: Path, name: str) -> np.ndarray:
+    """One whole array of the feature store (pipeline_lib.store when present, zarr otherwise)."""
+    try:
+        from pipeline_lib.store import read_array
+    except ImportError:  # pragma: no cover - the store module is part of the package
+        import zarr
+
+        return np.asarray(zarr.open_group(str(store), mode="r")[name][...])
+    return read_array(store, name)
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).float()
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------- fit
+
+
+def run_fewshot_fit(ctx: Any) -> dict:
+    """Truncated pinv of W_txt, the rescale constant L, the singular values and rank(W+ W_txt)."""
+    cfg: FewshotConfig = ctx.cfg.fewshot
+    store = ctx.inp(FEATURES) / STORE
+    w_txt = _t(read_store_array(store, "clip/text_projection"))  # (D_t, D_p)
+    eos_raw = _t(read_store_array(store, "text/class_eos_raw"))  # (C, D_t)
+    fit = fit_bridge(w_txt, eos_raw, cfg.atol)
+    out = ctx.out(BRIDGE_OUT)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"pinv": fit.pinv, "scale": fit.scale, "singular_values": fit.singular_values, "atol": cfg.atol},
+               out / "bridge.pt")
+    summary = {**fit.summary(), "atol": cfg.atol, "d_t": int(w_txt.shape[0]), "d_p": int(w_txt.shape[1]),
+               "singular_values": [float(v) for v in fit.singular_values]}
+    _write_json(out / "bridge.json", summary)
+    return {k: v for k, v in summary.items() if k != "singular_values"}
+
+
+def load_bridge(path: Path) -> BridgeFit:
+    """Read what run_fewshot_fit published."""
+    blob = torch.load(path / "bridge.pt", map_location="cpu")
+    meta = json.loads((path / "bridge.json").read_text())
+    return BridgeFit(blob["pinv"], float(blob["scale"]), blob["singular_values"], int(meta["n_dropped"]),
+                     int(meta["rank_pinv_wtxt"]))
+
+
+# ------------------------------------------------------------------------------------------------------ seed
+
+
+def load_inputs(store: Path, shots: int, seed: int, augment_epochs: int) -> tuple[FewshotInputs, list[int]]:
+    """Sample the K-shot subset from the train split and gather the cached features every method needs."""
+    train_labels = read_store_array(store, "train/label").astype(np.int64)
+    class_proj = _t(read_store_array(store, "text/class_proj"))  # (C, D_p)
+    n_classes = class_proj.shape[0]
+    idx = sample_fewshot_indices(train_labels.tolist(), shots, seed)
+    views = read_store_array(store, "train/views")  # (N, V, D_p)
+    support = build_support(views, train_labels, idx, n_classes, augment_epochs)  # (C, K', D_p)
+    inp = FewshotInputs(
+        support=support,
+        text_proj=class_proj,
+        text_eos=_t(read_store_array(store, "text/class_eos")),
+        w_txt=_t(read_store_array(store, "clip/text_projection")),
+        val_raw=_t(read_store_array(store, "val/image")),
+        val_labels=torch.from_numpy(read_store_array(store, "val/label").astype(np.int64)),
+        test_raw=_t(read_store_array(store, "test/image")),
+        test_labels=torch.from_numpy(read_store_array(store, "test/label").astype(np.int64)),
+    )
+    return inp, idx
+
+
+def run_fewshot_seed(ctx: Any, shots: int | None = None, seed: int | None = None) -> dict:
+    """Sampling, training-free methods and SeMoBridge-T for one (shots, seed); shots/seed default to ctx.item."""
+    item = getattr(ctx, "item", {}) or {}
+    shots = int(item["shots"] if shots is None else shots)
+    seed = int(item["seed"] if seed is None else seed)
+    cfg: FewshotConfig = ctx.cfg.fewshot
+    store = ctx.inp(FEATURES) / STORE
+    fit = load_bridge(ctx.inp(BRIDGE_OUT))
+    inp, idx = load_inputs(store, shots, seed, cfg.augment_epochs)
+    res = evaluate_seed(inp, fit, cfg, seed)
+    out = ctx.out(seed_out(shots, seed))
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"shots": shots, "seed": seed, "support_shape": list(inp.support.shape), "train_indices": idx,
+              "methods": res.methods}
+    _write_json(out / "results.json", record)
+    _write_search_history(out / "search.csv", res)
+    _write_training(out, res)
+    return {"shots": shots, "seed": seed,
+            "test_acc": {name: round(m["test_acc"], 3) for name, m in res.methods.items()}}
+
+
+def _write_search_history(path: Path, res: SeedResult) -> None:
+    names = list(res.searches)
+    n = max((len(s.history) for s in res.searches.values()), default=0)
+    rows = [[t] + [res.searches[k].history[t] if t < len(res.searches[k].history) else "" for k in names]
+            for t in range(n)]
+    _write_csv(path, ["trial", *names], rows)
+
+
+def _write_training(out: Path, res: SeedResult) -> None:
+    tr = res.train
+    if tr is None:
+        return
+    cols = list(tr.curves)
+    rows = [[tr.curves[c][i] for c in cols] for i in range(len(tr.curves["step"]))]
+    _write_csv(out / "curves.csv", cols, rows)
+    bias = tr.bias_last
+    norms = bias.norm(dim=-1).tolist() if bias is not None else []
+    _write_csv(out / "bias_norms.csv", ["class", "norm"], [[c, v] for c, v in enumerate(norms)])
+    torch.save({"pinv_last": tr.pinv_last, "bias_last": tr.bias_last, "pinv_best": tr.pinv_best,
+                "bias_best": tr.bias_best, "best_step": tr.best_step}, out / "semobridge_t.pt")
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def run_fewshot_report(ctx: Any) -> dict:
+    """Mean +- population std over seeds per method x shots, paired differences, curves and bias norms."""
+    cfg: FewshotConfig = ctx.cfg.fewshot
+    runs = []
+    for k in cfg.shots:
+        for s in cfg.seeds:
+            p = ctx.inp(seed_out(k, s)) / "results.json"
+            if not p.exists():
+                raise FileNotFoundError(f"{p} missing: run the few-shot stage for shots={k}, seed={s} first")
+            runs.append(json.loads(p.read_text()))
+    table = aggregate(runs)
+    metrics = {"test_acc": table, "val_acc": aggregate(runs, "val_acc"), "paired_test_diff": paired_differences(runs)}
+    bridge_meta = ctx.inp(BRIDGE_OUT) / "bridge.json"
+    if bridge_meta.exists():
+        meta = json.loads(bridge_meta.read_text())
+        metrics["bridge"] = {k: v for k, v in meta.items() if k != "singular_values"}
+    _write_json(ctx.out("metrics/fewshot.json"), metrics)
+
+    methods = list(table)
+    rows = [[k] + [table[m].get(str(k), {}).get(stat) for m in methods for stat in ("mean", "std")]
+            for k in cfg.shots]
+    _write_csv(ctx.out("plots/fewshot_accuracy.csv"), ["shots"] + [f"{m}{sfx}" for m in methods
+                                                                   for sfx in ("", "_std")], rows)
+    _report_curves(ctx, cfg)
+    out = ctx.out(REPORT_OUT)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "summary.json", {"runs": len(runs), "methods": methods})
+    return {m: {k: round(v["mean"], 3) for k, v in table[m].items()} for m in methods}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _report_curves(ctx: Any, cfg: FewshotConfig) -> None:
+    """Training curve: mean over seeds at the largest shot count; bias norms: per class, mean over seeds, per shot."""
+    k_max = max(cfg.shots)
+    curves = [_read_csv(p) for s in cfg.seeds if (p := ctx.inp(seed_out(k_max, s)) / "curves.csv").exists()]
+    header = ["step", "lr", "total", "img", "txte", "txtp", "cons", "bias", "val_acc"]
+    rows = []
+    if curves:
+        for i in range(min(len(c) for c in curves)):
+            row = [int(curves[0][i]["step"])]
+            for col in header[1:]:
+                vals = [float(c[i][col]) for c in curves if c[i].get(col) not in (None, "", "nan")]
+                row.append(float(np.mean(vals)) if vals else "")
+            rows.append(row)
+    _write_csv(ctx.out("plots/fewshot_train_curve.csv"), header, rows)
+    per_shot: dict[int, list[list[float]]] = {}
+    for k in cfg.shots:
+        for s in cfg.seeds:
+            p = ctx.inp(seed_out(k, s)) / "bias_norms.csv"
+            if p.exists():
+                vals = [float(r["norm"]) for r in _read_csv(p)]
+                if vals:
+                    per_shot.setdefault(k, []).append(vals)
+    shots = sorted(per_shot)
+    n_cls = min((len(v) for runs in per_shot.values() for v in runs), default=0)
+    brows = [[c] + [float(np.mean([v[c] for v in per_shot[k]])) for k in shots] for c in range(n_cls)]
+    _write_csv(ctx.out("plots/fewshot_bias_norms.csv"), ["class"] + [f"k{k}" for k in shots], brows)
