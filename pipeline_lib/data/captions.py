@@ -38,7 +38,7 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a {size} {colour} {shape} {pattern_phrase}",
     "a {colour} {pattern} {shape}, {size}",
     "a {size} {pattern} {shape} coloured {colour}",
-    "an image of a {colour} {shape} that is {size} and {pattern}",
+    "a {colour} {shape} that is {size} and {pattern}",
     "a picture of a {size} {shape}, {colour} and {pattern}",
     "{size} {colour} {shape} {pattern_phrase}",
 )

@@ -177,7 +177,7 @@ def czsl_pairs(cfg: DataConfig) -> CzslPairs:
     """Choose unseen pairs spread over colours and shapes, keeping at least one training pair for each.
 
     One random pair per colour and one per shape is protected; unseen pairs are then taken greedily, each time the
-    candidate whose colour and shape still have the most seen pairs (random tie-break). Val and test unseen pairs are
+    candidate whose colour and shape keep the largest share of their pairs seen (random tie-break). Val and test unseen pairs are
     disjoint; the seen pairs listed in val/test are random training pairs.
     """
     attrs, objs = cfg.colours, cfg.shapes
@@ -191,7 +191,13 @@ def czsl_pairs(cfg: DataConfig) -> CzslPairs:
     seen_per_obj = [len(attrs)] * len(objs)
     chosen: list[tuple[int, int]] = []
     for _ in range(cfg.czsl_val_unseen_pairs + cfg.czsl_test_unseen_pairs):
-        best = max(candidates, key=lambda p: (min(seen_per_attr[p[0]], seen_per_obj[p[1]]), -order[p]))
+
+        def keep(p: tuple[int, int]) -> tuple[float, float, int]:
+            """Share of its pairs still seen, for the pair's colour and shape: take from the best-covered first."""
+            attr_share, obj_share = seen_per_attr[p[0]] / len(objs), seen_per_obj[p[1]] / len(attrs)
+            return min(attr_share, obj_share), attr_share + obj_share, -order[p]
+
+        best = max(candidates, key=keep)
         candidates.remove(best)
         chosen.append(best)
         seen_per_attr[best[0]] -= 1

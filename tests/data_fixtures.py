@@ -1,0 +1,45 @@
+"""Tiny shapes-world configs and a once-per-module written world for the data tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from pipeline_lib.data.config import DataConfig
+
+
+def tiny_data_config(**overrides: Any) -> DataConfig:
+    """A world small enough to write in about a second: 3 shapes x 4 colours, a few images per split."""
+    values: dict[str, Any] = {
+        "shapes": ("circle", "square", "star"),
+        "colours": ("red", "green", "blue", "yellow"),
+        "pretrain_images": 20,
+        "contrast_fraction": 0.5,
+        "fewshot_train_per_class": 3,
+        "fewshot_val_per_class": 2,
+        "fewshot_test_per_class": 3,
+        "czsl_val_unseen_pairs": 2,
+        "czsl_test_unseen_pairs": 2,
+        "czsl_val_seen_pairs": 2,
+        "czsl_test_seen_pairs": 2,
+        "czsl_train_per_pair": 2,
+        "czsl_val_per_pair": 1,
+        "czsl_test_per_pair": 2,
+        "czsl_na_images": 2,
+        "retrieval_meanings": 6,
+        "workers": 1,
+    }
+    values.update(overrides)
+    return DataConfig(**values)
+
+
+def fake_stage_context(cfg: DataConfig, work: Path) -> SimpleNamespace:
+    """The parts of StageContext the data stage uses (cfg.data, out, progress)."""
+
+    def out(rel: str) -> Path:
+        path = work / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    return SimpleNamespace(cfg=SimpleNamespace(data=cfg), out=out, progress=lambda it, total=None, desc="": it)

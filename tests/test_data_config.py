@@ -1,0 +1,50 @@
+"""DataConfig validation: bad values fail early with messages naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline_lib.data.config import DataConfig
+
+
+def test_defaults_match_the_design() -> None:
+    cfg = DataConfig()
+    assert cfg.image_size == 32
+    assert cfg.shapes == ("circle", "square", "triangle", "star", "cross", "ring")
+    assert len(cfg.colours) == 8 and cfg.patterns == ("solid", "striped", "dotted")
+    assert cfg.sizes == ("medium", "large")
+    assert cfg.backgrounds == ("flat", "gradient", "blotches", "blocks")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"image_size": 8}, "greater than or equal to 16"),
+        ({"shapes": ()}, "data.shapes is empty"),
+        ({"shapes": ("circle", "circle", "star")}, "repeats ['circle']"),
+        ({"shapes": ("circle", "blob")}, "unknown values ['blob']"),
+        ({"colours": ("red", "mauve")}, "data.colours"),
+        ({"patterns": ("solid", "plaid")}, "data.patterns"),
+        ({"sizes": ("huge",)}, "data.sizes"),
+        ({"backgrounds": ("flat", "sky")}, "data.backgrounds"),
+        ({"shapes": ("circle",)}, "at least 2 shapes"),
+        ({"czsl_val_unseen_pairs": 20, "czsl_test_unseen_pairs": 20}, "at most 34 pairs can be unseen"),
+        ({"czsl_val_seen_pairs": 99}, "czsl_val_seen_pairs=99 exceeds"),
+        ({"retrieval_meanings": 10_000}, "retrieval_meanings=10000 exceeds the 288"),
+        ({"retrieval_gallery_per_meaning": 500}, "distinct paraphrases"),
+        ({"position_jitter": 0.7}, "less than or equal to 0.5"),
+        ({"colour": ("red",)}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_values_are_rejected_with_a_clear_message(overrides: dict, fragment: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        DataConfig(**overrides)
+    assert fragment in str(info.value)
+
+
+def test_config_is_frozen_and_lists_become_tuples() -> None:
+    cfg = DataConfig(shapes=["star", "ring", "circle", "cross", "square"])
+    assert cfg.shapes == ("star", "ring", "circle", "cross", "square")
+    with pytest.raises(ValidationError):
+        cfg.seed = 3  # type: ignore[misc]
