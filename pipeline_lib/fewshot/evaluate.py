@@ -19,7 +19,7 @@ import torch
 
 from pipeline_lib.fewshot.bridge import BridgeFit, bridged_prototypes, image_prototypes
 from pipeline_lib.fewshot.config import FewshotConfig
-from pipeline_lib.fewshot.logits import BlendEvaluator, SimilarityMaps, batched_accuracy, kl_bits, similarity_maps
+from pipeline_lib.fewshot.logits import BlendEvaluator, accuracy, SimilarityMaps, batched_accuracy, kl_bits, similarity_maps
 from pipeline_lib.fewshot.search import SearchResult, search_blend
 from pipeline_lib.fewshot.train import InitValidator, TrainResult, train_semobridge_t
 
@@ -81,7 +81,7 @@ def evaluate_seed(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: 
     test = similarity_maps(inp.test_raw, inp.text_proj, img_proto, p_hat, fit.pinv, inp.w_txt)
 
     def plain(m: SimilarityMaps, attr: str, labels: torch.Tensor) -> float:
-        return float((getattr(m, attr).argmax(dim=1) == labels).float().mean() * 100.0)
+        return accuracy(getattr(m, attr), labels)
 
     out.methods["zero_shot"] = {"val_acc": plain(val, "s1", inp.val_labels), "test_acc": plain(test, "s1",
                                                                                                  inp.test_labels)}

@@ -108,9 +108,14 @@ def blend_logits(maps: SimilarityMaps, kl: torch.Tensor, params: BlendParams, su
     return _score(maps.s1 - 1.0, s2 - 1.0, maps.s3 - 1.0, w, p, use)
 
 
+def percent(correct: int | torch.Tensor, n: int) -> float:
+    """Accuracy in percent from a count, computed one way everywhere so that every path reports identical floats."""
+    return 100.0 * int(correct) / n
+
+
 def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in percent (the spec's objective and metric)."""
-    return float((scores.argmax(dim=-1) == labels).float().mean() * 100.0)
+    return percent((scores.argmax(dim=-1) == labels).sum(), labels.shape[0])
 
 
 @dataclass
@@ -177,7 +182,7 @@ class BlendEvaluator:
     def accuracy_full(self, params: torch.Tensor) -> torch.Tensor:
         """Accuracy (%) per parameter row over all classes, queries in chunks. params (T, 7) -> (T,)."""
         p = params_tensor(params, self.subset)
-        correct = torch.zeros(p.shape[0])
+        correct = torch.zeros(p.shape[0], dtype=torch.long)
         for t in range(p.shape[0]):
             w = torch.exp(p[t, 0] * self.kl)  # (C,)
             for lo in range(0, self.n, self.chunk):
@@ -185,7 +190,7 @@ class BlendEvaluator:
                 d = [None if x is None else x[sl] for x in self.d]
                 sc = _score(d[0], d[1], d[2], w, p[t], self.use)  # (n, C)
                 correct[t] += (sc.argmax(dim=1) == self.labels[sl]).sum()
-        return correct * 100.0 / self.n
+        return torch.tensor([percent(c, self.n) for c in correct], dtype=torch.float64)
 
     def predict(self, params: torch.Tensor) -> torch.Tensor:
         """Exact argmax class per query for one parameter row (7,)."""
@@ -225,7 +230,8 @@ class BlendEvaluator:
     def accuracy(self, params: torch.Tensor) -> torch.Tensor:
         """Accuracy (%) per parameter row via the pruned exact path. params (T, 7) -> (T,)."""
         p = params_tensor(params, self.subset)
-        return torch.stack([(self.predict(row) == self.labels).float().mean() * 100.0 for row in p])
+        return torch.tensor([percent((self.predict(row) == self.labels).sum(), self.n) for row in p],
+                            dtype=torch.float64)
 
 
 def batched_accuracy(maps: SimilarityMaps, kl: torch.Tensor, labels: torch.Tensor, params: torch.Tensor,
@@ -235,10 +241,10 @@ def batched_accuracy(maps: SimilarityMaps, kl: torch.Tensor, labels: torch.Tenso
     use = subset_mask(subset)
     w = torch.exp(p[:, 0:1] * kl[None, :])[:, None, :]  # (T, 1, C)
     pp = p[:, None, None, :]  # (T, 1, 1, 7)
-    correct = torch.zeros(p.shape[0])
+    correct = torch.zeros(p.shape[0], dtype=torch.long)
     n = labels.shape[0]
     for lo in range(0, n, chunk_queries):
         sl = slice(lo, lo + chunk_queries)
         sc = _score(maps.s1[sl] - 1.0, maps.s2[sl] - 1.0, maps.s3[sl] - 1.0, w, pp, use)  # (T, n, C)
         correct += (sc.argmax(dim=-1) == labels[sl]).sum(dim=-1)
-    return correct * 100.0 / n
+    return torch.tensor([percent(c, n) for c in correct], dtype=torch.float64)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pipeline_lib.fewshot.bridge import bridged_prototypes
 from pipeline_lib.fewshot.config import LOSS_VARIANTS, BlendParams, TrainingConfig
-from pipeline_lib.fewshot.logits import _score, subset_mask
+from pipeline_lib.fewshot.logits import _score, percent, subset_mask
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class InitValidator:
             else:
                 sc = self.z1[sl]
             correct += int((sc.argmax(dim=1) == self.labels[sl]).sum())
-        return 100.0 * correct / self.f.shape[0]
+        return percent(correct, self.f.shape[0])
 
 
 @dataclass
