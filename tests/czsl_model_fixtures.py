@@ -38,3 +38,54 @@ def synthetic_tokens(n: int, seed: int = 0, n_tokens: int = 9, dim: int = 128) -
     tokens[:, 2] += basis[len(ATTRS) + obj]
     tokens[:, 0] += 0.5 * (basis[attr] + basis[len(ATTRS) + obj])
     return {"tokens": tokens, "attr": attr, "obj": obj}
+
+
+# A 3 x 3 CZSL benchmark in the standard layout: every attr and obj keeps a training pair; unseen val and test pairs
+# are disjoint; val/test pair files also list seen pairs.
+TRAIN_PAIRS = [("red", "circle"), ("red", "square"), ("green", "square"), ("green", "star"), ("blue", "circle"),
+               ("blue", "star")]
+VAL_PAIRS = [("red", "circle"), ("green", "square"), ("red", "star")]
+TEST_PAIRS = [("green", "star"), ("blue", "circle"), ("green", "circle"), ("blue", "square")]
+RGB = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def write_czsl_layout(root, per_pair: dict[str, int] | None = None, seed: int = 0):
+    """Write pair files, metadata .t7 and 32 px PNGs; returns the root."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    per_pair = per_pair or {"train": 12, "val": 6, "test": 6}
+    root = Path(root)
+    split_dir = root / "compositional-split-natural"
+    split_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    meta = []
+    for split, pairs in (("train", TRAIN_PAIRS), ("val", VAL_PAIRS), ("test", TEST_PAIRS)):
+        (split_dir / f"{split}_pairs.txt").write_text("".join(f"{a} {o}\n" for a, o in pairs))
+        for a, o in pairs:
+            folder = root / "images" / f"{a}_{o}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_pair[split]):
+                rel = f"{a}_{o}/{split}_{i}.png"
+                img = np.clip(np.array(RGB[a])[None, None] + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / "images" / rel)
+                meta.append({"image": rel, "attr": a, "obj": o, "set": split})
+    torch.save(meta, root / "metadata_compositional-split-natural.t7")
+    return root
+
+
+def tokens_for(ds, split: str, seed: int = 0) -> torch.Tensor:
+    """Synthetic tokens (N, 9, 128) for a loaded dataset split (attr in patch 1, obj in patch 2)."""
+    df = ds.split(split)
+    n = df.height
+    g = torch.Generator().manual_seed(seed + {"train": 0, "val": 1, "test": 2}[split])
+    basis = torch.randn(len(ds.attrs) + len(ds.objs), 128, generator=torch.Generator().manual_seed(123))
+    attr = torch.from_numpy(df["attr_idx"].to_numpy().copy())
+    obj = torch.from_numpy(df["obj_idx"].to_numpy().copy())
+    tokens = 0.3 * torch.randn(n, 9, 128, generator=g)
+    tokens[:, 1] += basis[attr]
+    tokens[:, 2] += basis[len(ds.attrs) + obj]
+    tokens[:, 0] += 0.5 * (basis[attr] + basis[len(ds.attrs) + obj])
+    return tokens

@@ -20,6 +20,7 @@ class CzslConfig(Section):
     dataset: str = "shapes"  # folder under artifacts/data/czsl/ in the standard CZSL layout
     worlds: list[Literal["closed", "open"]] = ["closed", "open"]  # settings evaluated; OW uses feasibility filtering
     ow_filter: Literal["multiply", "mask"] = "multiply"  # spec 2.5.3 exact multiplicative rule, or -1e10 variant
+    ow_word_vectors: str | None = None  # GloVe-format file for OW feasibility; None = backbone token embeddings
     # --- text side: soft prompts (spec 3.1) ------------------------------------------------------------------------
     context_length: int = Field(8, ge=6)  # CSP/Troika truncate the text context to 8 tokens
     prompt_init: str = "a photo of"  # learnable context of every branch starts from these token embeddings

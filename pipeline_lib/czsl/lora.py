@@ -104,7 +104,7 @@ def apply_lora(
     replaced = 0
     for module in list(visual.modules()):
         attn = getattr(module, "attn", None)
-        if isinstance(attn, nn.MultiheadAttention):
+        if isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim:  # self-attention blocks only
             module.attn = LoRAMultiheadAttention(attn, rank=rank, alpha=alpha, dropout=dropout, targets=targets)
             replaced += 1
     if replaced == 0:

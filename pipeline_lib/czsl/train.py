@@ -55,7 +55,12 @@ class SplitData:
 
 
 class TokenSource:
-    """Visual tokens for row indices: slices of the cache, or the (LoRA) encoder run on the images."""
+    """Visual tokens for row indices: slices of the cache, or the (LoRA) encoder run on the images.
+
+    Token 0 is always the backbone's global image embedding (CLS for 'tok' pooling, the mean patch token for 'avg'
+    pooling): for an avg-pooled tower the raw CLS token is never trained into the joint space, so the "CLS" of the
+    baseline and of SA's token set is the embedding the backbone was trained with.
+    """
 
     def __init__(
         self, split: SplitData, device: torch.device, *, clip: nn.Module | None = None,
@@ -68,11 +73,26 @@ class TokenSource:
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         if self.split.tokens is not None:
             return self.split.tokens[idx].to(self.device, torch.float32)  # (B, T, D)
-        from pipeline_lib.backbone.hooks import image_token_features
         from pipeline_lib.data.images import load_rgb
 
         images = torch.stack([self.preprocess(load_rgb(self.split.paths[i])) for i in idx.tolist()])  # (B, 3, H, W)
-        return image_token_features(self.clip, images.to(self.device))  # (B, T, D)
+        return encoder_tokens(self.clip, images.to(self.device))  # (B, T, D)
+
+
+def encoder_tokens(clip: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """[global embedding, patch tokens] (B, 1 + L, D) in the joint space, from the shared tower hook."""
+    from pipeline_lib.backbone.hooks import image_token_features
+
+    tokens = image_token_features(clip, images)  # (B, 1 + L, D), CLS first
+    visual = clip.visual
+    pool = getattr(visual, "pool_type", "tok")
+    if pool == "tok":
+        return tokens
+    if pool == "avg" and not getattr(visual, "final_ln_after_pool", False):
+        pooled = tokens[:, 1:].mean(dim=1, keepdim=True)  # (B, 1, D) = encode_image for avg pooling (ln/proj linear)
+    else:
+        pooled = clip.encode_image(images).unsqueeze(1)  # (B, 1, D)
+    return torch.cat([pooled, tokens[:, 1:]], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -176,7 +196,7 @@ def train_model(
             opt.step()
             step += 1
             result.history.append({"variant": model.variant.name, "epoch": epoch, "step": step,
-                                   **{k: float(v) for k, v in terms.items()}})
+                                   **{k: v.item() for k, v in terms.items()}})
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             auc = float(val_auc(model))
             result.val_curve.append({"variant": model.variant.name, "epoch": epoch, "val_auc": auc})
