@@ -153,7 +153,7 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     with torch.no_grad():
         ds = ImageViewsDataset([str(world / "artifacts/data/fewshot/shapes/images/blue/test_1.png")],
                                published.preprocess)
-        direct = published.model.encode_image(ds[0][1]).numpy()  # (1, D), raw (not normalised)
+        direct = published.model.encode_image(ds.finish(ds[0][1])).numpy()  # (1, D), raw (not normalised)
     np.testing.assert_allclose(read_array(fs, "test/image")[3], direct[0], rtol=1e-4, atol=1e-5)
     assert read_array(fs, "text/class_proj").shape == (3, 128)
     assert read_array(fs, "text/prompt_eos").shape == (3, 1, 128)
@@ -220,3 +220,17 @@ def test_worker_processes_give_identical_features(world: Path, tmp_path: Path) -
         assert stats.blocks_written == 2 and stats.forwards == 12
         results.append(read_array(tmp_path / name, "g/views"))
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_batch_normalize_tail_is_bit_identical(world: Path) -> None:
+    pre = open_clip.image_transform(32, is_train=False)
+    paths = sorted(str(p) for p in (world / "artifacts/data/czsl/shapes/images").rglob("*.png"))[:4]
+    split = ImageViewsDataset(paths, pre)
+    whole = ImageViewsDataset(paths, pre, split=False)
+    assert split.batch_tail is not None and whole.batch_tail is None
+    raw = torch.stack([split[i][1][0] for i in range(4)])  # (4, 3, 32, 32)
+    assert raw.dtype == torch.uint8
+    expected = torch.stack([whole[i][1][0] for i in range(4)])
+    assert torch.equal(split.finish(raw), expected)
+    # A preprocess of another shape runs whole per image.
+    assert ImageViewsDataset(paths, lambda img: pre(img)).batch_tail is None

@@ -54,8 +54,56 @@ def _load_rgb(path: str) -> Image.Image:
     return load_rgb(path)
 
 
+class ToUint8Tensor:
+    """PIL RGB/L image -> uint8 (C, H, W): ToTensor without the float conversion (done later, on the batch)."""
+
+    def __call__(self, pic: Image.Image) -> Tensor:
+        if pic.mode not in ("RGB", "L"):
+            raise ValueError(f"expected an RGB or L image before the tensor step, got mode {pic.mode!r}")
+        x = torch.from_numpy(np.array(pic, np.uint8, copy=True))
+        return x.view(pic.size[1], pic.size[0], len(pic.getbands())).permute(2, 0, 1).contiguous()  # (C, H, W)
+
+
+class BatchNormalize:
+    """The ToTensor + Normalize tail of a preprocess, applied to a uint8 batch (B, C, H, W).
+
+    Same elementwise float32 ops as torchvision's per-image ToTensor (x / 255) and Normalize ((x - mean) / std), so the
+    result is bit-identical, while workers ship 4x smaller uint8 batches and the main process (or the GPU) normalises
+    a whole batch in one op instead of paying per-image tensor overhead.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = x.to(torch.float32).div(255)  # (B, C, H, W)
+        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+
+
+def split_preprocess(preprocess: Callable) -> tuple[Callable[[Image.Image], Tensor], BatchNormalize | None]:
+    """(per-image part, batch tail): a torchvision Compose ending in ToTensor + Normalize is split there.
+
+    Anything else (a custom callable, a Compose of another shape) runs whole per image, with no batch tail.
+    """
+    from torchvision.transforms import Compose, Normalize, ToTensor
+
+    steps = getattr(preprocess, "transforms", None)
+    if (
+        isinstance(preprocess, Compose)
+        and steps is not None
+        and len(steps) >= 2
+        and type(steps[-2]).__name__ in {"ToTensor", "MaybeToTensor"}
+        and isinstance(steps[-2], ToTensor)
+        and type(steps[-1]) is Normalize
+    ):
+        return Compose([*steps[:-2], ToUint8Tensor()]), BatchNormalize(steps[-1].mean, steps[-1].std)
+    return preprocess, None
+
+
 class ImageViewsDataset(Dataset):
-    """Item i -> (i, views (V, 3, H, W)): image `paths[i]` decoded, augmented per view, then the model's preprocess.
+    """Item i -> (i, views (V, 3, H, W)): image `paths[i]` decoded, augmented per view, then the model's preprocess
+    (its ToTensor + Normalize tail deferred to `finish`, on the whole batch; see BatchNormalize).
 
     View 0 is the plain image; view j > 0 is augmented with randomness from (seed, i, j) only, where i is the row in
     the split list, so results do not depend on batching, workers or resumption.
@@ -69,13 +117,14 @@ class ImageViewsDataset(Dataset):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         crop_size: int = 224,
+        split: bool = True,
     ) -> None:
         if views < 1:
             raise ValueError(f"views={views}: expected >= 1")
         if views > 1 and augment is None:
             raise ValueError(f"views={views} needs an augmentation recipe")
         self.paths = list(paths)
-        self.preprocess = preprocess
+        self.transform, self.batch_tail = split_preprocess(preprocess) if split else (preprocess, None)
         self.views = views
         self.augment = augment
         self.seed = seed
@@ -87,10 +136,14 @@ class ImageViewsDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, Tensor]:
         img = _load_rgb(self.paths[i])
         out = [
-            self.preprocess(augment_view(img, self.augment, self.seed, i, v, self.crop_size) if v else img)
+            self.transform(augment_view(img, self.augment, self.seed, i, v, self.crop_size) if v else img)
             for v in range(self.views)
         ]
-        return i, torch.stack(out)  # (V, 3, H, W)
+        return i, torch.stack(out)  # (V, 3, H, W), uint8 when a batch tail finishes the preprocess
+
+    def finish(self, batch: Tensor) -> Tensor:
+        """Apply the batch tail of the preprocess (identity when the preprocess ran whole per image)."""
+        return self.batch_tail(batch) if self.batch_tail is not None else batch
 
 
 class BlockBatchSampler(Sampler[list[int]]):
@@ -203,7 +256,7 @@ def extract_to_blocks(
             if int(rows[0]) != filled:
                 raise RuntimeError(f"batch starts at row {int(rows[0])}, expected {filled}: sampler out of order")
             bsz, n_views = views.shape[:2]
-            flat = views.to(device, non_blocking=True).flatten(0, 1)  # (B * V, 3, H, W)
+            flat = dataset.finish(views.to(device, non_blocking=True).flatten(0, 1))  # (B * V, 3, H, W)
             out = encode(flat)
             for name, t in out.items():
                 arr = t.float().cpu().numpy().reshape(bsz, n_views, *t.shape[1:])  # (B, V, ...)
