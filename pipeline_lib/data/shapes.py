@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -118,20 +118,8 @@ def shape_contrast_group(cfg: DataConfig, key: Sequence[int]) -> list[ImageSpec]
 def _muted_colours(rng: np.random.Generator, n: int) -> np.ndarray:
     """n low-saturation, dark-to-mid colours, uint8 (n, 3): backgrounds never compete with the object colours."""
     hue, sat, val = rng.uniform(0, 1, n), rng.uniform(0.0, 0.45, n), rng.uniform(0.12, 0.55, n)  # (n,) each
-    sector = np.floor(hue * 6).astype(int) % 6
-    frac = hue * 6 - np.floor(hue * 6)
-    p, q, t = val * (1 - sat), val * (1 - sat * frac), val * (1 - sat * (1 - frac))
-    table = np.stack(
-        [
-            np.stack([val, t, p], -1),
-            np.stack([q, val, p], -1),
-            np.stack([p, val, t], -1),
-            np.stack([p, q, val], -1),
-            np.stack([t, p, val], -1),
-            np.stack([val, p, q], -1),
-        ]
-    )  # (6, n, 3): the six HSV sectors
-    rgb = table[sector, np.arange(n)]  # (n, 3)
+    k = (np.array([5.0, 3.0, 1.0]) + hue[:, None] * 6) % 6  # (n, 3): HSV -> RGB in closed form
+    rgb = val[:, None] * (1 - sat[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1))  # (n, 3)
     return (rgb * 255).astype(np.uint8)
 
 
@@ -189,69 +177,102 @@ BACKGROUNDS: dict[str, Callable[[int, np.random.Generator], Image.Image]] = {
 }
 
 
+# An outline is a list of parts: ("polygon", vertices, is_hole) or ("ellipse", (x0, y0, x1, y1), is_hole), in
+# canvas pixels. The same parts fill the object's mask and draw the rim that keeps a patterned outline readable.
+Part = tuple[str, Any, bool]
+Outline = Callable[[float, float, float, float], list[Part]]  # (cx, cy, radius, theta) -> parts
+
+
 def _polygon(cx: float, cy: float, radii: Sequence[float], angles: Sequence[float]) -> list[tuple[float, float]]:
     """Vertices at (radius, angle) around a centre; angles in radians, y pointing down as in image coordinates."""
     return [(cx + r * math.cos(a), cy - r * math.sin(a)) for r, a in zip(radii, angles, strict=True)]
 
 
-def _regular(n: int, phase: float) -> Callable[[ImageDraw.ImageDraw, float, float, float, float], None]:
-    def draw(canvas: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+def _circle_box(cx: float, cy: float, r: float) -> tuple[float, float, float, float]:
+    return (cx - r, cy - r, cx + r, cy + r)
+
+
+def _regular(n: int, phase: float) -> Outline:
+    def outline(cx: float, cy: float, r: float, theta: float) -> list[Part]:
         angles = [theta + phase + 2 * math.pi * k / n for k in range(n)]
-        canvas.polygon(_polygon(cx, cy, [r] * n, angles), fill=255)
+        return [("polygon", _polygon(cx, cy, [r] * n, angles), False)]
 
-    return draw
-
-
-def _draw_circle(canvas: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
-    r = 0.85 * r  # similar area to the polygons of the same nominal size
-    canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+    return outline
 
 
-def _draw_ring(canvas: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
-    canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
-    hole = 0.5 * r
-    canvas.ellipse((cx - hole, cy - hole, cx + hole, cy + hole), fill=0)
+def _circle(cx: float, cy: float, r: float, theta: float) -> list[Part]:
+    return [("ellipse", _circle_box(cx, cy, 0.85 * r), False)]  # 0.85: similar area to the polygons
 
 
-def _draw_triangle(canvas: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+def _ring(cx: float, cy: float, r: float, theta: float) -> list[Part]:
+    return [("ellipse", _circle_box(cx, cy, r), False), ("ellipse", _circle_box(cx, cy, 0.5 * r), True)]
+
+
+def _triangle(cx: float, cy: float, r: float, theta: float) -> list[Part]:
     r = 1.12 * r  # a triangle covers the least of its circumcircle; enlarge it towards the others' area
     cy = cy + 0.25 * r  # centre the bounding box rather than the circumcentre
     angles = [theta + math.pi / 2 + 2 * math.pi * k / 3 for k in range(3)]
-    canvas.polygon(_polygon(cx, cy, [r] * 3, angles), fill=255)
+    return [("polygon", _polygon(cx, cy, [r] * 3, angles), False)]
 
 
-def _draw_star(canvas: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+def _star(cx: float, cy: float, r: float, theta: float) -> list[Part]:
     radii = [r if k % 2 == 0 else 0.45 * r for k in range(10)]
     angles = [theta + math.pi / 2 + math.pi * k / 5 for k in range(10)]
-    canvas.polygon(_polygon(cx, cy, radii, angles), fill=255)
+    return [("polygon", _polygon(cx, cy, radii, angles), False)]
 
 
-def _draw_cross(canvas: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+def _cross(cx: float, cy: float, r: float, theta: float) -> list[Part]:
     arm, half = 0.95 * r, 0.33 * r  # arm reach and half-width of each bar
     corners = [(half, arm), (half, half), (arm, half), (arm, -half), (half, -half), (half, -arm)]
     local = corners + [(-u, -v) for u, v in corners]  # 12 vertices, point-symmetric
     cos_t, sin_t = math.cos(theta), math.sin(theta)
-    points = [(cx + u * cos_t - v * sin_t, cy - (u * sin_t + v * cos_t)) for u, v in local]
-    canvas.polygon(points, fill=255)
+    return [("polygon", [(cx + u * cos_t - v * sin_t, cy - (u * sin_t + v * cos_t)) for u, v in local], False)]
 
 
-SHAPES: dict[str, Callable[[ImageDraw.ImageDraw, float, float, float, float], None]] = {
-    "circle": _draw_circle,
+SHAPES: dict[str, Outline] = {
+    "circle": _circle,
     "square": _regular(4, math.pi / 4),
-    "triangle": _draw_triangle,
-    "star": _draw_star,
-    "cross": _draw_cross,
-    "ring": _draw_ring,
+    "triangle": _triangle,
+    "star": _star,
+    "cross": _cross,
+    "ring": _ring,
     "hexagon": _regular(6, 0.0),
     "diamond": _regular(4, 0.0),
 }
+
+
+def _outline_parts(spec: ImageSpec, side: int) -> list[Part]:
+    radius = SIZE_RADIUS[spec.size] * side
+    return SHAPES[spec.shape](spec.x * side, spec.y * side, radius, math.radians(spec.rotation))
+
+
+def _fill_mask(parts: list[Part], side: int) -> Image.Image:
+    """The object's coverage (L image, 255 inside); holes are cut after the solid parts."""
+    mask = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(mask)
+    for kind, geometry, hole in sorted(parts, key=lambda part: part[2]):
+        getattr(draw, kind)(geometry, fill=0 if hole else 255)
+    return mask
+
+
+def _draw_rim(draw: ImageDraw.ImageDraw, parts: list[Part], colour: tuple[int, int, int], width: int) -> None:
+    """A band of the plain object colour along every edge (inside the mask), so a pattern never eats the outline."""
+    for kind, geometry, hole in parts:
+        if kind == "ellipse":
+            x0, y0, x1, y1 = geometry
+            grow = width if hole else 0  # a hole's rim lies outside the hole, on the object
+            draw.ellipse((x0 - grow, y0 - grow, x1 + grow, y1 + grow), outline=colour, width=width)
+        else:
+            closed = list(geometry) + [geometry[0]]
+            draw.line(closed, fill=colour, width=2 * width, joint="curve")  # centred: half of it is inside
+
 
 assert set(SHAPES) == set(KNOWN_SHAPES), "every known shape needs a drawer"
 assert set(BACKGROUNDS) == set(KNOWN_BACKGROUNDS), "every known background needs a painter"
 assert set(KNOWN_PATTERNS) == {"solid", "striped", "dotted"}, "_texture handles exactly these patterns"
 
 
-def _texture(spec: ImageSpec, side: int, image_size: int) -> Image.Image:
+def _texture(spec: ImageSpec, parts: list[Part], side: int, image_size: int) -> Image.Image:
     """The object's fill: its colour, with darker stripes or dots laid out in the object's own (rotated) frame."""
     base = COLOUR_RGB[spec.colour]
     texture = Image.new("RGB", (side, side), base)
@@ -283,6 +304,7 @@ def _texture(spec: ImageSpec, side: int, image_size: int) -> Image.Image:
             for j in range(-steps, steps + 1):
                 x, y = to_image((i + 0.5) * spacing, (j + 0.5) * spacing)
                 draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=dark)
+    _draw_rim(draw, parts, base, width=max(1, round(scale)))
     return texture
 
 
@@ -309,10 +331,8 @@ def render(spec: ImageSpec, settings: RenderSettings) -> np.ndarray:
     )
     canvas = BACKGROUNDS[spec.background](side, background_rng)
     _draw_distractors(canvas, spec, distractor_rng)
-    mask = Image.new("L", (side, side), 0)
-    radius = SIZE_RADIUS[spec.size] * side
-    SHAPES[spec.shape](ImageDraw.Draw(mask), spec.x * side, spec.y * side, radius, math.radians(spec.rotation))
-    canvas.paste(_texture(spec, side, size), (0, 0), mask)
+    parts = _outline_parts(spec, side)
+    canvas.paste(_texture(spec, parts, side, size), (0, 0), _fill_mask(parts, side))
     if settings.supersample > 1:
         canvas = canvas.resize((size, size), Image.Resampling.BOX)
     pixels = np.asarray(canvas, dtype=np.float32)  # (S, S, 3)
