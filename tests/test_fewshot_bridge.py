@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from pipeline_lib.fewshot.bridge import (bridge, bridged_prototypes, bridged_queries, fit_bridge, image_prototypes,
                                          rescale_constant, truncated_pinv)
+from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 
 def test_pinv_atol_is_absolute_and_drops_values_equal_to_it():
