@@ -92,3 +92,26 @@ def test_renderer_rejects_a_wrong_output_buffer() -> None:
     specs = [sample_spec(CFG, (0, 1, i)) for i in range(2)]
     with Renderer(SETTINGS) as renderer, pytest.raises(ValueError, match="expected \\(2, 32, 32, 3\\) uint8"):
         renderer.to_array(specs, np.empty((2, 16, 16, 3), np.uint8))
+
+
+def _render_in_daemon(queue) -> None:  # runs in a daemonic child process
+    cfg = tiny_data_config()
+    specs = [sample_spec(cfg, (0, 1, i)) for i in range(4)]
+    out = np.empty((4, 32, 32, 3), np.uint8)
+    with Renderer(RenderSettings.from_config(cfg), workers=2) as renderer:
+        renderer.to_array(specs, out)
+    queue.put(out.tobytes())
+
+
+def test_daemonic_process_renders_without_a_pool() -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_render_in_daemon, args=(queue,), daemon=True)
+    child.start()
+    got = queue.get(timeout=120)
+    child.join(timeout=60)
+    cfg = tiny_data_config()
+    expected = render_batch([sample_spec(cfg, (0, 1, i)) for i in range(4)], RenderSettings.from_config(cfg))
+    assert got == expected.tobytes()

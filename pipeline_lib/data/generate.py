@@ -51,7 +51,10 @@ class Renderer:
         self._pool: Executor | None = None
 
     def __enter__(self) -> Self:
-        if self.workers > 1:
+        if self.workers > 1 and multiprocessing.current_process().daemon:
+            # Daemonic processes (e.g. some task-runner workers) may not start children: render here instead.
+            logger.warning("rendering in this process: it is daemonic and cannot start %d workers", self.workers)
+        elif self.workers > 1:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         return self
 
