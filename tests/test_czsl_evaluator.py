@@ -187,6 +187,26 @@ def test_matches_direct_transcription() -> None:
             assert len(m.curve_seen) == len(m.curve_unseen) == len(m.biases) + 1 > 1
 
 
+def test_ties_match_direct_transcription() -> None:
+    """Exact ties (integer scores: many more than 8 tied columns) and ties created by float32 rounding at b = 1000
+    (raw scores 1e-6 apart, ulp(1025) = 6.1e-5) resolve to the lowest column, as a full biased row's argmax does."""
+    gen = torch.Generator().manual_seed(3)
+    pa, po = grid(5, 6)
+    seen = torch.rand(30, generator=gen) < 0.3
+    closed = seen | (torch.rand(30, generator=gen) < 0.8)
+    candidates = torch.nonzero(closed).flatten()
+    y = candidates[torch.randint(len(candidates), (90,), generator=gen)]
+    integer = torch.randint(0, 3, (90, 30), generator=gen).float()
+    near = 25 + torch.randint(0, 20, (90, 30), generator=gen).float() * 1e-6
+    near[torch.arange(90), y] += 2e-6
+    for scores in (integer, near):
+        m = run(scores, y, pa, po, seen, closed)
+        ref = naive(scores.numpy(), y.numpy(), pa.numpy(), po.numpy(), seen.numpy(), closed.numpy())
+        for key in ("seen", "unseen", "hm", "auc", "attr_acc", "obj_acc", "best_bias"):
+            assert getattr(m, key) == pytest.approx(ref[key], abs=1e-12), key
+        assert m.biases == ref["biases"]
+
+
 def test_chunked_equals_unchunked_and_numpy_input() -> None:
     gen = torch.Generator().manual_seed(1)
     pa, po = grid(3, 5)

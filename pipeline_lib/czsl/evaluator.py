@@ -127,8 +127,8 @@ def evaluate(
     if int(seen_cols.sum()) < top_k:
         raise ValueError(f"top_k={top_k} but only {int(seen_cols.sum())} seen pairs; expected top_k <= #seen pairs")
 
-    seen_d, closed_d = seen_cols.to(dev), closed_cols.to(dev)
-    bias_cols = (~seen_d) & closed_d  # (P,) columns that receive the bias (unseen and in the candidate set)
+    seen_d = seen_cols.to(dev)
+    predictor = _BiasedArgmax(seen_cols, closed_cols, top_k, dev)
 
     # Pass 1: max-bias and unbiased predictions, margins d_i for unseen samples.
     match_max = torch.empty(n, dtype=torch.bool)
@@ -136,11 +136,11 @@ def evaluate(
     attr_ub = torch.empty(n, dtype=torch.bool)
     obj_ub = torch.empty(n, dtype=torch.bool)
     margin = torch.empty(n, dtype=torch.float32)  # d_i = m_i - c_i on the raw (transformed) scores
+    first_pass = torch.tensor([max_bias, 0.0], dtype=torch.float32, device=dev)  # (2,)
     for lo, hi, chunk in _chunks(scores, n, chunk_size, dev, column_transform, p):
         y = labels[lo:hi].to(dev)  # (n,)
-        masked = chunk.masked_fill(~closed_d, MASK_VALUE)  # (n, P)
-        top_max = _top_k(torch.where(bias_cols, chunk + max_bias, masked), top_k)  # (n, k)
-        top_ub = _top_k(masked, top_k)  # (n, k)
+        top = predictor(chunk, first_pass)  # (n, 2, k)
+        top_max, top_ub = top[:, 0], top[:, 1]  # (n, k) each
         match_max[lo:hi] = (top_max == y[:, None]).any(1).cpu()
         match_ub[lo:hi] = (top_ub == y[:, None]).any(1).cpu()
         attr_ub[lo:hi] = (pa.to(dev)[top_ub] == attr_t[lo:hi].to(dev)[:, None]).any(1).cpu()
@@ -159,17 +159,14 @@ def evaluate(
     # Pass 2: the sweep. Counts are integers, so the result does not depend on the chunking.
     seen_hits = torch.zeros(n_bias, dtype=torch.long)
     unseen_hits = torch.zeros(n_bias, dtype=torch.long)
-    biases_d = biases.to(dev)
     if n_bias:
+        biases_d = biases.to(dev)
         for lo, hi, chunk in _chunks(scores, n, chunk_size, dev, column_transform, p):
             y = labels[lo:hi].to(dev)  # (n,)
             is_seen = sample_seen[lo:hi].to(dev)  # (n,)
-            masked = chunk.masked_fill(~closed_d, MASK_VALUE)  # (n, P)
-            for j in range(n_bias):
-                top = _top_k(torch.where(bias_cols, chunk + biases_d[j], masked), top_k)  # (n, k)
-                hit = (top == y[:, None]).any(1)  # (n,)
-                seen_hits[j] += int((hit & is_seen).sum())
-                unseen_hits[j] += int((hit & ~is_seen).sum())
+            hit = (predictor(chunk, biases_d) == y[:, None, None]).any(2)  # (n, B)
+            seen_hits += (hit & is_seen[:, None]).sum(0).cpu()
+            unseen_hits += (hit & ~is_seen[:, None]).sum(0).cpu()
 
     seen_at_max = _mean(match_max[sample_seen])
     unseen_at_max = _mean(match_max[unseen_idx])
@@ -246,11 +243,64 @@ def harmonic_means(seen: np.ndarray, unseen: np.ndarray) -> np.ndarray:
     return out
 
 
-def _top_k(x: torch.Tensor, k: int) -> torch.Tensor:
-    """(n, P) -> (n, k) column indices; k = 1 uses argmax (first index on ties) so chunking never changes a result."""
-    if k == 1:
-        return x.argmax(dim=1, keepdim=True)
-    return x.topk(k, dim=1).indices
+class _BiasedArgmax:
+    """Top-k predictions at many biases (spec 2.3) for a chunk of rows, without a biased copy of the chunk per bias.
+
+    For k = 1 the columns split into "biased" ones (unseen and in the closed mask: S + b) and "fixed" ones (seen: S;
+    outside the mask: -1e10). The fixed block's first arg-max is computed once per chunk. For the biased block,
+    float32 rounding is monotone, so the largest fl(S_j + b) is fl(max_j S_j + b) and the columns reaching it are
+    among the largest raw scores: keeping the TIE_K largest raw scores per row (once per chunk) gives, per bias, the
+    maximum and the lowest column index attaining it, unless all TIE_K tie after rounding (then that row is redone in
+    full). Combining both blocks (larger value wins, the lower column index on equal values) is exactly the first
+    arg-max of the full biased row, i.e. what the references compute, at the cost of one pass over the chunk.
+    k > 1 builds the full biased row per bias and uses topk.
+    """
+
+    TIE_K = 8  # raw candidates kept per row; more than TIE_K columns tied after rounding triggers the full path
+
+    def __init__(self, seen_cols: torch.Tensor, closed_cols: torch.Tensor, top_k: int, dev: torch.device) -> None:
+        self.k = top_k
+        biased = (~seen_cols) & closed_cols  # (P,)
+        self.biased_mask = biased.to(dev)
+        self.closed_mask = closed_cols.to(dev)
+        self.biased_idx = torch.nonzero(biased).flatten().to(dev)  # (Pu,) ascending
+        self.fixed_idx = torch.nonzero(~biased).flatten().to(dev)  # (Pf,) ascending
+        self.fixed_closed = closed_cols[~biased].to(dev)  # (Pf,)
+
+    def __call__(self, chunk: torch.Tensor, biases: torch.Tensor) -> torch.Tensor:
+        """chunk (n, P) float32, biases (B,) float32 on the chunk's device -> predicted columns (n, B, k)."""
+        if self.k > 1:
+            masked = chunk.masked_fill(~self.closed_mask, MASK_VALUE)  # (n, P)
+            tops = [torch.where(self.biased_mask, chunk + b, masked).topk(self.k, dim=1).indices for b in biases]
+            return torch.stack(tops, dim=1)  # (n, B, k)
+        n, p = chunk.shape
+        if self.fixed_idx.numel():
+            fixed = chunk[:, self.fixed_idx].masked_fill(~self.fixed_closed, MASK_VALUE)  # (n, Pf)
+            f_arg = fixed.argmax(dim=1)  # (n,) first max
+            f_val, f_col = fixed.gather(1, f_arg[:, None])[:, 0], self.fixed_idx[f_arg]  # (n,), (n,)
+        else:
+            f_val = torch.full((n,), float("-inf"), device=chunk.device)
+            f_col = torch.full((n,), p, device=chunk.device)
+        out = torch.empty(n, biases.numel(), 1, dtype=torch.long, device=chunk.device)  # (n, B, 1)
+        if not self.biased_idx.numel():
+            out[:] = f_col[:, None, None]
+            return out
+        unseen = chunk[:, self.biased_idx]  # (n, Pu)
+        kk = min(self.TIE_K, unseen.shape[1])
+        top_val, top_arg = unseen.topk(kk, dim=1)  # (n, K) largest raw scores, descending
+        top_col = self.biased_idx[top_arg]  # (n, K)
+        for j in range(biases.numel()):
+            shifted = top_val + biases[j]  # (n, K) fl(S + b), as a full biased row would hold
+            u_val = shifted[:, 0]  # (n,) = max_j fl(S_j + b)
+            u_col = torch.where(shifted == u_val[:, None], top_col, p).amin(dim=1)  # (n,) lowest tied column
+            if kk < unseen.shape[1]:
+                spill = torch.nonzero(shifted[:, -1] == u_val).flatten()  # rows whose tie may extend past K
+                if spill.numel():
+                    full = unseen[spill] + biases[j]  # (s, Pu)
+                    u_col[spill] = self.biased_idx[full.argmax(dim=1)]
+            pred = torch.where(u_val > f_val, u_col, torch.where(u_val < f_val, f_col, torch.minimum(u_col, f_col)))
+            out[:, j, 0] = pred
+        return out
 
 
 def _mean(x: torch.Tensor) -> float:
