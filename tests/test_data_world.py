@@ -34,8 +34,13 @@ def test_pretrain_corpus(world: tuple[Path, dict]) -> None:
     for column in ("shape", "colour", "pattern", "size", "background", "x", "y", "rotation", "distractors", "group"):
         assert column in labels.columns
     assert labels["shape_id"].to_list() == [CFG.shapes.index(s) for s in labels["shape"]]
-    # contrast_fraction 0.5 of 20 images in groups of 3 shapes: 3 groups (9 images) first, then independent draws
-    assert labels["group"].to_list() == [0, 0, 0, 1, 1, 1, 2, 2, 2] + [-1] * 11
+    # contrast_fraction 0.5 of 20 images in groups of 3 shapes: 3 groups of 3 consecutive rows, 11 independent draws
+    groups = labels["group"].to_list()
+    assert sorted(groups) == [-1] * 11 + [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for g in range(3):
+        first = groups.index(g)
+        assert groups[first : first + 3] == [g, g, g]
+    assert groups[:9] != [0, 0, 0, 1, 1, 1, 2, 2, 2]  # interleaved with the single images, not all up front
     assert summary["pretrain"] == {"images": 20, "grouped_images": 9, "groups": 3}
     for _, rows in labels.filter(pl.col("group") >= 0).group_by("group"):
         assert sorted(rows["shape"]) == sorted(CFG.shapes)

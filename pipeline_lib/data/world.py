@@ -66,20 +66,26 @@ def _spec_columns(specs: Sequence[ImageSpec]) -> dict[str, list[Any]]:
 def pretrain_specs(cfg: DataConfig) -> tuple[list[ImageSpec], list[int]]:
     """Specs and group ids of the pretraining corpus.
 
-    The first images form shape-contrast groups (len(shapes) consecutive images identical but for their shape;
-    group id >= 0), a fraction `contrast_fraction` of the corpus rounded down to whole groups; the rest are
-    independent draws (group -1).
+    A fraction `contrast_fraction` of the corpus (rounded down to whole groups) forms shape-contrast groups:
+    len(shapes) consecutive rows identical but for their shape, sharing a group id >= 0. The other rows are
+    independent draws (group -1). Groups and single images are interleaved in a seeded order, so any contiguous
+    slice of the corpus (an eval subset, a smoke run) is a fair mix of both.
     """
     group_len = len(cfg.shapes)
     n_groups = int(cfg.contrast_fraction * cfg.pretrain_images) // group_len
+    n_single = cfg.pretrain_images - n_groups * group_len
+    units = [(g, True) for g in range(n_groups)] + [(i, False) for i in range(n_single)]
+    order = np.random.default_rng([cfg.seed, STREAM_PRETRAIN, 0]).permutation(len(units))
     specs: list[ImageSpec] = []
     groups: list[int] = []
-    for g in range(n_groups):
-        specs.extend(shape_contrast_group(cfg, (cfg.seed, STREAM_PRETRAIN_GROUPS, g)))
-        groups.extend([g] * group_len)
-    for i in range(cfg.pretrain_images - len(specs)):
-        specs.append(sample_spec(cfg, (cfg.seed, STREAM_PRETRAIN, i)))
-        groups.append(-1)
+    for u in order:
+        index, grouped = units[int(u)]
+        if grouped:
+            specs.extend(shape_contrast_group(cfg, (cfg.seed, STREAM_PRETRAIN_GROUPS, index)))
+            groups.extend([index] * group_len)
+        else:
+            specs.append(sample_spec(cfg, (cfg.seed, STREAM_PRETRAIN, 1, index)))
+            groups.append(-1)
     return specs, groups
 
 
