@@ -80,6 +80,8 @@ def test_minus_one_when_no_other_primitive() -> None:
     # (x, q): obj side cos(q, p) = 0.6, no attr with q -> -1; (y, p): no obj with y -> -1, cos(y, x) = 0;
     # (y, q): -1 on both sides.
     assert f.scores.tolist() == pytest.approx([0.0, (0.6 - 1) / 2, (-1 + 0.0) / 2, -1.0])
+    with pytest.raises(ValueError, match=r"embedder returned \(3, 2\) for 4 names"):
+        compute_feasibility(["x", "y"], ["p", "q"], [("x", "p")], lambda names: embed(names[:3]), source="test")
 
 
 def test_name_words_and_file_embedder(vec_file: Path) -> None:

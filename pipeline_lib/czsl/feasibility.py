@@ -152,8 +152,11 @@ def compute_feasibility(
         if a not in a_idx or o not in o_idx:
             raise ValueError(f"train pair {(a, o)} uses a name outside attrs/objs")
         train[a_idx[a], o_idx[o]] = True
-    attr_sim = _cosine_matrix(embed(list(attrs)), n_a, "attrs")  # (A, A)
-    obj_sim = _cosine_matrix(embed(list(objs)), n_o, "objs")  # (O, O)
+    vectors = embed([*attrs, *objs])  # (A + O, d): one call, so a word file is scanned once
+    if vectors.ndim != 2 or vectors.shape[0] != n_a + n_o:
+        raise ValueError(f"embedder returned {tuple(vectors.shape)} for {n_a + n_o} names; expected ({n_a + n_o}, d)")
+    attr_sim = _cosine_matrix(vectors[:n_a])  # (A, A)
+    obj_sim = _cosine_matrix(vectors[n_a:])  # (O, O)
     attr_sim.fill_diagonal_(float("-inf"))  # "any *other* attribute"
     obj_sim.fill_diagonal_(float("-inf"))
 
@@ -173,9 +176,7 @@ def compute_feasibility(
     return Feasibility(scores=feas.float(), seen_mask=seen, source=source)
 
 
-def _cosine_matrix(vectors: torch.Tensor, n: int, what: str) -> torch.Tensor:
-    if vectors.ndim != 2 or vectors.shape[0] != n:
-        raise ValueError(f"embedder returned {tuple(vectors.shape)} for {what}; expected ({n}, d)")
+def _cosine_matrix(vectors: torch.Tensor) -> torch.Tensor:
     v = torch.nn.functional.normalize(vectors.float(), dim=1)  # (n, d)
     return v @ v.T  # (n, n)
 
