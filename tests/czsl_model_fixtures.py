@@ -89,3 +89,24 @@ def tokens_for(ds, split: str, seed: int = 0) -> torch.Tensor:
     tokens[:, 2] += basis[len(ds.attrs) + obj]
     tokens[:, 0] += 0.5 * (basis[attr] + basis[len(ds.attrs) + obj])
     return tokens
+
+
+def make_bench(tmp_root):
+    """The 3 x 3 benchmark on disk, loaded (closed world), with synthetic tokens and image paths per split."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from pipeline_lib.czsl.data import load_czsl_dataset
+    from pipeline_lib.czsl.train import SplitData
+
+    root = write_czsl_layout(Path(tmp_root) / "shapes")
+    ds = load_czsl_dataset(root, "closed")
+    splits = {}
+    for s in ("train", "val", "test"):
+        df = ds.split(s)
+        splits[s] = SplitData(
+            attr=torch.from_numpy(df["attr_idx"].to_numpy().copy()), obj=torch.from_numpy(df["obj_idx"].to_numpy().copy()),
+            label=torch.from_numpy(df["pair_idx"].to_numpy().copy()), tokens=tokens_for(ds, s),
+            paths=df["path"].to_list(),
+        )
+    return SimpleNamespace(root=root, ds=ds, splits=splits, clip=tiny_clip(), tok=tokenizer())

@@ -126,15 +126,21 @@ class PromptLearner(nn.Module):
         return F.normalize(self.encode(self.clip, emb, ids), dim=-1)  # (B, D)
 
     def forward(self, pairs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised text features: comp (P, D) for pairs (P, 2) [attr_idx, obj_idx], attr (A, D), obj (O, D)."""
+        """Normalised text features: comp (P, D) for pairs (P, 2) [attr_idx, obj_idx], attr (A, D), obj (O, D).
+
+        The three branches share one text-tower call (same sequence length), which is what makes a training step
+        cheap on CPU.
+        """
         vocab = self.vocab_dropout(self.vocab)  # (A + O, W)
         attr_rows, obj_rows = vocab[: self.n_attr], vocab[self.n_attr :]
         comp_slots = torch.stack([attr_rows[pairs[:, 0]], obj_rows[pairs[:, 1]]], dim=1)  # (P, 2, W)
-        return {
-            "comp": self._encode(*self._build("comp", comp_slots)),
-            "attr": self._encode(*self._build("attr", attr_rows.unsqueeze(1))),
-            "obj": self._encode(*self._build("obj", obj_rows.unsqueeze(1))),
-        }
+        parts = [self._build("comp", comp_slots), self._build("attr", attr_rows.unsqueeze(1)),
+                 self._build("obj", obj_rows.unsqueeze(1))]
+        emb = torch.cat([e for e, _ in parts])  # (P + A + O, L, W)
+        ids = torch.cat([i for _, i in parts])  # (P + A + O, L)
+        feats = self._encode(emb, ids)  # (P + A + O, D)
+        n_p = pairs.shape[0]
+        return {"comp": feats[:n_p], "attr": feats[n_p : n_p + self.n_attr], "obj": feats[n_p + self.n_attr :]}
 
     def comp_features(self, pairs: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """Composition features only, in chunks (OW text sets can be large) -> (P, D)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import itertools
 import json
 import logging
@@ -201,14 +202,8 @@ def run_experiment(
         sources = {s: TokenSource(splits[s], device, clip=clip, preprocess=backend.preprocess) for s in splits}
         model = build_model(cfg, variant, clip, backend.tokenizer, ds.attrs, ds.objs, dim, device)
 
-        def val_auc(m: SamCzsl) -> float:
-            gt = torch.from_numpy(ds.split("val")["world_pair_idx"].to_numpy().copy())
-            was_training = clip.visual.training
-            clip.visual.eval()
-            pred = predict(m, sources["val"], len(splits["val"]), cw.pairs, gt)
-            clip.visual.train(was_training)
-            return cw.evaluate(fused_scores(cfg, pred), "val", None, cfg.ow_filter).auc
-
+        val_auc = functools.partial(_val_auc, cfg=cfg, world=cw, source=sources["val"], n=len(splits["val"]),
+                                    visual=clip.visual)
         if lora_params:
             clip.visual.train()
         result: TrainResult = train_model(model, splits["train"], train_pairs, cfg, source=sources["train"],
@@ -252,6 +247,17 @@ def run_experiment(
     if out_dir is not None:
         np.savez_compressed(out_dir / "test_scores.npz", **{k.replace("+", ""): v for k, v in scores_out.items()})
     return {"rows": rows, "bank": bank_info, "loss": loss_rows, "val_curve": val_curves}
+
+
+def _val_auc(model: SamCzsl, *, cfg: CzslConfig, world: WorldEval, source: TokenSource, n: int,
+             visual: nn.Module) -> float:
+    """Closed-world val AUC of the fused scores (checkpoint selection); the vision tower runs in eval mode."""
+    gt = torch.from_numpy(world.ds.split("val")["world_pair_idx"].to_numpy().copy())
+    was_training = visual.training
+    visual.eval()
+    pred = predict(model, source, n, world.pairs, gt)
+    visual.train(was_training)
+    return world.evaluate(fused_scores(cfg, pred), "val", None, cfg.ow_filter).auc
 
 
 def _token_dim(splits: dict[str, SplitData], backend: Backend) -> int:
