@@ -27,7 +27,8 @@ class OptimConfig(Section):
     # Samples optimised together as one batch of independent parameters; also the runner's resumable block size.
     batch_size: int = Field(64, ge=1)
     # Steps after which the features of the current iterate are recorded (0 = the initialisation), so retrieval
-    # versus optimisation length is measured from one run.
+    # versus optimisation length is measured from one run. Steps beyond `steps` are skipped; the final step is
+    # always recorded.
     snapshot_steps: tuple[int, ...] = (1, 10, 25, 50, 100, 150)
 
     @field_validator("snapshot_steps")
@@ -37,14 +38,10 @@ class OptimConfig(Section):
             raise ValueError(f"snapshot_steps={list(value)} must be non-negative, strictly increasing step numbers")
         return value
 
-    @model_validator(mode="after")
-    def _snapshots_within_steps(self) -> "OptimConfig":
-        if self.snapshot_steps and self.snapshot_steps[-1] > self.steps:
-            raise ValueError(
-                f"snapshot_steps={list(self.snapshot_steps)} has steps beyond steps={self.steps}; every snapshot "
-                f"step must be <= steps"
-            )
-        return self
+    @property
+    def recorded_steps(self) -> tuple[int, ...]:
+        """Snapshot steps that fall within `steps`, plus the final step (a shorter run keeps the early snapshots)."""
+        return tuple(sorted({s for s in self.snapshot_steps if s <= self.steps} | {self.steps}))
 
 
 class OtiConfig(OptimConfig):
@@ -92,8 +89,8 @@ class InversionConfig(Section):
     blocks_per_shard: int = Field(16, ge=1)
     # Queries ranked at once by the retrieval metrics (bounds the (chunk, gallery) similarity matrix in memory).
     query_chunk: int = Field(1024, ge=1)
-    # Snapshot steps whose similarity distributions are plotted next to image-image and text-image (must be among
-    # oti.snapshot_steps; the final step is always plotted).
+    # OTI snapshot steps whose similarity distributions are plotted next to image-image and text-image (must be
+    # among oti.snapshot_steps; those beyond oti.steps are skipped; the final step is always plotted).
     plot_steps: tuple[int, ...] = (1, 10, 50)
     # Histogram bins of the similarity-distribution plot over [-1, 1].
     histogram_bins: int = Field(50, ge=2)
