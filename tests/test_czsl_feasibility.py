@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from czsl_fixtures import TRAIN_PAIRS
+from czsl_fixtures import TRAIN_PAIRS, write_czsl_fixture
 from torch import nn
 
+from pipeline_lib.czsl.data import load_czsl_dataset
 from pipeline_lib.czsl.evaluator import MASK_VALUE, evaluate
 from pipeline_lib.czsl.feasibility import (
     Feasibility,
     backbone_word_embedder,
+    calibrate_on_val,
     calibrate_threshold,
     compute_feasibility,
     dataset_feasibility,
@@ -202,3 +204,18 @@ def test_saved_feasibility_round_trip(tmp_path: Path, vec_file: Path) -> None:
     f.save(tmp_path / "feas.npy")
     back = np.load(tmp_path / "feas.npy")
     assert back.dtype == np.float32 and np.array_equal(back, f.scores.numpy())
+
+
+def test_calibrate_on_val_checks_world_and_mask(tmp_path: Path, vec_file: Path) -> None:
+    root = write_czsl_fixture(tmp_path / "shapes")
+    ow, cw = load_czsl_dataset(root, "open"), load_czsl_dataset(root, "closed")
+    feas = dataset_feasibility(ow.attrs, ow.objs, ow.train_pairs, word_vectors=vec_file)
+    _, _, pair = ow.labels("val")
+    scores = 1 + torch.nn.functional.one_hot(pair, 9).float()  # (3, 9) positive, perfect
+    cal = calibrate_on_val(scores, ow, feas, n_thresholds=3)
+    assert len(cal.thresholds) == 3 and cal.source == "word_vectors:vecs.txt"
+    with pytest.raises(ValueError, match="needs the open world"):
+        calibrate_on_val(scores, cw, feas)
+    other = Feasibility(scores=feas.scores, seen_mask=~feas.seen_mask, source="x")
+    with pytest.raises(ValueError, match="seen mask differs"):
+        calibrate_on_val(scores, ow, other)

@@ -24,7 +24,7 @@ from pipeline_lib.czsl.feasibility import (
     FILTER_VARIANTS,
     Feasibility,
     FilterVariant,
-    calibrate_threshold,
+    calibrate_on_val,
     feasibility_filter,
 )
 
@@ -92,10 +92,7 @@ def evaluate_scores_file(
         if threshold is None:
             if split != "val":
                 raise ValueError("no --threshold given for the test split; calibrate it on val first (spec 2.5.2)")
-            attr, obj, pair = ds.labels(split)
-            cal = calibrate_threshold(
-                scores, attr, obj, pair, ds.pair_attr_idx(), ds.pair_obj_idx(), feas, variant=filter_variant, **kwargs
-            )
+            cal = calibrate_on_val(scores, ds, feas, variant=filter_variant, **kwargs)
             metrics, threshold, how = cal.val_metrics, cal.threshold, "calibrated_on_val"
         else:
             transform = feasibility_filter(feas.scores, ds.seen_mask, float(threshold), filter_variant)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline_lib.czsl.data import CzslDataset
 from pipeline_lib.czsl.evaluator import MASK_VALUE, ColumnTransform, CzslMetrics, Scores, evaluate
 
 log = logging.getLogger(__name__)
@@ -306,4 +307,33 @@ def calibrate_threshold(
         val_metrics=best[2],
         thresholds=[float(t) for t in thresholds],
         val_aucs=aucs,
+    )
+
+
+def calibrate_on_val(
+    val_scores: Scores,
+    dataset: CzslDataset,
+    feasibility: Feasibility,
+    *,
+    variant: FilterVariant = "multiply",
+    n_thresholds: int = N_THRESHOLDS,
+    **eval_kwargs,
+) -> Calibration:
+    """`calibrate_threshold` with labels from an open-world dataset's val split (rows in val order)."""
+    if dataset.world != "open":
+        raise ValueError(f"dataset world is {dataset.world!r}; feasibility calibration needs the open world")
+    if not torch.equal(dataset.seen_mask, feasibility.seen_mask):
+        raise ValueError("feasibility seen mask differs from the dataset's; was it computed for another dataset?")
+    attr, obj, pair = dataset.labels("val")
+    return calibrate_threshold(
+        val_scores,
+        attr,
+        obj,
+        pair,
+        dataset.pair_attr_idx(),
+        dataset.pair_obj_idx(),
+        feasibility,
+        variant=variant,
+        n_thresholds=n_thresholds,
+        **eval_kwargs,
     )
