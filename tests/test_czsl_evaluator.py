@@ -255,8 +255,21 @@ def test_input_errors() -> None:
         evaluate(
             torch.zeros(2, 4), pa[y + 1], po[y + 1], y + 1, pa, po, torch.tensor([True, False, False, False]), ones
         )
-    with pytest.raises(ValueError, match="outside the closed mask"):
-        evaluate(torch.zeros(2, 4), pa[y], po[y], y, pa, po, seen, torch.tensor([True, False, True, True]))
+
+
+def test_truth_outside_closed_mask_counts_wrong(caplog: pytest.LogCaptureFixture) -> None:
+    """As in the references: a sample whose pair is masked stays in the counts and is never correct."""
+    pa, po = grid(2, 2)
+    scores = [*HAND_SCORES, [0.0, 0.0, 0.0, 5.0]]  # s5 unseen, y=p3 (masked) with the top raw score
+    y = [*HAND_Y, 3]
+    with caplog.at_level("WARNING", logger="pipeline_lib.czsl.evaluator"):
+        m = run(scores, y, pa, po, HAND_SEEN, HAND_CLOSED)
+    assert "1 samples have their ground-truth pair outside the closed mask" in caplog.text
+    assert m.n_unseen == 4 and m.unseen_at_max == 0.75
+    ref = naive(
+        np.array(scores, np.float32), np.array(y), pa.numpy(), po.numpy(), HAND_SEEN.numpy(), HAND_CLOSED.numpy()
+    )
+    assert (m.auc, m.hm, m.unseen) == (pytest.approx(ref["auc"]), pytest.approx(ref["hm"]), ref["unseen"])
 
 
 def test_evaluate_split_on_fixture(tmp_path: Path) -> None:
