@@ -13,7 +13,8 @@ copy in memory:
 
 "Prediction at bias b" (spec 2.3): add b to the columns of unseen pairs, set columns outside the closed mask to
 -1e10, take the top-k pairs; a sample is correct when one of them is its ground-truth pair (same attr and obj).
-Accuracies are per-sample means over the seen / unseen samples, reported as fractions (papers print x100).
+Accuracies are per-sample means over the seen / unseen samples (integer counts / n, in float64), reported as
+fractions (papers print x100). A sample whose pair lies outside the closed mask is kept and is never correct.
 Ties in the top-1 prediction go to the lowest column index (torch.argmax), so results never depend on chunking.
 """
 
@@ -44,7 +45,7 @@ ColumnTransform = Callable[[torch.Tensor], torch.Tensor]  # (n, P) float32 -> (n
 class CzslMetrics:
     """Evaluator output. Fractions in [0, 1]; `seen`/`unseen`/`hm`/`auc` are what papers report (x100)."""
 
-    seen: float  # best seen accuracy on the curve (its first point, spec 2.4.6)
+    seen: float  # best seen accuracy on the curve (usually its first point, spec 2.4.6)
     unseen: float  # best unseen accuracy on the curve
     hm: float  # best harmonic mean on the curve
     auc: float  # area under the seen (y) / unseen (x) curve
