@@ -1,0 +1,115 @@
+"""Retrieval metrics over full rankings: mAP (headline), mAP@R, R-precision and Recall@1, all in [0, 1].
+
+Both sides are L2-normalised and ranked by cosine similarity in fp32 (fp16/bf16 similarities reorder near-ties and
+move the metrics by ~1e-3). Ties are broken by a stable sort on descending similarity: among equal scores the gallery
+item that comes first in gallery order ranks first. Relevance is "same label". When query and gallery are the same
+set (`same_set=True`, rows aligned), each query's own item is removed from its ranking and from its relevant count.
+AP counts every relevant gallery item, whatever its score, and a query with no relevant item is an error rather than
+a silent zero. Computation is vectorised over queries and chunked over them to bound memory at (chunk, gallery).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RetrievalMetrics", "retrieval_metrics", "ranking"]
+
+
+@dataclass(frozen=True)
+class RetrievalMetrics:
+    """Means over queries, each in [0, 1]."""
+
+    map: float  # average precision over the full ranking
+    map_at_r: float  # AP truncated at R = number of relevant items, normalised by R
+    r_precision: float  # precision among the top R
+    recall_at_1: float  # is the top-ranked item relevant
+    n_queries: int
+
+    def as_dict(self, scale: float = 1.0) -> dict[str, float]:
+        """Metrics as a plain dict (x `scale`, e.g. 100 for percentages); `n_queries` is left unscaled."""
+        return {k: (v * scale if k != "n_queries" else v) for k, v in asdict(self).items()}
+
+
+def _as_tensor(x: np.ndarray | Tensor) -> Tensor:
+    return x if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x))
+
+
+def _rank(sims: Tensor, own: Tensor | None) -> Tensor:
+    """Gallery indices (q, G') by descending similarity, ties in gallery order; `own` (q,) items are dropped."""
+    if own is not None:
+        sims = sims.clone()
+        sims[torch.arange(sims.shape[0], device=sims.device), own] = -torch.inf  # sorts last, then cut off
+    order = torch.sort(sims, dim=1, descending=True, stable=True).indices  # (q, G)
+    return order[:, :-1] if own is not None else order
+
+
+def ranking(query: Tensor, gallery: Tensor, *, same_set: bool = False) -> Tensor:
+    """(Q, G') gallery indices in rank order (stable on ties); with `same_set` each query's own item is dropped."""
+    sims = F.normalize(query.float(), dim=-1) @ F.normalize(gallery.float(), dim=-1).T  # (Q, G)
+    return _rank(sims, torch.arange(len(query)) if same_set else None)
+
+
+def _chunk_stats(rel: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-query AP, AP@R, R-precision and hit@1 from a relevance matrix (q, G') in rank order."""
+    relf = rel.float()  # (q, G')
+    n_rel = relf.sum(dim=1)  # (q,)
+    if bool((n_rel == 0).any()):
+        bad = int((n_rel == 0).nonzero()[0, 0])
+        raise ValueError(f"query {bad} (of this chunk) has no relevant gallery item; AP is undefined for it")
+    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float32)  # (G',)
+    hits = relf.cumsum(dim=1)  # (q, G')
+    prec_at_hits = hits / ranks * relf  # (q, G') precision@k at the relevant ranks, 0 elsewhere
+    ap = prec_at_hits.sum(dim=1) / n_rel
+    within_r = ranks.unsqueeze(0) <= n_rel.unsqueeze(1)  # (q, G')
+    ap_at_r = (prec_at_hits * within_r).sum(dim=1) / n_rel
+    r_precision = (relf * within_r).sum(dim=1) / n_rel
+    return ap, ap_at_r, r_precision, relf[:, 0]
+
+
+def retrieval_metrics(
+    query: np.ndarray | Tensor,
+    query_labels: np.ndarray | Tensor,
+    gallery: np.ndarray | Tensor,
+    gallery_labels: np.ndarray | Tensor,
+    *,
+    same_set: bool = False,
+    chunk: int = 1024,
+    device: torch.device | str = "cpu",
+) -> RetrievalMetrics:
+    """Mean retrieval metrics of `query` (Q, D) against `gallery` (G, D), relevant = same label.
+
+    `same_set` says the query rows *are* the gallery rows (same items, same order): each query's own item is then
+    removed from its ranking. Similarities and ranks are computed in fp32 on `device`, `chunk` queries at a time.
+    """
+    q, ql = _as_tensor(query), _as_tensor(query_labels)
+    g, gl = _as_tensor(gallery).to(device), _as_tensor(gallery_labels).to(device)
+    if q.dim() != 2 or g.dim() != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(f"query (Q, D) and gallery (G, D) must share D; got {tuple(q.shape)} and {tuple(g.shape)}")
+    if ql.shape != (q.shape[0],) or gl.shape != (g.shape[0],):
+        raise ValueError(
+            f"labels must be (Q,) and (G,); got {tuple(ql.shape)} for {q.shape[0]} queries and {tuple(gl.shape)} "
+            f"for {g.shape[0]} gallery items"
+        )
+    if same_set and q.shape[0] != g.shape[0]:
+        raise ValueError(f"same_set=True needs as many queries as gallery items; got {q.shape[0]} and {g.shape[0]}")
+    if q.shape[0] == 0:
+        raise ValueError("no queries to evaluate")
+    sums = torch.zeros(4, dtype=torch.float64)
+    for lo in range(0, q.shape[0], chunk):
+        hi = min(lo + chunk, q.shape[0])
+        qc, qlc = q[lo:hi].to(device), ql[lo:hi].to(device)
+        sims = F.normalize(qc.float(), dim=-1) @ F.normalize(g.float(), dim=-1).T  # (q, G)
+        order = _rank(sims, torch.arange(lo, hi, device=device) if same_set else None)  # (q, G')
+        rel = gl[order] == qlc.unsqueeze(1)  # (q, G') relevance in rank order
+        for i, stat in enumerate(_chunk_stats(rel)):
+            sums[i] += stat.double().sum().cpu()
+    means = (sums / q.shape[0]).tolist()
+    return RetrievalMetrics(*means, n_queries=int(q.shape[0]))
