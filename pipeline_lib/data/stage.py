@@ -35,11 +35,11 @@ def tree_digest(folder: Path) -> str:
     return outer.hexdigest()
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (wall time misleads on a shared machine)."""
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU time of this process and of its finished children (wall time misleads on a shared machine)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def run_data(ctx: Any) -> dict[str, Any]:
@@ -50,7 +50,8 @@ def run_data(ctx: Any) -> dict[str, Any]:
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     summary = write_shapes_world(cfg, out_dir, progress=ctx.progress)
     digest = tree_digest(out_dir)
-    summary["cpu_seconds"] = round(_cpu_seconds() - cpu0, 2)
+    cpu1 = _cpu_seconds()
+    summary["cpu_seconds"] = {"main": round(cpu1[0] - cpu0[0], 2), "workers": round(cpu1[1] - cpu0[1], 2)}
     summary["seconds"]["digest"] = round(time.perf_counter() - wall0 - summary["seconds"]["total"], 3)
     metrics = {
         "pretrain": summary["pretrain"],
@@ -67,10 +68,11 @@ def run_data(ctx: Any) -> dict[str, Any]:
     tmp.replace(metrics_path)
     summary["content_sha256"] = digest
     logger.info(
-        "data: %d images in %.1f s wall, %.1f s CPU (%d workers)",
+        "data: %d images in %.1f s wall, CPU %.1f s main + %.1f s workers (%d workers)",
         summary["images_total"],
         summary["seconds"]["total"],
-        summary["cpu_seconds"],
+        summary["cpu_seconds"]["main"],
+        summary["cpu_seconds"]["workers"],
         cfg.workers,
     )
     return summary
