@@ -181,6 +181,6 @@ class FewshotConfig(Section):
 SMOKE_OVERRIDES: dict = {
     "shots": [1, 2],
     "seeds": [1, 2],
-    "search": {"n_trials": 30},
-    "training": {"steps": 30, "warmup_steps": 10},
+    "search": {"n_trials": 20},
+    "training": {"steps": 20, "warmup_steps": 5},
 }

@@ -1,0 +1,112 @@
+"""The few-shot stage functions end to end on a tiny synthetic feature store (smoke profile sizes)."""
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from pipeline_lib.fewshot.config import SMOKE_OVERRIDES, FewshotConfig
+from pipeline_lib.fewshot.stage import run_fewshot_fit, run_fewshot_report, run_fewshot_seed
+from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
+
+
+class Ctx:
+    """The parts of the stage context the few-shot stages use: inputs and outputs in one folder."""
+
+    def __init__(self, root: Path, cfg: FewshotConfig, item=None):
+        self.root = root
+        self.cfg = SimpleNamespace(fewshot=cfg)
+        self.item = item or {}
+
+    def out(self, rel):
+        p = self.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def inp(self, rel):
+        return self.root / rel
+
+
+def _write_store(path: Path, c=4, d=8, v=2, n_train=6, n_val=3, n_test=6, seed=0):
+    g = np.random.default_rng(seed)
+    centres = g.normal(size=(c, d)).astype(np.float32)
+    grp = zarr.open_group(str(path), mode="w")
+
+    def split(name, per_class, views=False):
+        y = np.tile(np.arange(c), per_class).astype(np.int64)
+        x = (centres[y] + 0.8 * g.normal(size=(len(y), d))).astype(np.float32)
+        grp.create_array(f"{name}/image", data=x)
+        grp.create_array(f"{name}/label", data=y)
+        grp.create_array(f"{name}/index", data=np.arange(len(y), dtype=np.int64))
+        if views:
+            vv = np.stack([x] + [x + 0.1 * g.normal(size=x.shape).astype(np.float32) for _ in range(v - 1)], 1)
+            grp.create_array(f"{name}/views", data=vv.astype(np.float32))
+
+    split("train", n_train, views=True)
+    split("val", n_val)
+    split("test", n_test)
+    w_txt = (g.normal(size=(d, d)) / np.sqrt(d)).astype(np.float32)
+    proj = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    eos_raw = (2.0 * g.normal(size=(c, d))).astype(np.float32)
+    grp.create_array("text/class_proj", data=proj.astype(np.float32))
+    grp.create_array("text/class_eos_raw", data=eos_raw)
+    grp.create_array("text/class_eos", data=eos_raw / np.linalg.norm(eos_raw, axis=1, keepdims=True))
+    grp.create_array("clip/text_projection", data=w_txt)
+    grp.create_array("clip/logit_scale", data=np.array(100.0, dtype=np.float32))
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fewshot")
+    _write_store(root / "artifacts/features/fewshot.zarr")
+    cfg = FewshotConfig(**{**SMOKE_OVERRIDES, "shots": [2]})  # smoke profile, one shot count to stay fast
+    fit = run_fewshot_fit(Ctx(root, cfg))
+    seeds = [run_fewshot_seed(Ctx(root, cfg, {"shots": k, "seed": s})) for k in cfg.shots for s in cfg.seeds]
+    report = run_fewshot_report(Ctx(root, cfg))
+    return root, cfg, fit, seeds, report
+
+
+def test_fit_summary(published):
+    root, cfg, fit, _, _ = published
+    meta = json.loads((root / "artifacts/fewshot/bridge/bridge.json").read_text())
+    assert fit["n_dropped"] == meta["n_dropped"] == sum(v <= cfg.atol for v in meta["singular_values"])
+    assert fit["rank_pinv_wtxt"] == 8 - fit["n_dropped"]
+
+
+def test_seed_results_and_files(published):
+    root, cfg, _, seeds, _ = published
+    rec = json.loads((root / "artifacts/fewshot/k2-s1/results.json").read_text())
+    assert rec["support_shape"] == [4, 2 * (cfg.augment_epochs + 1), 8]
+    names = {"zero_shot", "prototype", "control", "semobridge_z1", "semobridge_z2", "semobridge_z3",
+             "semobridge_all", "semobridge_t"}
+    assert set(rec["methods"]) == names
+    for m in rec["methods"].values():
+        assert 0.0 <= m["test_acc"] <= 100.0
+    assert rec["methods"]["semobridge_t"]["n_trials"] == cfg.search.n_trials
+    with (root / "artifacts/fewshot/k2-s1/curves.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == cfg.training.steps and float(rows[0]["lr"]) == cfg.training.warmup_min_lr
+    blob = torch.load(root / "artifacts/fewshot/k2-s1/semobridge_t.pt")
+    assert blob["pinv_last"].shape == (8, 8) and blob["bias_last"].shape == (4, 8)
+
+
+def test_report_aggregates_over_seeds(published):
+    root, cfg, _, seeds, report = published
+    metrics = json.loads((root / "metrics/fewshot.json").read_text())
+    accs = [s["test_acc"]["zero_shot"] for s in seeds if s["shots"] == 2]
+    got = metrics["test_acc"]["zero_shot"]["2"]
+    assert got["n"] == len(cfg.seeds) and got["mean"] == pytest.approx(float(np.mean(accs)), abs=1e-3)
+    assert got["std"] == pytest.approx(float(np.std(accs)), abs=1e-3)
+    assert "semobridge_all-minus-control" in metrics["paired_test_diff"]
+    with (root / "plots/fewshot_accuracy.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["shots"]) for r in rows] == cfg.shots and "semobridge_t_std" in rows[0]
+    with (root / "plots/fewshot_bias_norms.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    with (root / "plots/fewshot_train_curve.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == cfg.training.steps
