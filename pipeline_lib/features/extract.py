@@ -60,8 +60,8 @@ class ToUint8Tensor:
     def __call__(self, pic: Image.Image) -> Tensor:
         if pic.mode not in ("RGB", "L"):
             raise ValueError(f"expected an RGB or L image before the tensor step, got mode {pic.mode!r}")
-        x = torch.from_numpy(np.array(pic, np.uint8, copy=True))
-        return x.view(pic.size[1], pic.size[0], len(pic.getbands())).permute(2, 0, 1).contiguous()  # (C, H, W)
+        x = np.asarray(pic, np.uint8).reshape(pic.size[1], pic.size[0], len(pic.getbands()))  # (H, W, C)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (C, H, W)
 
 
 class BatchNormalize:
