@@ -20,7 +20,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RetrievalMetrics", "retrieval_metrics", "ranking"]
+__all__ = ["RetrievalMetrics", "ranking", "retrieval_metrics"]
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,9 @@ class Killed(RuntimeError):
 
 
 def _spec(**changes: object) -> RunSpec:
-    base = dict(n=10, param_shape=(1, 128), feature_dim=128, snapshot_steps=CFG.recorded_steps, steps=CFG.steps,
-                block_size=CFG.batch_size, blocks_per_shard=2, seed=42, targets_sha256=targets_digest(TARGETS))
+    base = {"n": 10, "param_shape": (1, 128), "feature_dim": 128, "snapshot_steps": CFG.recorded_steps,
+            "steps": CFG.steps, "block_size": CFG.batch_size, "blocks_per_shard": 2, "seed": 42,
+            "targets_sha256": targets_digest(TARGETS)}
     return RunSpec(**{**base, **changes})
 
 

@@ -26,13 +26,13 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "UnsupportedBackbone",
+    "check_image_tower",
+    "check_text_tower",
     "image_features_from_patch_embeddings",
     "image_token_features",
     "text_eos_features",
     "text_features_from_embeddings",
     "text_features_from_token_embeddings",
-    "check_text_tower",
-    "check_image_tower",
 ]
 
 

@@ -96,7 +96,7 @@ class InversionConfig(Section):
     histogram_bins: int = Field(50, ge=2)
 
     @model_validator(mode="after")
-    def _plot_steps_are_snapshots(self) -> "InversionConfig":
+    def _plot_steps_are_snapshots(self) -> InversionConfig:
         missing = [s for s in self.plot_steps if s not in self.oti.snapshot_steps]
         if missing:
             raise ValueError(

@@ -10,6 +10,7 @@ ends bit-identical (on the CPU) to an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ class RunSpec:
         return -(-self.n // self.block_size)
 
     def as_attrs(self) -> dict[str, Any]:
-        return {
+        """The spec as it reads back from zarr attrs (JSON: tuples become lists), so stored and new specs compare."""
+        return json.loads(json.dumps({
             "n": self.n,
             "param_shape": list(self.param_shape),
             "feature_dim": self.feature_dim,
@@ -63,7 +65,7 @@ class RunSpec:
             "seed": self.seed,
             "targets_sha256": self.targets_sha256,
             "extra": {k: v for k, v in self.extra},
-        }
+        }))
 
 
 def block_seed(seed: int, block: int) -> int:

@@ -1,0 +1,126 @@
+"""The inversion stage on synthetic feature stores and a tiny CLIP: outputs, metrics and plots per the contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from inversion_fixtures import one_thread, tiny_clip, tiny_tokenizer
+
+import pipeline_lib.backbone.load as backbone_load
+from pipeline_lib.inversion.config import InversionConfig
+from pipeline_lib.inversion.stage import query_subset, run_inversion, similarity_histogram
+
+_single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+
+CFG = InversionConfig(
+    max_queries=10,
+    plot_steps=(1,),
+    blocks_per_shard=2,
+    oti={"steps": 3, "batch_size": 4, "snapshot_steps": (1, 2)},
+    ovi={"steps": 2, "batch_size": 8, "snapshot_steps": (1,)},
+)
+
+
+def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    root = zarr.open_group(path, mode="w")
+    for name, data in arrays.items():
+        root.create_array(name, data=data)
+
+
+def _stores(features: Path) -> None:
+    """Few-shot and text-retrieval stores laid out like the features stage's, from clustered random features."""
+    gen = np.random.default_rng(0)
+    centres = gen.normal(size=(3, 128)).astype(np.float32)
+
+    def sample(labels: np.ndarray) -> np.ndarray:
+        return (centres[labels] + 0.8 * gen.normal(size=(len(labels), 128))).astype(np.float32)
+
+    test_l, train_l = np.repeat(np.arange(3), 6), np.repeat(np.arange(3), 5)
+    _write(features / "fewshot.zarr", {
+        "test/image": sample(test_l), "test/label": test_l, "train/image": sample(train_l), "train/label": train_l,
+        "text/class_proj": centres / np.linalg.norm(centres, axis=1, keepdims=True),
+    })
+    q_groups, g_groups = np.arange(3), np.repeat(np.arange(3), 2)
+    _write(features / "retrieval_text.zarr", {
+        "query/text": sample(q_groups), "query/group": q_groups,
+        "gallery/text": sample(g_groups), "gallery/group": g_groups,
+    })
+
+
+def _ctx(tmp_path: Path) -> SimpleNamespace:
+    root, work = tmp_path / "repo", tmp_path / "work"
+    _stores(root / "artifacts/features")
+
+    def out(rel: str) -> Path:
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        return work / rel
+
+    return SimpleNamespace(cfg=SimpleNamespace(inversion=CFG), root=root, device=torch.device("cpu"), out=out,
+                           inp=lambda rel: root / rel, progress=lambda it, total=None, desc="": it)
+
+
+def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_clip()
+    loaded: list[Path] = []
+
+    def fake_load(backbone_dir: Path, device: torch.device) -> SimpleNamespace:
+        loaded.append(backbone_dir)
+        return SimpleNamespace(model=model, tokenizer=tiny_tokenizer())
+
+    monkeypatch.setattr(backbone_load, "load_published_backbone", fake_load)
+    ctx = _ctx(tmp_path)
+    summary = run_inversion(ctx)
+    assert loaded == [ctx.root / "artifacts/backbone"]
+    json.dumps(summary)
+    assert summary["oti"]["queries"] == 10 and summary["ovi"]["queries"] == 3
+
+    store = zarr.open_group(ctx.out("artifacts/inversion") / "inversion.zarr", mode="r")
+    assert store["oti/params"].shape == (10, 1, 128) and store["oti/snapshots"].shape == (10, 3, 128)
+    assert store["ovi/params"].shape == (3, 1, 96) and store["ovi/losses"].shape == (3, 2)
+    assert store["oti/done"][...].all() and store["oti"].attrs["query_index"] == query_subset(18, 10).tolist()
+
+    metrics = json.loads(ctx.out("metrics/inversion.json").read_text())
+    img, txt = metrics["image"], metrics["text"]
+    assert set(img["by_step"]) == {"1", "2", "3"} and set(txt["by_step"]) == {"1", "2"}
+    assert img["oti_to_image"] == img["by_step"]["3"]
+    assert img["map_gain"] == pytest.approx(img["oti_to_image"]["map"] - img["image_to_image"]["map"])
+    assert 0 < img["image_to_image"]["map"] <= 1 and 0 < txt["ovi_to_text"]["map"] <= 1
+    assert img["class_text_to_image"]["n_queries"] == 3
+
+    with ctx.out("plots/inversion_map_vs_step.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2", "3"] and rows[2]["ovi_to_text"] == ""
+    assert float(rows[0]["image_to_image"]) == pytest.approx(img["image_to_image"]["map"], abs=1e-6)
+    with ctx.out("plots/inversion_similarity.csv").open() as f:
+        sims = list(csv.DictReader(f))
+    assert list(sims[0]) == ["cosine", "image_image", "text_image", "oti_image_step1", "oti_image_step3"]
+    width = 2 / CFG.histogram_bins
+    assert sum(float(r["image_image"]) for r in sims) * width == pytest.approx(1.0, abs=1e-4)
+
+    # a rerun finds every block finished and reproduces the metrics exactly
+    run_inversion(ctx)
+    assert json.loads(ctx.out("metrics/inversion.json").read_text()) == metrics
+
+
+def test_missing_store_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backbone_load, "load_published_backbone", lambda d, device: None)
+    ctx = SimpleNamespace(cfg=SimpleNamespace(inversion=CFG), device=torch.device("cpu"),
+                          inp=lambda rel: tmp_path / rel, out=lambda rel: tmp_path / "w" / rel)
+    with pytest.raises(FileNotFoundError, match="fewshot.zarr"):
+        run_inversion(ctx)
+
+
+def test_query_subset_and_histogram() -> None:
+    assert query_subset(5, None).tolist() == [0, 1, 2, 3, 4]
+    assert query_subset(10, 4).tolist() == [0, 3, 6, 9]
+    a = torch.tensor([[1.0, 0.0]])
+    b = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    dens = similarity_histogram(a, b, torch.linspace(-1, 1, 5))  # bins of width 0.5
+    assert dens.tolist() == pytest.approx([0.5, 0.0, 1.0, 0.5])  # cos -1 | - | 0, 0 | 1
