@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+from pipeline_lib.config import Config, RuntimeConfig
 from pipeline_lib.data.config import DataConfig
+from pipeline_lib.runner import StageContext
 
 
 def tiny_data_config(**overrides: Any) -> DataConfig:
@@ -28,18 +29,12 @@ def tiny_data_config(**overrides: Any) -> DataConfig:
         "czsl_test_per_pair": 2,
         "czsl_na_images": 2,
         "retrieval_meanings": 6,
-        "workers": 1,
     }
     values.update(overrides)
     return DataConfig(**values)
 
 
-def fake_stage_context(cfg: DataConfig, work: Path) -> SimpleNamespace:
-    """The parts of StageContext the data stage uses (cfg.data, out, progress)."""
-
-    def out(rel: str) -> Path:
-        path = work / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
-    return SimpleNamespace(cfg=SimpleNamespace(data=cfg), out=out, progress=lambda it, total=None, desc="": it)
+def fake_stage_context(cfg: DataConfig, work: Path) -> StageContext:
+    """A real StageContext around a data config (one rendering process), writing into `work`."""
+    config = Config(data=cfg, runtime=RuntimeConfig(num_workers=1, progress=False))
+    return StageContext(cfg=config, root=work, work=work)

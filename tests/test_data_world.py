@@ -140,7 +140,7 @@ def test_same_seed_same_bytes_serial_equals_parallel_other_seed_differs(
 ) -> None:
     out, _ = world
     reference = tree_digest(out)
-    write_shapes_world(CFG.model_copy(update={"workers": 2}), tmp_path / "parallel")
+    write_shapes_world(CFG, tmp_path / "parallel", workers=2)
     assert tree_digest(tmp_path / "parallel") == reference
     write_shapes_world(CFG.model_copy(update={"seed": 1}), tmp_path / "seed1")
     assert tree_digest(tmp_path / "seed1") != reference

@@ -71,7 +71,6 @@ class DataConfig(Section):
     retrieval_queries_per_meaning: int = Field(1, ge=1)  # paraphrases used as queries
     retrieval_gallery_per_meaning: int = Field(4, ge=1)  # paraphrases in the gallery
 
-    workers: int = Field(2, ge=1, le=64)  # rendering processes; never changes the bytes written (serial == parallel)
 
     @field_validator("shapes")
     @classmethod

@@ -48,7 +48,8 @@ def run_data(ctx: Any) -> dict[str, Any]:
     cfg = ctx.cfg.data
     out_dir = ctx.out(DATA_OUT)
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
-    summary = write_shapes_world(cfg, out_dir, progress=ctx.progress)
+    workers = max(1, ctx.cfg.runtime.num_workers)
+    summary = write_shapes_world(cfg, out_dir, progress=ctx.progress, workers=workers)
     digest = tree_digest(out_dir)
     cpu1 = _cpu_seconds()
     summary["cpu_seconds"] = {"main": round(cpu1[0] - cpu0[0], 2), "workers": round(cpu1[1] - cpu0[1], 2)}
@@ -73,6 +74,6 @@ def run_data(ctx: Any) -> dict[str, Any]:
         summary["seconds"]["total"],
         summary["cpu_seconds"]["main"],
         summary["cpu_seconds"]["workers"],
-        cfg.workers,
+        workers,
     )
     return summary

@@ -307,8 +307,13 @@ def write_retrieval(cfg: DataConfig, out_dir: Path) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def write_shapes_world(cfg: DataConfig, out_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Write every dataset of the shapes world under out_dir (replacing earlier copies); returns counts and timings."""
+def write_shapes_world(
+    cfg: DataConfig, out_dir: Path, progress: Progress | None = None, workers: int = 1
+) -> dict[str, Any]:
+    """Write every dataset of the shapes world under out_dir (replacing earlier copies); returns counts and timings.
+
+    `workers` rendering processes never change the bytes written (serial == parallel), so it is a runtime setting.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for sub in (vocab.PRETRAIN_DIR, vocab.FEWSHOT_ROOT.split("/")[0], vocab.CZSL_ROOT.split("/")[0], "retrieval"):
@@ -316,7 +321,7 @@ def write_shapes_world(cfg: DataConfig, out_dir: Path, progress: Progress | None
     seconds: dict[str, float] = {}
     summary: dict[str, Any] = {}
     started = time.perf_counter()
-    with Renderer(RenderSettings.from_config(cfg), workers=cfg.workers, progress=progress) as renderer:
+    with Renderer(RenderSettings.from_config(cfg), workers=workers, progress=progress) as renderer:
         for name, write in (
             ("pretrain", lambda: write_pretrain(cfg, out_dir, renderer)),
             ("fewshot", lambda: write_fewshot(cfg, out_dir, renderer)),
@@ -336,5 +341,5 @@ def write_shapes_world(cfg: DataConfig, out_dir: Path, progress: Progress | None
     summary["images_total"] = n_images
     summary["seconds"] = seconds
     summary["images_per_second"] = round(n_images / max(seconds["total"], 1e-9), 1)
-    summary["workers"] = cfg.workers
+    summary["workers"] = workers
     return summary
