@@ -57,6 +57,7 @@ from pipeline_lib.czsl.train import (
     modality_gap,
     predict,
     quiet_progress,
+    seed_everything,
     train_model,
 )
 
@@ -229,6 +230,9 @@ def run_experiment(
                  row["gap"]["rmg"])
         if out_dir is not None:
             torch.save(model.state_dict(), out_dir / f"head_{name.strip('+')}.pt")
+            if lora_params:
+                torch.save({n: p.detach().cpu() for n, p in clip.visual.named_parameters() if p.requires_grad},
+                           out_dir / f"lora_{name.strip('+')}.pt")
         if name == "+kl":
             kl_state = {"preds": preds, "thresholds": {wn: rows[name][wn]["threshold"] for wn in worlds}}
 
@@ -332,6 +336,8 @@ def run_bank_row(cfg: CzslConfig, name: str, w: WorldEval, preds: dict[str, Pred
         scores = _bank_scores(cfg, w, preds["test"], t, best["alpha"], best["beta"])
         m = w.evaluate(scores, "test", tau, cfg.ow_filter)
         per_seed.append({"seed": s, "order_digest": bk.order_digest(t.order), "events": t.events, **metric_row(m)})
+        log.info("bank %s (%s) test stream seed %d (order %s): events %s, AUC %.4f", name, w.name, s,
+                 per_seed[-1]["order_digest"], t.events, m.auc)
         if first_scores is None:
             first_scores, first_curve = scores.numpy(), (m.curve_seen, m.curve_unseen)
     test = {k: float(np.mean([r[k] for r in per_seed])) for k in METRIC_KEYS}
@@ -385,7 +391,7 @@ def run_czsl(ctx) -> dict:
     cfg: CzslConfig = ctx.cfg.czsl
     t0 = time.perf_counter()
     device = ctx.device
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     root = ctx.inp("artifacts/data") / "czsl" / cfg.dataset
     bb = load_published_backbone(ctx.inp("artifacts/backbone"), device)
     bb.model.requires_grad_(False)
