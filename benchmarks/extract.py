@@ -63,16 +63,29 @@ def bare_forward(model: torch.nn.Module, batches: list[torch.Tensor], device: to
 
 def extraction_path(model, preprocess, paths, batch_size, workers, device, store: Path) -> float:
     """Seconds for the stage's code path: decode workers + forward + zarr block writes into a fresh store."""
-    dim = int(model.visual.proj.shape[1]) if getattr(model.visual, "proj", None) is not None else model.visual.output_dim
+    dim = (
+        int(model.visual.proj.shape[1]) if getattr(model.visual, "proj", None) is not None else model.visual.output_dim
+    )
     n = len(paths)
     shard = batch_size * max(1, 1024 // batch_size)
     group = BlockGroup.create_or_resume(store, "bench", [ArraySpec("image", (n, dim), "float32")], batch_size, shard)
     dataset = ImageViewsDataset(paths, preprocess)
     with torch.inference_mode():  # warm-up outside the timed region, as for the bare loop
-        model.encode_image(torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths[:batch_size]]).to(device))
+        model.encode_image(
+            torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths[:batch_size]]).to(device)
+        )
     t0 = time.perf_counter()
-    stats = extract_to_blocks(group, dataset, image_encoder(model), {}, batch_size=batch_size, device=device,
-                              num_workers=workers, amp=False, progress=lambda it, **_: it)
+    stats = extract_to_blocks(
+        group,
+        dataset,
+        image_encoder(model),
+        {},
+        batch_size=batch_size,
+        device=device,
+        num_workers=workers,
+        amp=False,
+        progress=lambda it, **_: it,
+    )
     elapsed = time.perf_counter() - t0
     assert stats.forwards == n and group.complete, "extraction did not cover every image"
     return elapsed
@@ -96,7 +109,9 @@ def main() -> None:
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None, device=device)
     model.eval()
-    size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
+    size = int(
+        model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bf-bench-extract-"))
     try:
         paths = render_pngs(tmp / "png", args.images, args.png_size or size)
@@ -105,18 +120,30 @@ def main() -> None:
         bare, stage = [], []
         for r in range(args.repeats):  # alternate, so machine load drifts hit both alike
             bare.append(bare_forward(model, batches, device))
-            stage.append(extraction_path(model, preprocess, paths, args.batch_size, args.workers, device,
-                                         tmp / f"store{r}.zarr"))
+            stage.append(
+                extraction_path(model, preprocess, paths, args.batch_size, args.workers, device, tmp / f"store{r}.zarr")
+            )
         bare_ips, stage_ips = args.images / min(bare), args.images / min(stage)
-        print(json.dumps({
-            "model": args.model, "device": device.type, "images": args.images, "image_size": size,
-            "png_size": args.png_size or size, "batch_size": args.batch_size, "workers": args.workers,
-            "torch_threads": torch.get_num_threads(),
-            "bare_forward_images_per_s": round(bare_ips, 1),
-            "extraction_images_per_s": round(stage_ips, 1),
-            "ratio": round(bare_ips / stage_ips, 3),
-            "bare_seconds": [round(s, 3) for s in bare], "extraction_seconds": [round(s, 3) for s in stage],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "device": device.type,
+                    "images": args.images,
+                    "image_size": size,
+                    "png_size": args.png_size or size,
+                    "batch_size": args.batch_size,
+                    "workers": args.workers,
+                    "torch_threads": torch.get_num_threads(),
+                    "bare_forward_images_per_s": round(bare_ips, 1),
+                    "extraction_images_per_s": round(stage_ips, 1),
+                    "ratio": round(bare_ips / stage_ips, 3),
+                    "bare_seconds": [round(s, 3) for s in bare],
+                    "extraction_seconds": [round(s, 3) for s in stage],
+                },
+                indent=2,
+            )
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -17,9 +17,10 @@ import logging
 import math
 import platform
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import zarr
@@ -83,7 +84,7 @@ class BlockGroup:
         rows_per_chunk: int,
         rows_per_shard: int,
         plan: Mapping[str, Any] | None = None,
-    ) -> "BlockGroup":
+    ) -> BlockGroup:
         """Open `root/group_path` for block writes, resuming when it was created for the same specs and plan.
 
         `plan` holds whatever else decides the content (e.g. model fingerprint, split list digest): a group created
@@ -91,7 +92,9 @@ class BlockGroup:
         """
         n_rows = {s.shape[0] for s in specs}
         if len(n_rows) != 1:
-            raise ValueError(f"group {group_path!r}: arrays disagree on the sample count: {[(s.name, s.shape) for s in specs]}")
+            raise ValueError(
+                f"group {group_path!r}: arrays disagree on the sample count: {[(s.name, s.shape) for s in specs]}"
+            )
         n = n_rows.pop()
         chunk, shard = chunk_layout(n, rows_per_chunk, rows_per_shard)
         digest = _plan_digest(specs, chunk, shard, plan or {})

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import pipeline_lib.features.stage as stage
 from pipeline_lib.backbone.load import Backbone
 from pipeline_lib.config import Config, RuntimeConfig
+from pipeline_lib.features import stage
 from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.extract import ImageViewsDataset, extract_to_blocks, image_encoder
 from pipeline_lib.store import ArraySpec, BlockGroup, read_array
@@ -70,11 +70,13 @@ def _make_data(root: Path) -> Path:
     torch.save(meta, cz / "metadata_compositional-split-natural.t7")
 
     (data / "retrieval").mkdir(parents=True)
-    pl.DataFrame({
-        "text": ["a red circle.", "a circle in red.", "a blue square.", "a square, blue.", "a red square."],
-        "group": [0, 0, 1, 1, 2],
-        "split": ["query", "gallery", "query", "gallery", "gallery"],
-    }).write_parquet(data / "retrieval" / "texts.parquet")
+    pl.DataFrame(
+        {
+            "text": ["a red circle.", "a circle in red.", "a blue square.", "a square, blue.", "a red square."],
+            "group": [0, 0, 1, 1, 2],
+            "split": ["query", "gallery", "query", "gallery", "gallery"],
+        }
+    ).write_parquet(data / "retrieval" / "texts.parquet")
     return data
 
 
@@ -85,7 +87,11 @@ def _backbone() -> Backbone:
         model=model,
         preprocess=open_clip.image_transform(32, is_train=False),
         tokenizer=open_clip.tokenizer.SimpleTokenizer(context_length=16),
-        name="tiny-test", pretrained=None, fingerprint="f" * 64, image_size=32, context_length=16,
+        name="tiny-test",
+        pretrained=None,
+        fingerprint="f" * 64,
+        image_size=32,
+        context_length=16,
     )
 
 
@@ -100,10 +106,13 @@ def _ctx(root: Path, work: Path, **features) -> SimpleNamespace:
         return work / rel
 
     return SimpleNamespace(
-        cfg=cfg, root=root, device=torch.device("cpu"), out=out, inp=lambda rel: root / rel,
+        cfg=cfg,
+        root=root,
+        device=torch.device("cpu"),
+        out=out,
+        inp=lambda rel: root / rel,
         progress=lambda it, total=None, desc="": it,
     )
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -113,6 +122,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
@@ -151,14 +161,14 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     np.testing.assert_array_equal(read_array(fs, "train/label"), np.repeat([0, 1, 2], 5))
     np.testing.assert_array_equal(read_array(fs, "test/index"), np.arange(6))
     with torch.no_grad():
-        ds = ImageViewsDataset([str(world / "artifacts/data/fewshot/shapes/images/blue/test_1.png")],
-                               published.preprocess)
+        ds = ImageViewsDataset(
+            [str(world / "artifacts/data/fewshot/shapes/images/blue/test_1.png")], published.preprocess
+        )
         direct = published.model.encode_image(ds.finish(ds[0][1])).numpy()  # (1, D), raw (not normalised)
     np.testing.assert_allclose(read_array(fs, "test/image")[3], direct[0], rtol=1e-4, atol=1e-5)
     assert read_array(fs, "text/class_proj").shape == (3, 128)
     assert read_array(fs, "text/prompt_eos").shape == (3, 1, 128)
-    np.testing.assert_allclose(read_array(fs, "clip/text_projection"),
-                               published.model.text_projection.detach().numpy())
+    np.testing.assert_allclose(read_array(fs, "clip/text_projection"), published.model.text_projection.detach().numpy())
     assert float(read_array(fs, "clip/logit_scale")) == pytest.approx(1 / 0.07, rel=1e-4)
 
     # CZSL store: tokens (CLS + 64 patches), labels into the closed-world pair list.
@@ -211,12 +221,23 @@ def test_worker_processes_give_identical_features(world: Path, tmp_path: Path) -
     results = []
     for workers, name in ((0, "a.zarr"), (1, "b.zarr")):
         bg = BlockGroup.create_or_resume(
-            tmp_path / name, "g", [ArraySpec("image", (6, 128), "float32"), ArraySpec("views", (6, 2, 128), "float32")],
-            rows_per_chunk=2, rows_per_shard=4,
+            tmp_path / name,
+            "g",
+            [ArraySpec("image", (6, 128), "float32"), ArraySpec("views", (6, 2, 128), "float32")],
+            rows_per_chunk=2,
+            rows_per_shard=4,
         )
         ds = ImageViewsDataset(paths, bb.preprocess, views=2, augment=cfg.augment, seed=3, crop_size=32)
-        stats = extract_to_blocks(bg, ds, image_encoder(bb.model), {}, batch_size=3, device=torch.device("cpu"),
-                                  num_workers=workers, views_key="views")
+        stats = extract_to_blocks(
+            bg,
+            ds,
+            image_encoder(bb.model),
+            {},
+            batch_size=3,
+            device=torch.device("cpu"),
+            num_workers=workers,
+            views_key="views",
+        )
         assert stats.blocks_written == 2 and stats.forwards == 12
         results.append(read_array(tmp_path / name, "g/views"))
     np.testing.assert_array_equal(results[0], results[1])

@@ -20,7 +20,6 @@ TINY = {
 }
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two busy-waiting ones."""
@@ -28,6 +27,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[open_clip.CLIP, open_clip.tokenizer.SimpleTokenizer]:
@@ -38,8 +38,10 @@ def tiny() -> tuple[open_clip.CLIP, open_clip.tokenizer.SimpleTokenizer]:
 
 def test_class_average_matches_hand_computation() -> None:
     feats = np.array(
-        [[[3.0, 4.0], [0.0, 2.0], [np.nan, np.nan]],  # class 0: two prompts, one padding row
-         [[1.0, 0.0], [0.0, 1.0], [-2.0, 0.0]]],
+        [
+            [[3.0, 4.0], [0.0, 2.0], [np.nan, np.nan]],  # class 0: two prompts, one padding row
+            [[1.0, 0.0], [0.0, 1.0], [-2.0, 0.0]],
+        ],
         dtype=np.float32,
     )
     normed, raw = class_average(feats, np.array([2, 3]))

@@ -31,7 +31,7 @@ def _crop_box(width: int, height: int, scale: tuple[float, float], g: torch.Gene
     """(top, left, h, w) of a square random-resized crop, torchvision's sampling with ratio (1, 1)."""
     area = width * height
     for _ in range(10):
-        side = int(round(math.sqrt(area * _uniform(g, *scale))))
+        side = round(math.sqrt(area * _uniform(g, *scale)))
         if 0 < side <= width and 0 < side <= height:
             top = int(torch.randint(0, height - side + 1, (1,), generator=g))
             left = int(torch.randint(0, width - side + 1, (1,), generator=g))

@@ -77,7 +77,7 @@ class FeaturesConfig(Section):
     retrieval_text: RetrievalTextSource = RetrievalTextSource()
 
     @model_validator(mode="after")
-    def _shard_multiple_of_chunk(self) -> "FeaturesConfig":
+    def _shard_multiple_of_chunk(self) -> FeaturesConfig:
         if self.rows_per_shard % self.rows_per_chunk:
             raise ValueError(
                 f"features.rows_per_shard={self.rows_per_shard} must be a multiple of "
@@ -96,6 +96,3 @@ class FeaturesConfig(Section):
                 raise ValueError(f"features.templates {bad!r}: each template needs exactly one '{{}}' class slot")
         return v
 
-
-# Values for profiles/smoke.yaml (tiny data, whole stage in a few seconds).
-SMOKE_OVERRIDES: dict = {"batch_size": 64, "views": 2, "rows_per_chunk": 32, "rows_per_shard": 128}

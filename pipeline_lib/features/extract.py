@@ -32,6 +32,9 @@ from pipeline_lib.store import BlockGroup
 log = logging.getLogger(__name__)
 
 Progress = Callable[..., Iterable]
+# Workers overlap decoding with the forward pass only from the second batch on; for a group of a batch or two,
+# starting them costs more than it saves.
+MIN_BATCHES_FOR_WORKERS = 2
 # Workers only decode images (module docstring), so fork is safe where the platform has it.
 WORKER_START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 
@@ -238,6 +241,8 @@ def extract_to_blocks(
         return stats
     progress = progress or default_progress
     sampler = BlockBatchSampler([group.rows(b) for b in pending], batch_size)
+    if len(sampler) <= MIN_BATCHES_FOR_WORKERS:
+        num_workers = 0
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,

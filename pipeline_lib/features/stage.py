@@ -72,8 +72,12 @@ class _Run:
     def plan(self, **extra: Any) -> dict[str, Any]:
         """What decides a block group's content; a group built for another plan is rebuilt."""
         c = self.cfg
-        return {"backbone": self.backbone.fingerprint, "dtype": c.dtype, "amp": c.amp and self.device.type == "cuda",
-                **extra}
+        return {
+            "backbone": self.backbone.fingerprint,
+            "dtype": c.dtype,
+            "amp": c.amp and self.device.type == "cuda",
+            **extra,
+        }
 
     def image_group(
         self,
@@ -99,16 +103,33 @@ class _Run:
             specs.append(ArraySpec("tokens", (n, n_tok, dim), c.dtype))
         augment = c.augment if views > 1 else None
         bg = BlockGroup.create_or_resume(
-            store, group, specs, c.rows_per_chunk, c.rows_per_shard,
-            plan={**plan, "views": views, "tokens": tokens, "seed": c.seed if views > 1 else None,
-                  "augment": augment.model_dump() if augment else None},
+            store,
+            group,
+            specs,
+            c.rows_per_chunk,
+            c.rows_per_shard,
+            plan={
+                **plan,
+                "views": views,
+                "tokens": tokens,
+                "seed": c.seed if views > 1 else None,
+                "augment": augment.model_dump() if augment else None,
+            },
         )
         dataset = ImageViewsDataset(paths, self.backbone.preprocess, views, augment, c.seed, self.backbone.image_size)
         name = Path(store).name
         stats = extract_to_blocks(
-            bg, dataset, image_encoder(model, tokens), row_arrays,
-            batch_size=c.batch_size, device=self.device, num_workers=self.num_workers, amp=c.amp,
-            views_key="views" if views > 1 else None, progress=self.progress, desc=f"{name}/{group}",
+            bg,
+            dataset,
+            image_encoder(model, tokens),
+            row_arrays,
+            batch_size=c.batch_size,
+            device=self.device,
+            num_workers=self.num_workers,
+            amp=c.amp,
+            views_key="views" if views > 1 else None,
+            progress=self.progress,
+            desc=f"{name}/{group}",
             on_block=(lambda b: after_block(name, group, b)) if after_block else None,
         )
         self.stats.append(stats)
@@ -157,8 +178,15 @@ def write_fewshot_store(run: _Run, store: Path, source: Path, root: Path) -> dic
     model = run.backbone.model
     text = class_text_features(model, run.backbone.tokenizer, prompts, run.device, c.batch_size, c.amp)
     tg = top.require_group("text")
-    for name in ("class_proj", "class_proj_raw", "class_eos", "class_eos_raw", "prompt_proj", "prompt_eos",
-                 "prompt_count"):
+    for name in (
+        "class_proj",
+        "class_proj_raw",
+        "class_eos",
+        "class_eos_raw",
+        "prompt_proj",
+        "prompt_eos",
+        "prompt_count",
+    ):
         write_whole(tg, name, getattr(text, name))
     cg = top.require_group("clip")
     write_whole(cg, "text_projection", text_projection(model))
@@ -176,15 +204,17 @@ def write_fewshot_store(run: _Run, store: Path, source: Path, root: Path) -> dic
         out[split] = run.image_group(
             store, split, paths, rows, views=views, plan=run.plan(split=_digest([rel, labels.tolist()]))
         )
-    top.attrs.update({
-        "classnames": list(ds.classnames),
-        "templates": templates,
-        "cupl_file": str(cupl_path) if cupl_path else None,
-        "prompt_padding": "text/prompt_* rows past text/prompt_count[c] are NaN",
-        "logit_scale": "exp(logit_scale), the multiplier on cosines",
-        "views": "train/views[:, 0] is the un-augmented image (= train/image); views 1.. are offline augmentations",
-        "provenance": _provenance(run, source=str(source)),
-    })
+    top.attrs.update(
+        {
+            "classnames": list(ds.classnames),
+            "templates": templates,
+            "cupl_file": str(cupl_path) if cupl_path else None,
+            "prompt_padding": "text/prompt_* rows past text/prompt_count[c] are NaN",
+            "logit_scale": "exp(logit_scale), the multiplier on cosines",
+            "views": "train/views[:, 0] is the un-augmented image (= train/image); views 1.. are offline augmentations",
+            "provenance": _provenance(run, source=str(source)),
+        }
+    )
     return out
 
 
@@ -210,17 +240,19 @@ def write_czsl_store(run: _Run, store: Path, source: Path) -> dict[str, Any]:
         plan = run.plan(split=_digest([df["image"].to_list(), {k: v.tolist() for k, v in rows.items()}]))
         out[split] = run.image_group(store, split, df["path"].to_list(), rows, tokens=c.patch_tokens, plan=plan)
     top = zarr.open_group(str(store), mode="a")
-    top.attrs.update({
-        "name": ds.name,
-        "attrs": list(ds.attrs),
-        "objs": list(ds.objs),
-        "pairs": [list(p) for p in ds.pairs],
-        "train_pairs": [list(p) for p in ds.train_pairs],
-        "val_pairs": [list(p) for p in ds.val_pairs],
-        "test_pairs": [list(p) for p in ds.test_pairs],
-        "pair_index": "pair indexes attrs['pairs'] (closed world: sorted union of the three pair files)",
-        "provenance": _provenance(run, source=str(source)),
-    })
+    top.attrs.update(
+        {
+            "name": ds.name,
+            "attrs": list(ds.attrs),
+            "objs": list(ds.objs),
+            "pairs": [list(p) for p in ds.pairs],
+            "train_pairs": [list(p) for p in ds.train_pairs],
+            "val_pairs": [list(p) for p in ds.val_pairs],
+            "test_pairs": [list(p) for p in ds.test_pairs],
+            "pair_index": "pair indexes attrs['pairs'] (closed world: sorted union of the three pair files)",
+            "provenance": _provenance(run, source=str(source)),
+        }
+    )
     return out
 
 
@@ -254,14 +286,19 @@ def write_retrieval_text_store(run: _Run, store: Path, source: Path) -> dict[str
         texts = df.filter(pl.col("split") == split)["text"].to_list()
         n = len(texts)
         bg = BlockGroup.create_or_resume(
-            store, split, [ArraySpec("text", (n, dim), c.dtype), ArraySpec("group", (n,), "int64")],
-            c.rows_per_chunk, c.rows_per_shard, plan=run.plan(split=_digest([texts, groups[mask].tolist()])),
+            store,
+            split,
+            [ArraySpec("text", (n, dim), c.dtype), ArraySpec("group", (n,), "int64")],
+            c.rows_per_chunk,
+            c.rows_per_shard,
+            plan=run.plan(split=_digest([texts, groups[mask].tolist()])),
         )
         t0 = time.perf_counter()
         for b in bg.pending():
             start, stop = bg.rows(b)
-            feats, _ = encode_texts(model, run.backbone.tokenizer, texts[start:stop], run.device, c.batch_size,
-                                    eos=False, amp=c.amp)
+            feats, _ = encode_texts(
+                model, run.backbone.tokenizer, texts[start:stop], run.device, c.batch_size, eos=False, amp=c.amp
+            )
             bg.write_block(b, {"text": feats, "group": groups[mask][start:stop]})
             if after_block:
                 after_block(store.name, split, b)
@@ -324,6 +361,7 @@ def extract_all(
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     metrics = ctx.out(METRICS_OUT)
     metrics.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    log.info("features: %d images encoded at %.1f img/s in %.1f s", forwards, summary["images_per_s"],
-             summary["seconds"])
+    log.info(
+        "features: %d images encoded at %.1f img/s in %.1f s", forwards, summary["images_per_s"], summary["seconds"]
+    )
     return summary
