@@ -173,7 +173,10 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
 
     # CZSL store: tokens (CLS + 64 patches), labels into the closed-world pair list.
     cz = tmp_path / "full" / "artifacts" / "features" / "czsl.zarr"
-    assert read_array(cz, "train/tokens").shape == (4, 65, 128)
+    tokens = read_array(cz, "train/tokens")
+    assert tokens.shape == (4, 65, 128)
+    # One pass gives both: with 'tok' pooling the CLS token in the joint space is the pooled feature.
+    np.testing.assert_allclose(tokens[:, 0], read_array(cz, "train/image"), rtol=1e-5, atol=1e-6)
     # closed-world pairs, sorted: blue circle, blue square, red circle, red square
     assert read_array(cz, "test/pair").tolist() == [0, 0, 2, 2]
     rt = tmp_path / "full" / "artifacts" / "features" / "retrieval_text.zarr"

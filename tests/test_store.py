@@ -119,3 +119,15 @@ def test_small_arrays_and_read_errors(tmp_path: Path) -> None:
         open_store(tmp_path / "missing.zarr")
     with pytest.raises(KeyError, match="nope"):
         read_array(tmp_path / "s.zarr", "clip/nope")
+
+
+def test_concurrent_writers_of_distinct_blocks_lose_nothing(tmp_path: Path) -> None:
+    """One writer per block (= per shard): parallel writers of different blocks keep every row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bg = BlockGroup.create_or_resume(tmp_path / "p.zarr", "train", _specs(), rows_per_chunk=50, rows_per_shard=200)
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        list(pool.map(lambda b: bg.write_block(b, _block_data(bg, b)), bg.pending()))
+    assert bg.complete
+    expected = np.concatenate([_block_data(bg, b)["image"] for b in range(bg.n_blocks)])
+    np.testing.assert_array_equal(read_array(tmp_path / "p.zarr", "train/image"), expected)
