@@ -132,3 +132,16 @@ def test_without_class_bias_and_img_only_variant():
     res = _train(TrainingConfig(steps=4, warmup_steps=0, use_class_bias=False, loss_variant="img"))
     assert res.bias_last is None
     assert all(math.isnan(x) for x in res.curves["txte"]) and not math.isnan(res.curves["img"][0])
+
+
+def test_fused_ops_equal_pytorch_forms_and_gradients():
+    from pipeline_lib.fewshot.ops import cross_entropy_mean, l2_normalize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: l2_normalize(t, 2.5), (x,))
+    assert torch.allclose(l2_normalize(x, 2.5), 2.5 * F.normalize(x, dim=-1))
+    z = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.tensor([0, 3, 1, 1, 2, 0])
+    assert torch.autograd.gradcheck(lambda a: cross_entropy_mean(a, t), (z,))
+    assert torch.allclose(cross_entropy_mean(z, t), F.cross_entropy(z, t))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pipeline_lib.fewshot.ops import l2_normalize
+
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +81,7 @@ def bridge(
     u = f @ pinv  # (..., D_t)
     if bias is not None:
         u = u + bias
-    u_tilde = scale * F.normalize(u, dim=-1)  # (..., D_t), norm L
+    u_tilde = l2_normalize(u, float(scale))  # (..., D_t), norm L
     return u_tilde @ w_txt, u_tilde  # (..., D_p), (..., D_t)
 
 

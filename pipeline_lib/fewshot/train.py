@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pipeline_lib.fewshot.bridge import bridged_prototypes
 from pipeline_lib.fewshot.config import LOSS_VARIANTS, BlendParams, TrainingConfig
 from pipeline_lib.fewshot.logits import _score, percent, subset_mask
+from pipeline_lib.fewshot.ops import cross_entropy_mean, l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,15 @@ def semobridge_t_losses(
     class_targets = torch.arange(c)
     terms: dict[str, torch.Tensor] = {}
     if weights["img"]:
-        terms["img"] = F.cross_entropy(logit_scale * support_n.reshape(c * k, d) @ p_hat.T, view_targets)
+        # the x100 is applied to the (C, D) prototypes rather than the (C K', C) logits: same product, less traffic
+        terms["img"] = cross_entropy_mean(support_n.reshape(c * k, d) @ (logit_scale * p_hat).T, view_targets)
     if weights["txte"]:
-        terms["txte"] = F.cross_entropy(u_hat @ text_eos.T, class_targets)
+        terms["txte"] = cross_entropy_mean(u_hat @ text_eos.T, class_targets)
     if weights["txtp"]:
-        terms["txtp"] = F.cross_entropy(p_hat @ text_proj.T, class_targets)
+        terms["txtp"] = cross_entropy_mean(p_hat @ text_proj.T, class_targets)
     if weights["cons"]:
-        g_n = F.normalize(g_hat, dim=-1).reshape(c * k, d)  # (C K', D_p)
-        terms["cons"] = F.cross_entropy(g_n @ p_hat.T, view_targets)
+        g_n = l2_normalize(g_hat).reshape(c * k, d)  # (C K', D_p)
+        terms["cons"] = cross_entropy_mean(g_n @ p_hat.T, view_targets)
     if weights["bias"] and class_bias is not None:
         terms["bias"] = bias_norm_variance(class_bias)
     total = sum(weights[n] * v for n, v in terms.items())
