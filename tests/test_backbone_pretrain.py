@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from backbone_fixtures import make_corpus
 
 from pipeline_lib.backbone.config import PretrainConfig
 from pipeline_lib.backbone.pretrain import (
@@ -30,23 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-RGB = {"red": (220, 30, 30), "blue": (30, 60, 230)}
-
-
-def make_corpus(n_groups: int = 8, n_single: int = 16, seed: int = 0) -> Corpus:
-    """Solid-colour images whose colour is the only visible factor; groups of 3 share all labels but shape."""
-    rng = np.random.default_rng(seed)
-    shapes, rows = ["circle", "square", "star"], []
-    for g in range(n_groups):
-        base = {"colour": str(rng.choice(list(RGB))), "pattern": "solid", "size": str(rng.choice(["medium", "large"]))}
-        rows += [{**base, "shape": s, "group": g} for s in shapes]
-    for _ in range(n_single):
-        rows.append({"colour": str(rng.choice(list(RGB))), "pattern": str(rng.choice(["solid", "striped"])),
-                     "size": "large", "shape": str(rng.choice(shapes)), "group": -1})
-    labels = pl.DataFrame(rows)
-    images = np.stack([np.broadcast_to(np.array(RGB[r["colour"]], np.uint8), (32, 32, 3)) for r in rows])
-    noise = rng.integers(0, 20, images.shape).astype(np.uint8)
-    return Corpus(images=(images + noise).astype(np.uint8), labels=labels)
 
 
 def small_cfg(**kw) -> PretrainConfig:
