@@ -44,16 +44,23 @@ class ArraySpec:
             raise ValueError(f"array {self.name!r}: a block array needs a sample axis, got shape ()")
 
 
-def chunk_layout(n_rows: int, rows_per_chunk: int, rows_per_shard: int) -> tuple[int, int]:
-    """(chunk rows, shard rows) for n_rows samples: the configured sizes, shrunk for small arrays."""
+MAX_BLOCK_BYTES = 256 * 2**20  # a block is held in memory before it is written; bounds e.g. ViT-B/16 patch tokens
+
+
+def chunk_layout(
+    n_rows: int, rows_per_chunk: int, rows_per_shard: int, row_bytes: int = 0, max_block_bytes: int = MAX_BLOCK_BYTES
+) -> tuple[int, int]:
+    """(chunk rows, shard rows) for n_rows samples: the configured sizes, shrunk for small arrays and so that one
+    block (a shard of every array, `row_bytes` per row in all) stays under `max_block_bytes`."""
     if rows_per_chunk < 1 or rows_per_shard < rows_per_chunk or rows_per_shard % rows_per_chunk:
         raise ValueError(
             f"rows_per_chunk={rows_per_chunk}, rows_per_shard={rows_per_shard}: expected chunk >= 1 and the shard a "
             "multiple of the chunk"
         )
-    chunk = max(1, min(rows_per_chunk, n_rows))
-    shard = chunk * max(1, min(rows_per_shard // rows_per_chunk, math.ceil(max(n_rows, 1) / chunk)))
-    return chunk, shard
+    fit = max(1, max_block_bytes // row_bytes) if row_bytes > 0 else rows_per_shard  # rows per block within budget
+    chunk = max(1, min(rows_per_chunk, n_rows, fit))
+    per_shard = min(rows_per_shard // chunk, fit // chunk, math.ceil(max(n_rows, 1) / chunk))
+    return chunk, chunk * max(1, per_shard)
 
 
 def _plan_digest(specs: list[ArraySpec], chunk: int, shard: int, extra: Mapping[str, Any]) -> str:
@@ -96,7 +103,8 @@ class BlockGroup:
                 f"group {group_path!r}: arrays disagree on the sample count: {[(s.name, s.shape) for s in specs]}"
             )
         n = n_rows.pop()
-        chunk, shard = chunk_layout(n, rows_per_chunk, rows_per_shard)
+        row_bytes = sum(int(np.prod(s.shape[1:], dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in specs)
+        chunk, shard = chunk_layout(n, rows_per_chunk, rows_per_shard, row_bytes)
         digest = _plan_digest(specs, chunk, shard, plan or {})
         root_group = zarr.open_group(str(root), mode="a")
         if group_path in root_group:

@@ -55,6 +55,10 @@ def test_chunk_layout_shrinks_for_small_arrays() -> None:
     assert chunk_layout(0, 256, 2048) == (1, 1)
     with pytest.raises(ValueError, match="multiple"):
         chunk_layout(10, 3, 10)
+    # ViT-B/16 tokens (197 x 512 f32 = 394 kB a row): blocks shrink to stay within the memory budget.
+    chunk, shard = chunk_layout(50_000, 256, 2048, row_bytes=197 * 512 * 4, max_block_bytes=256 * 2**20)
+    assert (chunk, shard) == (256, 512) and shard * 197 * 512 * 4 <= 256 * 2**20
+    assert chunk_layout(50_000, 256, 2048, row_bytes=10**9, max_block_bytes=256 * 2**20) == (1, 1)
 
 
 def test_resume_after_kill_is_byte_identical(tmp_path: Path) -> None:
