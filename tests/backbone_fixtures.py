@@ -21,8 +21,15 @@ def make_corpus(n_groups: int = 8, n_single: int = 16, seed: int = 0) -> Corpus:
         base = {"colour": str(rng.choice(list(RGB))), "pattern": "solid", "size": str(rng.choice(["medium", "large"]))}
         rows += [{**base, "shape": s, "group": g} for s in SHAPES]
     for _ in range(n_single):
-        rows.append({"colour": str(rng.choice(list(RGB))), "pattern": str(rng.choice(["solid", "striped"])),
-                     "size": "large", "shape": str(rng.choice(SHAPES)), "group": -1})
+        rows.append(
+            {
+                "colour": str(rng.choice(list(RGB))),
+                "pattern": str(rng.choice(["solid", "striped"])),
+                "size": "large",
+                "shape": str(rng.choice(SHAPES)),
+                "group": -1,
+            }
+        )
     images = np.stack([np.broadcast_to(np.array(RGB[r["colour"]], np.uint8), (32, 32, 3)) for r in rows])
     noise = rng.integers(0, 20, images.shape).astype(np.uint8)
     return Corpus(images=(images + noise).astype(np.uint8), labels=pl.DataFrame(rows))

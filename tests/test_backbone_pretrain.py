@@ -34,8 +34,17 @@ def one_thread():
 
 
 def small_cfg(**kw) -> PretrainConfig:
-    base = dict(steps=4, batch_size=8, warmup_steps=1, eval_images=16, log_every=1, eval_every=2, checkpoint_every=2,
-                holdout_fraction=0.25, lr=1e-3)
+    base = {
+        "steps": 4,
+        "batch_size": 8,
+        "warmup_steps": 1,
+        "eval_images": 16,
+        "log_every": 1,
+        "eval_every": 2,
+        "checkpoint_every": 2,
+        "holdout_fraction": 0.25,
+        "lr": 1e-3,
+    }
     return PretrainConfig(**{**base, **kw})
 
 

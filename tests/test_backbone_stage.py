@@ -20,8 +20,16 @@ from pipeline_lib.backbone.pretrain import init_tiny_backbone
 from pipeline_lib.config import Config
 from pipeline_lib.store import write_whole
 
-SMOKE_TRAIN = dict(steps=4, batch_size=16, warmup_steps=1, eval_images=16, log_every=1, eval_every=2,
-                   checkpoint_every=2, holdout_fraction=0.25)
+SMOKE_TRAIN = {
+    "steps": 4,
+    "batch_size": 16,
+    "warmup_steps": 1,
+    "eval_images": 16,
+    "log_every": 1,
+    "eval_every": 2,
+    "checkpoint_every": 2,
+    "holdout_fraction": 0.25,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +46,11 @@ def fake_ctx(root: Path, work: Path, backbone: BackboneConfig) -> SimpleNamespac
         return work / rel
 
     return SimpleNamespace(
-        cfg=Config(backbone=backbone), root=root, device=torch.device("cpu"), out=out, inp=lambda rel: root / rel,
+        cfg=Config(backbone=backbone),
+        root=root,
+        device=torch.device("cpu"),
+        out=out,
+        inp=lambda rel: root / rel,
         progress=lambda iterable, total=None, desc="": iter(iterable),
     )
 
@@ -52,8 +64,11 @@ def test_backbone_stage_trains_and_publishes(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["backbone.json", "model.pt"]  # no checkpoint left behind
     backbone = load_published_backbone(out)
     assert backbone.fingerprint == summary["fingerprint"]
-    assert summary["trained"] and summary["steps"] == 4 and set(summary["zero_shot"]) == {
-        "shape", "colour", "pattern", "size"}
+    assert (
+        summary["trained"]
+        and summary["steps"] == 4
+        and set(summary["zero_shot"]) == {"shape", "colour", "pattern", "size"}
+    )
     metrics = json.loads((tmp_path / "work" / "metrics" / "backbone.json").read_text())
     assert metrics == json.loads(json.dumps(summary))
     with (tmp_path / "work" / "plots" / "backbone_loss.csv").open() as handle:

@@ -18,7 +18,7 @@ _LAZY = {
     "register_tiny_models": "pipeline_lib.backbone.tiny",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["Backbone", "create_backbone", "list_tiny_models", "load_published_backbone", "register_tiny_models"]
 
 
 def __getattr__(name: str) -> Any:

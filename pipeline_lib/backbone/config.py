@@ -51,7 +51,7 @@ class PretrainConfig(Section):
     grad_clip: float = Field(1.0, ge=0.0)
 
     @model_validator(mode="after")
-    def _warmup_within_steps(self) -> "PretrainConfig":
+    def _warmup_within_steps(self) -> PretrainConfig:
         if self.warmup_steps >= self.steps:
             raise ValueError(
                 f"backbone.train.warmup_steps={self.warmup_steps} must be smaller than backbone.train.steps="
@@ -68,7 +68,7 @@ class DiagnoseConfig(Section):
     # Singular values (and image-feature directions) of the text projection below this count as weak.
     weak_atol: float = Field(0.3, gt=0.0)
     # Shot counts for the class-mean prototype baseline (prototypes from the train split).
-    shots: list[int] = [1, 4, 16]
+    shots: list[int] = Field(default_factory=lambda: [1, 4, 16])
     # Draws of the shots per count; the mean and std over draws are reported.
     seeds: int = Field(5, ge=1)
     # Bins of the cosine histograms in plots/gap_similarity.csv.

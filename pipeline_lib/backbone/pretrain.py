@@ -12,9 +12,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import open_clip
@@ -77,7 +78,7 @@ def split_corpus(corpus: Corpus, holdout_fraction: float, seed: int) -> tuple[np
     else:
         unit = np.arange(n)
     units = np.unique(unit)
-    held_units = rng.choice(units, size=max(1, int(round(holdout_fraction * len(units)))), replace=False)
+    held_units = rng.choice(units, size=max(1, round(holdout_fraction * len(units))), replace=False)
     held = np.isin(unit, held_units)
     if held.all():
         raise ValueError(f"holdout_fraction={holdout_fraction} leaves no training images out of {n}")
@@ -363,7 +364,10 @@ def pretrain(
         evaluate = cfg.eval_every > 0 and done % cfg.eval_every == 0 and done < cfg.steps
         if done % cfg.log_every == 0 or done == cfg.steps or evaluate:
             row: dict[str, Any] = {
-                "step": done, "loss": loss_value, "lr": lr, "logit_scale": float(model.logit_scale.detach().exp())
+                "step": done,
+                "loss": loss_value,
+                "lr": lr,
+                "logit_scale": float(model.logit_scale.detach().exp()),
             }
             if evaluate:
                 acc = zero_shot_accuracy(model, tokenizer, scheme, corpus, eval_idx, values, mean, std, device)
@@ -373,8 +377,13 @@ def pretrain(
         if cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0 or done == end) and done < cfg.steps:
             _save_checkpoint(
                 ckpt_path,
-                {"key": key, "step": done, "rows": rows, "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict()},
+                {
+                    "key": key,
+                    "step": done,
+                    "rows": rows,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                },
             )
     seconds = time.perf_counter() - t0
     model.eval()

@@ -130,17 +130,21 @@ def gap_report(store: Path, cfg: Any) -> tuple[dict[str, Any], list[dict[str, fl
     max_shots = int(np.bincount(train_labels, minlength=n_classes).min())
     shots = [k for k in cfg.shots if k <= max_shots]
     if len(shots) < len(cfg.shots):
-        logger.warning("shots %s skipped: the train split has only %d images in its smallest class",
-                       sorted(set(cfg.shots) - set(shots)), max_shots)
+        logger.warning(
+            "shots %s skipped: the train split has only %d images in its smallest class",
+            sorted(set(cfg.shots) - set(shots)),
+            max_shots,
+        )
     protos = dg.prototype_accuracy(train, train_labels, image, labels, n_classes, shots, cfg.seeds)
 
     metrics = {
         "split": cfg.split,
-        "images": int(len(image)),
+        "images": len(image),
         "classes": n_classes,
         **{k: round(v, 4) for k, v in gap.items()},
-        "text_projection": {k: (round(v, 4) if isinstance(v, float) else v)
-                            for k, v in spectrum.items() if k != "singular_values"},
+        "text_projection": {
+            k: (round(v, 4) if isinstance(v, float) else v) for k, v in spectrum.items() if k != "singular_values"
+        },
         "energy": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in energy.items()},
         "retrieval_map": {"image_to_image": round(map_ii, 4), "class_text_to_image": round(map_ti, 4)},
         "zero_shot_accuracy": round(zero_shot, 4),
