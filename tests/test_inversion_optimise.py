@@ -69,8 +69,8 @@ def test_samples_are_optimised_independently() -> None:
     ids, ph = prompt_ids(TOKENIZER, OtiConfig(), 4)
     init = init_params(4, (1, 128), 0.02, seed=1)
     kwargs = {"steps": 4, "lr": 0.02, "weight_decay": 0.01}
-    batch = invert(oti_encoder(MODEL, ids, ph), targets, init, **kwargs)
-    alone = invert(oti_encoder(MODEL, ids[2:3], ph), targets[2:3], init[2:3], **kwargs)
+    batch = invert(oti_encoder(MODEL, ids, ph, 1), targets, init, **kwargs)
+    alone = invert(oti_encoder(MODEL, ids[2:3], ph, 1), targets[2:3], init[2:3], **kwargs)
     # only Adam's eps couples the rows (the batch-mean loss scales each row's gradient by 1/B)
     assert_close(batch.params[2:3], alone.params, rtol=1e-3, atol=1e-5)
 

@@ -30,7 +30,9 @@ __all__ = [
     "check_text_tower",
     "image_features_from_patch_embeddings",
     "image_token_features",
+    "placeholder_positions",
     "text_eos_features",
+    "text_features_at_positions",
     "text_features_from_embeddings",
     "text_features_from_token_embeddings",
 ]
@@ -83,21 +85,19 @@ def _pooled(output: Tensor | tuple[Tensor, ...]) -> Tensor:
 # ----------------------------------------------------------------------------------------------------- text tower
 
 
-def _placeholder_index(token_ids: Tensor, placeholder_id: int, n_pseudo: int) -> Tensor:
-    """(B, L) index into the R pseudo-tokens per position (-1 where the position keeps its own embedding).
+def _check_placeholders(token_ids: Tensor, placeholder_id: int, n_pseudo: int) -> None:
+    """Every row must contain exactly R placeholder tokens.
 
-    Every row must contain exactly R placeholder tokens: a template that tokenises the placeholder into a different
-    BPE piece (e.g. "£." without a space) would otherwise silently leave the prompt without a pseudo-token.
+    A template that tokenises the placeholder into a different BPE piece (e.g. "£." without a space) would otherwise
+    silently leave the prompt without a pseudo-token.
     """
-    is_ph = token_ids == placeholder_id  # (B, L)
-    counts = is_ph.sum(dim=1)  # (B,)
+    counts = (token_ids == placeholder_id).sum(dim=1)  # (B,)
     if not bool((counts == n_pseudo).all()):
         bad = int((counts != n_pseudo).nonzero()[0, 0])
         raise ValueError(
             f"row {bad} of token_ids has {int(counts[bad])} placeholder tokens (id {placeholder_id}); expected exactly "
             f"R={n_pseudo} per row (one per pseudo-token)"
         )
-    return torch.where(is_ph, is_ph.long().cumsum(dim=1) - 1, torch.full_like(token_ids, -1))  # (B, L)
 
 
 def text_features_from_token_embeddings(
@@ -127,12 +127,30 @@ def text_features_from_token_embeddings(
         )
     if bsz not in (1, token_ids.shape[0]):
         raise ValueError(f"pseudo_tokens batch {bsz} must be 1 or match token_ids batch {token_ids.shape[0]}")
-    pseudo = pseudo_tokens.expand(token_ids.shape[0], -1, -1)  # (B, R, W)
-    slot = _placeholder_index(token_ids, placeholder_id, n_pseudo)  # (B, L)
+    positions = placeholder_positions(token_ids, placeholder_id, n_pseudo)
+    return text_features_at_positions(model, token_ids, positions, pseudo_tokens)
+
+
+def placeholder_positions(token_ids: Tensor, placeholder_id: int, n_pseudo: int) -> tuple[Tensor, Tensor]:
+    """(rows, cols), each (B * R,), of the placeholder tokens in row-major order, after checking R per row.
+
+    Computing them once per prompt batch (rather than every optimisation step) avoids a host sync per step on CUDA.
+    """
+    _check_placeholders(token_ids, placeholder_id, n_pseudo)
+    rows, cols = (token_ids == placeholder_id).nonzero(as_tuple=True)
+    return rows, cols
+
+
+def text_features_at_positions(
+    model: CLIP, token_ids: Tensor, positions: tuple[Tensor, Tensor], pseudo_tokens: Tensor
+) -> Tensor:
+    """`text_features_from_token_embeddings` with precomputed `placeholder_positions` (no checks, no host sync)."""
+    rows, cols = positions
+    width = pseudo_tokens.shape[-1]
+    values = pseudo_tokens.expand(token_ids.shape[0], -1, -1).reshape(-1, width)  # (B * R, W), row-major like rows
 
     def replace(_module: nn.Module, _inputs: tuple, out: Tensor) -> Tensor:
-        gathered = pseudo.gather(1, slot.clamp(min=0).unsqueeze(-1).expand(-1, -1, width))  # (B, L, W)
-        return torch.where((slot >= 0).unsqueeze(-1), gathered.to(out.dtype), out)  # (B, L, W)
+        return out.index_put((rows, cols), values.to(out.dtype))  # (B, L, W), placeholders overwritten
 
     with _forward_hook(model.token_embedding, replace):
         return model.encode_text(token_ids)

@@ -75,21 +75,27 @@ def invert(
     target_dirs = F.normalize(targets.detach().float(), dim=-1)  # (B, D)
     losses = torch.empty(targets.shape[0], steps, device=device)  # (B, steps)
     wanted = set(snapshot_steps)
-    snaps: dict[int, Tensor] = {0: _recompute(encode, params)} if 0 in wanted else {}
+    # Without autocast the training forward of step s+1 already computes the fp32 features of iterate s, so
+    # snapshots reuse it; with autocast those are fp16 features and the iterate is recomputed in fp32 instead.
+    reuse = not use_amp
+    snaps: dict[int, Tensor] = {0: _recompute(encode, params)} if 0 in wanted and not reuse else {}
 
     for step in range(1, steps + 1):
         optimiser.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            feats = encode(params)  # (B, D)
+            feats = encode(params)  # (B, D) features of iterate step - 1
+        if reuse and step - 1 in wanted:
+            snaps[step - 1] = feats.detach().float()
         per_sample = 1.0 - (F.normalize(feats.float(), dim=-1) * target_dirs).sum(dim=-1)  # (B,)
         scaler.scale(per_sample.mean()).backward()
         scaler.step(optimiser)
         scaler.update()
         losses[:, step - 1] = per_sample.detach()
-        if step in wanted:
+        if not reuse and step in wanted:
             snaps[step] = _recompute(encode, params)
 
-    final = snaps[steps] if steps in snaps else _recompute(encode, params)
+    final = snaps[steps] if steps in snaps else _recompute(encode, params)  # the last iterate has no next forward
+    snaps[steps] = final
     ordered = [snaps[s] for s in snapshot_steps]
     snapshots = torch.stack(ordered, dim=1) if ordered else final.new_zeros(final.shape[0], 0, final.shape[1])
     return InversionOutput(

@@ -13,7 +13,12 @@ import torch
 from open_clip.model import CLIP
 from torch import Tensor
 
-from pipeline_lib.backbone.hooks import check_text_tower, text_features_from_token_embeddings
+from pipeline_lib.backbone.hooks import (
+    check_text_tower,
+    placeholder_positions,
+    text_features_at_positions,
+    text_features_from_token_embeddings,
+)
 from pipeline_lib.inversion.config import OtiConfig
 from pipeline_lib.inversion.optimise import Encoder, InversionOutput, init_params, invert
 
@@ -49,9 +54,10 @@ def prompt_ids(tokenizer: Tokenizer, cfg: OtiConfig, n: int) -> tuple[Tensor, in
     return ids.expand(n, -1).contiguous(), ph_id  # (n, L)
 
 
-def oti_encoder(model: CLIP, ids: Tensor, placeholder_id: int) -> Encoder:
+def oti_encoder(model: CLIP, ids: Tensor, placeholder_id: int, num_tokens: int) -> Encoder:
     """pseudo-tokens (B, R, W) -> text features (B, D) of the prompt `ids` (B, L) with the tokens injected."""
-    return lambda pseudo: text_features_from_token_embeddings(model, ids, pseudo, placeholder_id)
+    positions = placeholder_positions(ids, placeholder_id, num_tokens)  # checked once, not every step
+    return lambda pseudo: text_features_at_positions(model, ids, positions, pseudo)
 
 
 def run_oti(
@@ -64,7 +70,7 @@ def run_oti(
     width = model.token_embedding.embedding_dim
     init = init_params(image_features.shape[0], (cfg.num_tokens, width), cfg.init_std, seed)  # (B, R, W)
     return invert(
-        oti_encoder(model, ids.to(device), ph_id),
+        oti_encoder(model, ids.to(device), ph_id, cfg.num_tokens),
         image_features,
         init,
         steps=cfg.steps,
