@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -145,6 +146,8 @@ def run_instance(root: Path, inst: StageInstance, cfg: Config, force: bool = Fal
             publish(root, work, inst)
             summary = (read_manifest(root, inst) or {}).get("summary", {})
             return StageResult(inst.id, "republished", fp, time.perf_counter() - start, summary)
+        if force:
+            shutil.rmtree(work, ignore_errors=True)  # recompute everything, including resumable blocks
         (work / "complete.json").unlink(missing_ok=True)
         work.mkdir(parents=True, exist_ok=True)
         log.info("running stage %s (fingerprint %s)", inst.id, fp)
