@@ -83,7 +83,12 @@ def test_vectorised_and_pruned_equal_naive_per_trial(subset):
     assert torch.equal(ev.accuracy_full(params), naive)
     assert ev.n_full_rows < ev.n_rows  # the bound settles most rows
     if subset != "z1":  # a single monotone term is always settled by its top class; blends are not
-        assert ev.n_full_rows > 0
+        assert ev.level_rows[1] > 0
+    # one narrow level: many rows reach the all-classes path, results unchanged
+    ev1 = BlendEvaluator(maps.s1, maps.s2, maps.s3, kl, labels, subset, topk=(1,), kl_topk=0)
+    assert torch.equal(ev1.accuracy(params), naive)
+    if subset != "z1":
+        assert ev1.n_full_rows > 0
 
 
 def test_pruned_predictions_equal_full_argmax_row_by_row():

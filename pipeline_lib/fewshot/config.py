@@ -68,10 +68,10 @@ class SearchConfig(Section):
     beta_range: tuple[float, float] = (0.0, 10.0)
     gamma_range: tuple[float, float] = (0.0, 10.0)
     lambda_range: tuple[float, float] = (0.0, 1.0)  # the same range for lambda1..3
-    # Candidate classes per query kept for the exact pruned evaluation (top-k of each map plus the top-k KL classes);
-    # queries whose bound does not certify the argmax fall back to all classes, so this only trades speed.
-    prune_topk: tuple[int, ...] = (8, 32, 128)  # candidate widths of the successive pruning levels
-    prune_kl_topk: int = Field(4, ge=0)  # the classes with the largest KL weight join every candidate set
+    # Exact pruned evaluation (logits.BlendEvaluator): per query the top-k classes of each map plus the top KL classes;
+    # rows the bounds cannot settle go to the next, wider level and finally to all classes, so these only trade speed.
+    prune_topk: tuple[int, ...] = (4, 16, 64)  # candidate widths of the successive pruning levels
+    prune_kl_topk: int = Field(2, ge=0)  # the classes with the largest KL weight join every candidate set
     chunk_queries: int = Field(8192, ge=1)  # queries per block in full (unpruned) evaluation, bounds memory
 
     @field_validator("sigma_range", "alpha_range", "beta_range", "gamma_range", "lambda_range")

@@ -126,6 +126,7 @@ class _Level:
     gathered: list  # per map (N, M) d values at the candidates (None for unused maps)
     t: list  # per map (N,) max d outside the candidates (None for unused maps)
     kl_out: torch.Tensor  # (N,) max KL outside the candidates
+    is_label: torch.Tensor  # (N, M) candidate == the row's label
 
 
 class BlendEvaluator:
@@ -141,7 +142,7 @@ class BlendEvaluator:
     """
 
     def __init__(self, s1: torch.Tensor, s2: torch.Tensor, s3: torch.Tensor, kl: torch.Tensor,
-                 labels: torch.Tensor, subset: str = "all", topk: tuple[int, ...] = (8, 32, 128), kl_topk: int = 4,
+                 labels: torch.Tensor, subset: str = "all", topk: tuple[int, ...] = (4, 16, 64), kl_topk: int = 2,
                  chunk_queries: int = 8192) -> None:
         self.use = subset_mask(subset)
         self.subset = subset
@@ -153,7 +154,9 @@ class BlendEvaluator:
         self.n, self.c = ref.shape
         self.n_rows = 0  # query evaluations so far
         self.n_full_rows = 0  # of which re-scored over all classes (diagnostic)
+        self.lab_d = [None if d is None else d.gather(1, self.labels[:, None]).squeeze(1) for d in self.d]  # (N,)
         self.levels = [self._level(k, kl_topk) for k in topk if k < self.c]
+        self.level_rows = [0] * len(self.levels)  # rows evaluated at each level (diagnostic)
 
     def _level(self, k: int, kl_topk: int) -> _Level:
         n, c = self.n, self.c
@@ -177,7 +180,7 @@ class BlendEvaluator:
         gathered = [None if d is None else d.gather(1, cand) for d in self.d]  # (N, M) each
         t = [None if d is None else torch.where(mask, d.min(), d).amax(dim=1) for d in self.d]  # (N,) each
         kl_out = torch.where(mask, self.kl.min(), self.kl.expand(n, c)).amax(dim=1)  # (N,)
-        return _Level(cand, gathered, t, kl_out)
+        return _Level(cand, gathered, t, kl_out, cand == self.labels[:, None])
 
     def accuracy_full(self, params: torch.Tensor) -> torch.Tensor:
         """Accuracy (%) per parameter row over all classes, queries in chunks. params (T, 7) -> (T,)."""
@@ -201,7 +204,8 @@ class BlendEvaluator:
         pred = torch.empty(self.n, dtype=torch.long)
         rows = None  # None = all rows (avoids an index copy at the first level)
         self.n_rows += self.n
-        for lev in self.levels:
+        for li, lev in enumerate(self.levels):
+            self.level_rows[li] += self.n if rows is None else rows.numel()
             cand = lev.cand if rows is None else lev.cand[rows]  # (R, M)
             g = [None if x is None else (x if rows is None else x[rows]) for x in lev.gathered]
             sc = _score(g[0], g[1], g[2], w_c[cand], p, self.use)  # (R, M)
@@ -227,11 +231,54 @@ class BlendEvaluator:
             pred[r] = _score(d[0], d[1], d[2], w_c, p, self.use).argmax(dim=1)  # (r, C) -> (r,)
         return pred
 
+    def n_correct(self, params: torch.Tensor) -> int:
+        """Exact number of rows whose argmax is the label, for one parameter row (7,).
+
+        Only correctness is needed, so a row is settled as soon as either some candidate beats its label (first-max
+        tie rule: a tie with a smaller class id also beats it) -> wrong, or the label beats every candidate and the
+        bound of all other classes -> right. Only rows whose label leads the candidates unresolved go further.
+        """
+        p = params_tensor(params, self.subset)[0]
+        if bool((p < 0).any()):
+            raise ValueError(f"blend parameters {p.tolist()} must be >= 0 for the pruned evaluation")
+        w_c = torch.exp(p[0] * self.kl)  # (C,)
+        lab_score = _score(self.lab_d[0], self.lab_d[1], self.lab_d[2], w_c[self.labels], p, self.use)  # (N,)
+        neg = torch.tensor(float("-inf"))
+        correct = 0
+        rows = None  # None = all rows
+        self.n_rows += self.n
+        for li, lev in enumerate(self.levels):
+            self.level_rows[li] += self.n if rows is None else rows.numel()
+            pick = (lambda x: x) if rows is None else (lambda x: x[rows])  # noqa: E731
+            cand = pick(lev.cand)  # (R, M)
+            g = [None if x is None else pick(x) for x in lev.gathered]
+            sc = _score(g[0], g[1], g[2], w_c[cand], p, self.use)  # (R, M)
+            sc = torch.where(pick(lev.is_label), neg, sc)  # compare the label against the others only
+            best, arg = sc.max(dim=1)  # (R,)
+            lab_s, lab = pick(lab_score), pick(self.labels)
+            best_cls = cand.gather(1, arg[:, None]).squeeze(1)
+            beaten = (best > lab_s) | ((best == lab_s) & (best_cls < lab))  # (R,)
+            t = [None if x is None else pick(x) for x in lev.t]
+            ub = _score(t[0], t[1], t[2], torch.exp(p[0] * pick(lev.kl_out)), p, self.use)  # (R,)
+            right = ~beaten & (lab_s > ub * (1.0 + 1e-5) + 1e-30)
+            correct += int(right.sum())
+            open_ = ~beaten & ~right
+            rows = open_.nonzero().squeeze(1) if rows is None else rows[open_]
+            if rows.numel() == 0:
+                return correct
+        rows = torch.arange(self.n) if rows is None else rows
+        self.n_full_rows += rows.numel()
+        for lo in range(0, rows.numel(), self.chunk):
+            r = rows[lo: lo + self.chunk]
+            d = [None if x is None else x[r] for x in self.d]
+            pred = _score(d[0], d[1], d[2], w_c, p, self.use).argmax(dim=1)  # (r,)
+            correct += int((pred == self.labels[r]).sum())
+        return correct
+
     def accuracy(self, params: torch.Tensor) -> torch.Tensor:
         """Accuracy (%) per parameter row via the pruned exact path. params (T, 7) -> (T,)."""
         p = params_tensor(params, self.subset)
-        return torch.tensor([percent((self.predict(row) == self.labels).sum(), self.n) for row in p],
-                            dtype=torch.float64)
+        return torch.tensor([percent(self.n_correct(row), self.n) for row in p], dtype=torch.float64)
 
 
 def batched_accuracy(maps: SimilarityMaps, kl: torch.Tensor, labels: torch.Tensor, params: torch.Tensor,

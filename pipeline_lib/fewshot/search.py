@@ -55,8 +55,13 @@ class SearchResult:
         }
 
 
-def search_blend(evaluator: BlendEvaluator, cfg: SearchConfig, seed: int) -> SearchResult:
-    """Run cfg.n_trials sequential TPE trials (n_jobs = 1, TPESampler(seed)) maximising val top-1 (%)."""
+def search_blend(evaluator: BlendEvaluator, cfg: SearchConfig, seed: int, threads: int | None = 1) -> SearchResult:
+    """Run cfg.n_trials sequential TPE trials (n_jobs = 1, TPESampler(seed)) maximising val top-1 (%).
+
+    `threads` sets torch's intra-op threads for the duration (restored after): a trial is a few dozen small ops,
+    where waking threads costs more than it saves, badly so on a shared machine. None leaves the setting alone.
+    Results do not depend on it.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = searched_names(evaluator.subset)
     ranges = cfg.ranges()
@@ -76,9 +81,15 @@ def search_blend(evaluator: BlendEvaluator, cfg: SearchConfig, seed: int) -> Sea
             best.update(acc=acc, trial=trial.number, values=values)
         return acc
 
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.optimize(objective, n_trials=cfg.n_trials, n_jobs=1)
+    try:
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        study.optimize(objective, n_trials=cfg.n_trials, n_jobs=1)
+    finally:
+        torch.set_num_threads(before)
     seconds = time.perf_counter() - t0
     frac = evaluator.n_full_rows / max(evaluator.n_rows, 1)
     log.info("search %s: best val %.2f%% at trial %d of %d in %.1f s (%.1f%% rows rescored)",
