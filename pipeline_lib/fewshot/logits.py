@@ -136,9 +136,10 @@ class BlendEvaluator:
     every used map plus the top classes by KL, sorted by class id so ties resolve like a full argmax). Any other class
     scores at most
         UB = l1 exp(a t1) + exp(sigma kmax) (l2 exp(b t2) + l3 exp(g t3)),
-    with t_i the largest (s_i - 1) and kmax the largest KL outside the candidates (each term is non-decreasing in s_i
-    and KL for non-negative parameters). Queries whose best candidate beats UB with a margin are settled; the rest go
-    to the next, wider level, and finally to all classes. Results therefore equal `accuracy_full`.
+    with t_i the (k+1)-th largest (s_i - 1) of the row and kmax the largest KL outside the KL candidates (each term is
+    non-decreasing in s_i and KL for non-negative parameters). For accuracy a row is settled as soon as a candidate
+    beats its label (wrong) or its label beats every candidate and UB with a margin (right); the rest go to the next,
+    wider level, and finally to all classes. Results therefore equal `accuracy_full`.
     """
 
     def __init__(self, s1: torch.Tensor, s2: torch.Tensor, s3: torch.Tensor, kl: torch.Tensor,
@@ -155,15 +156,23 @@ class BlendEvaluator:
         self.n_rows = 0  # query evaluations so far
         self.n_full_rows = 0  # of which re-scored over all classes (diagnostic)
         self.lab_d = [None if d is None else d.gather(1, self.labels[:, None]).squeeze(1) for d in self.d]  # (N,)
-        self.levels = [self._level(k, kl_topk) for k in topk if k < self.c]
+        ks = sorted(k for k in set(topk) if k < self.c)
+        # One sorted top-(k_max + 1) per map serves every level: level k takes the first k ids as candidates and the
+        # (k+1)-th value as the bound of everything outside (all of that map's top k are candidates, so no outside
+        # class exceeds it). Same for KL with the kl_topk classes that join every level.
+        top = [None if d is None else d.topk(min(max(ks, default=0) + 1, self.c), dim=1) for d in self.d]
+        use_kl = (self.use[1] or self.use[2]) and kl_topk > 0
+        kk = min(kl_topk, self.c) if use_kl else 0
+        kl_sorted = self.kl.sort(descending=True)
+        kl_bound = kl_sorted.values[kk] if kk < self.c else self.kl.min()
+        self.levels = [self._level(k, top, kl_sorted.indices[:kk], kl_bound) for k in ks]
         self.level_rows = [0] * len(self.levels)  # rows evaluated at each level (diagnostic)
 
-    def _level(self, k: int, kl_topk: int) -> _Level:
+    def _level(self, k: int, top: list, kl_ids: torch.Tensor, kl_bound: torch.Tensor) -> _Level:
         n, c = self.n, self.c
-        parts = [d.topk(k, dim=1).indices for d in self.d if d is not None]
-        if (self.use[1] or self.use[2]) and kl_topk > 0:
-            kk = min(kl_topk, c)
-            parts.append(self.kl.topk(kk).indices.expand(n, kk))
+        parts = [tp.indices[:, :k] for tp in top if tp is not None]
+        if kl_ids.numel():
+            parts.append(kl_ids.expand(n, kl_ids.numel()))
         cand = torch.cat(parts, dim=1).sort(dim=1).values  # (N, M0) class ids
         # Drop repeats (the maps' top classes overlap): push them past the end with a sentinel, keep the widest row,
         # and fill the tail with each row's first (smallest) candidate, which leaves the first-max rule intact.
@@ -173,13 +182,9 @@ class BlendEvaluator:
         width = int((cand < c).sum(dim=1).max())
         cand = cand[:, :width]
         cand = torch.where(cand == c, cand[:, :1], cand).contiguous()  # (N, M)
-        mask = torch.zeros(n, c, dtype=torch.bool)
-        mask.scatter_(1, cand, True)  # (N, C) candidate positions
-        # A row without outside classes gets the global minimum (a looser, still valid bound) instead of -inf,
-        # which would give 0 * inf = nan for a zero sharpness.
         gathered = [None if d is None else d.gather(1, cand) for d in self.d]  # (N, M) each
-        t = [None if d is None else torch.where(mask, d.min(), d).amax(dim=1) for d in self.d]  # (N,) each
-        kl_out = torch.where(mask, self.kl.min(), self.kl.expand(n, c)).amax(dim=1)  # (N,)
+        t = [None if tp is None else tp.values[:, k].contiguous() for tp in top]  # (N,) each
+        kl_out = kl_bound.expand(n).contiguous()  # (N,)
         return _Level(cand, gathered, t, kl_out, cand == self.labels[:, None])
 
     def accuracy_full(self, params: torch.Tensor) -> torch.Tensor:
