@@ -70,8 +70,12 @@ def _searched(name: str, val: SimilarityMaps, test: SimilarityMaps, kl: torch.Te
     out.methods[name] = {"val_acc": res.val_acc, "test_acc": test_acc, "subset": subset, **res.summary()}
 
 
-def evaluate_seed(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: int) -> SeedResult:
-    """Every method for one (shots, seed): training-free first, then SeMoBridge-T if cfg.run_training."""
+def evaluate_seed(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: int,
+                  device: torch.device | str = "cpu") -> SeedResult:
+    """Every method for one (shots, seed): training-free first, then SeMoBridge-T if cfg.run_training.
+
+    `device` runs the SeMoBridge-T training (matmul-bound) there; the search and evaluation stay on CPU.
+    """
     out = SeedResult()
     torch.manual_seed(seed)
     img_proto = image_prototypes(inp.support)  # (C, D_p)
@@ -94,9 +98,12 @@ def evaluate_seed(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: 
         return out
 
     t = cfg.training
-    validator = (InitValidator(inp.val_raw, inp.val_labels, inp.text_proj, img_proto, kl, t.init, cfg.logits,
-                               cfg.search.chunk_queries) if t.validate_every_step else None)
-    tr = train_semobridge_t(inp.support, inp.w_txt, fit.pinv, fit.scale, inp.text_proj, inp.text_eos, t, validator)
+    dev = torch.device(device)
+    mv = lambda x: x.to(dev)  # noqa: E731
+    validator = (InitValidator(mv(inp.val_raw), mv(inp.val_labels), mv(inp.text_proj), mv(img_proto), mv(kl), t.init,
+                               cfg.logits, cfg.search.chunk_queries) if t.validate_every_step else None)
+    tr = train_semobridge_t(mv(inp.support), mv(inp.w_txt), mv(fit.pinv), fit.scale, mv(inp.text_proj),
+                            mv(inp.text_eos), t, validator)
     out.train = tr
     proto_pinv, proto_bias, query_pinv = tr.inference_weights(t.final_model, t.checkpoint_mixing)
     with torch.no_grad():

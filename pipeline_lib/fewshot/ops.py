@@ -54,7 +54,7 @@ class _CrossEntropyMean(torch.autograd.Function):
         e, s, targets = ctx.saved_tensors
         n = e.shape[0]
         grad = e * (g / (n * s))  # softmax * g / N (out of place: a retained graph may call backward again)
-        grad[torch.arange(n), targets] -= g / n
+        grad[torch.arange(n, device=e.device), targets] -= g / n
         return grad, None
 
 

@@ -79,8 +79,8 @@ def semobridge_t_losses(
     `bridged_prototypes`. Only L_img is scaled (x logit_scale); the others use raw cosines (trap 7.5).
     """
     c, k, d = g_hat.shape
-    view_targets = torch.arange(c).repeat_interleave(k)  # [0]*K' + [1]*K' + ... (trap 7.14)
-    class_targets = torch.arange(c)
+    view_targets = torch.arange(c, device=g_hat.device).repeat_interleave(k)  # [0]*K' + [1]*K' + ... (trap 7.14)
+    class_targets = torch.arange(c, device=g_hat.device)
     terms: dict[str, torch.Tensor] = {}
     if weights["img"]:
         # the x100 is applied to the (C, D) prototypes rather than the (C K', C) logits: same product, less traffic
@@ -108,7 +108,7 @@ class InitValidator:
                  image_proto: torch.Tensor, kl: torch.Tensor, init: BlendParams, subset: str = "all",
                  chunk: int = 8192) -> None:
         self.use = subset_mask(subset)
-        self.p = torch.tensor(init.as_tuple(), dtype=torch.float32)  # (7,)
+        self.p = torch.tensor(init.as_tuple(), dtype=torch.float32, device=val_raw.device)  # (7,)
         self.f = val_raw.float()  # (N, D_p)
         self.q = F.normalize(self.f, dim=-1)  # (N, D_p)
         self.labels = val_labels.long()
@@ -185,8 +185,10 @@ def train_semobridge_t(
         raise ValueError("final_model='best_val' needs a validator (per-step validation)")
     t0 = time.perf_counter()
     c, _, d_p = support.shape
-    inv_text = pinv_init.detach().clone().float().requires_grad_(True)  # (D_p, D_t)
-    class_bias = (torch.zeros(c, w_txt.shape[0], requires_grad=True) if cfg.use_class_bias else None)  # (C, D_t)
+    dev = support.device  # everything follows the support tensor (CPU by default, CUDA when the caller moved it)
+    inv_text = pinv_init.detach().clone().float().to(dev).requires_grad_(True)  # (D_p, D_t)
+    class_bias = (torch.zeros(c, w_txt.shape[0], device=dev, requires_grad=True)
+                  if cfg.use_class_bias else None)  # (C, D_t)
     params = [inv_text] + ([class_bias] if class_bias is not None else [])
     opt = torch.optim.AdamW(params, lr=lr_at(0, cfg), betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     weights = loss_weights(cfg, class_bias is not None)
@@ -229,11 +231,14 @@ def train_semobridge_t(
     seconds = time.perf_counter() - t0
     log.info("SeMoBridge-T: %d steps in %.1f s, best val %.2f%% after step %d", cfg.steps, seconds, best["acc"],
              best["step"])
+    def cpu(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.detach().to("cpu", copy=True)
+
     return TrainResult(
-        pinv_last=inv_text.detach().clone(),
-        bias_last=None if class_bias is None else class_bias.detach().clone(),
-        pinv_best=best["pinv"],
-        bias_best=best["bias"],
+        pinv_last=cpu(inv_text),
+        bias_last=cpu(class_bias),
+        pinv_best=cpu(best["pinv"]),
+        bias_best=cpu(best["bias"]),
         best_step=best["step"],
         best_val_acc=float(best["acc"]) if validator is not None else float("nan"),
         curves=curves,
