@@ -51,7 +51,7 @@ def make_features(c: int, k: int, v: int, d: int, n_val: int, seed: int = 0) -> 
 
     def images(labels: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(labels.shape[0], d, generator=g) / math.sqrt(d)
-        return 10.0 * (0.35 * text[labels] + 0.25 * img_offset[labels] + 0.6 * gap + 1.0 * noise)  # raw, unnormalised
+        return 10.0 * (0.12 * text[labels] + 0.12 * img_offset[labels] + 0.6 * gap + 1.0 * noise)  # raw, unnormalised
 
     sup_labels = torch.arange(c).repeat_interleave(k)
     originals = images(sup_labels).reshape(c, k, d)

@@ -2,10 +2,17 @@
 
 import torch
 import torch.nn.functional as F
-
-from pipeline_lib.fewshot.bridge import (bridge, bridged_prototypes, bridged_queries, fit_bridge, image_prototypes,
-                                         rescale_constant, truncated_pinv)
 from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
+
+from pipeline_lib.fewshot.bridge import (
+    bridge,
+    bridged_prototypes,
+    bridged_queries,
+    fit_bridge,
+    image_prototypes,
+    rescale_constant,
+    truncated_pinv,
+)
 
 
 def test_pinv_atol_is_absolute_and_drops_values_equal_to_it():
@@ -60,7 +67,7 @@ def test_prototypes_hand_case():
     support = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])  # (C=1, K'=2, D=2)
     assert torch.allclose(image_prototypes(support), F.normalize(torch.tensor([[1.0, 0.5]]), dim=-1))
     eye = torch.eye(2)
-    p_hat, u_hat, g_hat, u_t = bridged_prototypes(support, eye, eye, scale=3.0)
+    p_hat, u_hat, g_hat, _ = bridged_prototypes(support, eye, eye, scale=3.0)
     # each view normalised first: (1, 0) and (0, 1), so the bridged prototype is n(1, 1), unlike P
     assert torch.allclose(p_hat, F.normalize(torch.tensor([[1.0, 1.0]]), dim=-1))
     assert torch.allclose(u_hat, p_hat) and torch.allclose(g_hat.norm(dim=-1), torch.full((1, 2), 3.0))

@@ -5,12 +5,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 from pipeline_lib.fewshot.config import BlendParams, SearchConfig
-from pipeline_lib.fewshot.logits import (BlendEvaluator, accuracy, SimilarityMaps, batched_accuracy, blend_logits, kl_bits,
-                                         similarity_maps)
+from pipeline_lib.fewshot.logits import (
+    BlendEvaluator,
+    SimilarityMaps,
+    accuracy,
+    batched_accuracy,
+    blend_logits,
+    kl_bits,
+    similarity_maps,
+)
 from pipeline_lib.fewshot.search import search_blend, searched_names
-from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 
 def test_similarity_maps_hand_case():

@@ -4,8 +4,13 @@ import json
 
 import pytest
 
-from pipeline_lib.fewshot.prompts import (SELECT_TEMPLATES, class_prompts, clip_ensemble_templates, coop_template,
-                                          load_cupl_sentences)
+from pipeline_lib.fewshot.prompts import (
+    SELECT_TEMPLATES,
+    class_prompts,
+    clip_ensemble_templates,
+    coop_template,
+    load_cupl_sentences,
+)
 
 
 def test_templates_per_dataset():

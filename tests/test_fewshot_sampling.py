@@ -5,9 +5,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 from pipeline_lib.fewshot.sampling import build_support, sample_fewshot_indices
-from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 
 def test_sampling_matches_dassl_order_and_global_random_stream():

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 from pipeline_lib.fewshot.config import SMOKE_OVERRIDES, FewshotConfig
 from pipeline_lib.fewshot.stage import run_fewshot_fit, run_fewshot_report, run_fewshot_seed
-from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 
 class Ctx:
@@ -79,7 +79,7 @@ def test_fit_summary(published):
 
 
 def test_seed_results_and_files(published):
-    root, cfg, _, seeds, _ = published
+    root, cfg, _, _, _ = published
     rec = json.loads((root / "artifacts/fewshot/k2-s1/results.json").read_text())
     assert rec["support_shape"] == [4, 2 * (cfg.augment_epochs + 1), 8]
     names = {"zero_shot", "prototype", "control", "semobridge_z1", "semobridge_z2", "semobridge_z3",
@@ -96,7 +96,7 @@ def test_seed_results_and_files(published):
 
 
 def test_report_aggregates_over_seeds(published):
-    root, cfg, _, seeds, report = published
+    root, cfg, _, seeds, _ = published
     metrics = json.loads((root / "metrics/fewshot.json").read_text())
     accs = [s["test_acc"]["zero_shot"] for s in seeds if s["shots"] == 2]
     got = metrics["test_acc"]["zero_shot"]["2"]

@@ -5,13 +5,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 from pipeline_lib.fewshot.bridge import bridged_prototypes, image_prototypes, truncated_pinv
 from pipeline_lib.fewshot.config import TrainingConfig
 from pipeline_lib.fewshot.logits import kl_bits
-from pipeline_lib.fewshot.train import (InitValidator, bias_norm_variance, loss_weights, lr_at, semobridge_t_losses,
-                                        train_semobridge_t)
-from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
+from pipeline_lib.fewshot.train import (
+    InitValidator,
+    bias_norm_variance,
+    loss_weights,
+    lr_at,
+    semobridge_t_losses,
+    train_semobridge_t,
+)
 
 
 def test_lr_schedule_pinned_steps():

@@ -126,7 +126,7 @@ class TrainingConfig(Section):
         return v
 
     @model_validator(mode="after")
-    def _best_val_needs_val(self) -> "TrainingConfig":
+    def _best_val_needs_val(self) -> TrainingConfig:
         if self.final_model == "best_val" and not self.validate_every_step:
             raise ValueError("fewshot.training.final_model='best_val' needs validate_every_step=True")
         return self
@@ -135,14 +135,14 @@ class TrainingConfig(Section):
 class FewshotConfig(Section):
     """Everything the few-shot stages read (SeMoBridge, SeMoBridge-T and their controls)."""
 
-    shots: list[int] = [1, 2, 4, 8, 16]  # K per run (spec 6)
-    seeds: list[int] = [1, 2, 3]  # sampling/TPE seeds; results are mean +- population std over them
+    shots: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])  # K per run (spec 6)
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3])  # sampling/TPE seeds; mean +- pop. std over them
     # Augmented copies per shot used as extra support views (spec's E; K' = K * (E + 1)). The features stage stores
     # V views per train image (view 0 un-augmented); E must be < V. E = 1 is the ImageNet/SUN/UCF recipe.
     augment_epochs: int = Field(1, ge=0)
     atol: float = Field(0.3, ge=0.0)  # absolute truncation of pinv(W_txt): singular values <= atol dropped
     logits: str = "all"  # LOGIT_SUBSETS key for the headline SeMoBridge / -T numbers
-    subsets: list[str] = ["z1", "z2", "z3", "all"]  # training-free subsets reported side by side
+    subsets: list[str] = Field(default_factory=lambda: ["z1", "z2", "z3", "all"])  # training-free subsets reported
     search: SearchConfig = SearchConfig()
     training: TrainingConfig = TrainingConfig()
     run_training: bool = True  # SeMoBridge-T is the expensive part; off gives the training-free table only

@@ -19,7 +19,14 @@ import torch
 
 from pipeline_lib.fewshot.bridge import BridgeFit, bridged_prototypes, image_prototypes
 from pipeline_lib.fewshot.config import FewshotConfig
-from pipeline_lib.fewshot.logits import BlendEvaluator, accuracy, SimilarityMaps, batched_accuracy, kl_bits, similarity_maps
+from pipeline_lib.fewshot.logits import (
+    BlendEvaluator,
+    SimilarityMaps,
+    accuracy,
+    batched_accuracy,
+    kl_bits,
+    similarity_maps,
+)
 from pipeline_lib.fewshot.search import SearchResult, search_blend
 from pipeline_lib.fewshot.train import InitValidator, TrainResult, train_semobridge_t
 
@@ -99,7 +106,7 @@ def evaluate_seed(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: 
 
     t = cfg.training
     dev = torch.device(device)
-    mv = lambda x: x.to(dev)  # noqa: E731
+    mv = lambda x: x.to(dev)
     validator = (InitValidator(mv(inp.val_raw), mv(inp.val_labels), mv(inp.text_proj), mv(img_proto), mv(kl), t.init,
                                cfg.logits, cfg.search.chunk_queries) if t.validate_every_step else None)
     tr = train_semobridge_t(mv(inp.support), mv(inp.w_txt), mv(fit.pinv), fit.scale, mv(inp.text_proj),

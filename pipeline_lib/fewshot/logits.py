@@ -82,7 +82,7 @@ def _score(d1, d2, d3, w, p, use) -> torch.Tensor:
     d_i = s_i - 1 (any shape), w broadcastable to it, p one (7,) row or a (T, 1, 1, 7) block of rows. The operation
     order (mul, exp, mul by lambda, add, mul by w, add z1) is the same for every path, so every path rounds alike.
     """
-    sigma, a, b, g, l1, l2, l3 = p.unbind(-1)
+    _sigma, a, b, g, l1, l2, l3 = p.unbind(-1)
     out = None
     if use[1] or use[2]:
         inner = None
@@ -254,7 +254,9 @@ class BlendEvaluator:
         self.n_rows += self.n
         for li, lev in enumerate(self.levels):
             self.level_rows[li] += self.n if rows is None else rows.numel()
-            pick = (lambda x: x) if rows is None else (lambda x: x[rows])  # noqa: E731
+            def pick(x: torch.Tensor, rows: torch.Tensor | None = rows) -> torch.Tensor:
+                return x if rows is None else x[rows]
+
             cand = pick(lev.cand)  # (R, M)
             g = [None if x is None else pick(x) for x in lev.gathered]
             sc = _score(g[0], g[1], g[2], w_c[cand], p, self.use)  # (R, M)

@@ -83,7 +83,7 @@ def load_cupl_sentences(path: Path | str, classnames: list[str]) -> list[list[st
     """CuPL sentences per class, in `classnames` order; a class missing from the file is an error naming it."""
     raw = json.loads(Path(path).read_text())
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object {{classname: [sentence, ...]}}, got {type(raw).__name__}")
+        raise TypeError(f"{path}: expected a JSON object {{classname: [sentence, ...]}}, got {type(raw).__name__}")
     table = {str(k).lower(): v for k, v in raw.items()}
     out = []
     for name in classnames:
@@ -107,7 +107,7 @@ def class_prompts(dataset: str, classnames: list[str], text_sets: str = "clip_en
         if part == "classname":
             add = [[n] for n in names]
         elif part == "aphotoofa":
-            add = [["a photo of a {}".format(n)] for n in names]
+            add = [[f"a photo of a {n}"] for n in names]
         elif part == "clip":
             add = [[coop_template(dataset).format(n)] for n in names]
         elif part == "clip_ensemble":

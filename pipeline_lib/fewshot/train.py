@@ -184,7 +184,7 @@ def train_semobridge_t(
     if cfg.final_model == "best_val" and validator is None:
         raise ValueError("final_model='best_val' needs a validator (per-step validation)")
     t0 = time.perf_counter()
-    c, _, d_p = support.shape
+    c = support.shape[0]
     dev = support.device  # everything follows the support tensor (CPU by default, CUDA when the caller moved it)
     inv_text = pinv_init.detach().clone().float().to(dev).requires_grad_(True)  # (D_p, D_t)
     class_bias = (torch.zeros(c, w_txt.shape[0], device=dev, requires_grad=True)
