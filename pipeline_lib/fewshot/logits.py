@@ -76,7 +76,7 @@ def params_tensor(params: BlendParams | torch.Tensor | list, subset: str) -> tor
     return p
 
 
-def _score(d1, d2, d3, w, p, use) -> torch.Tensor:
+def blend_score(d1, d2, d3, w, p, use) -> torch.Tensor:
     """The shared blend expression, built with in-place ops on fresh buffers (large temporaries dominate otherwise).
 
     d_i = s_i - 1 (any shape), w broadcastable to it, p one (7,) row or a (T, 1, 1, 7) block of rows. The operation
@@ -105,7 +105,7 @@ def blend_logits(maps: SimilarityMaps, kl: torch.Tensor, params: BlendParams, su
     use = subset_mask(subset)
     s2 = maps.s2 if s2_override is None else s2_override
     w = torch.exp(p[0] * kl)  # (C,)
-    return _score(maps.s1 - 1.0, s2 - 1.0, maps.s3 - 1.0, w, p, use)
+    return blend_score(maps.s1 - 1.0, s2 - 1.0, maps.s3 - 1.0, w, p, use)
 
 
 def percent(correct: int | torch.Tensor, n: int) -> float:
@@ -196,7 +196,7 @@ class BlendEvaluator:
             for lo in range(0, self.n, self.chunk):
                 sl = slice(lo, lo + self.chunk)
                 d = [None if x is None else x[sl] for x in self.d]
-                sc = _score(d[0], d[1], d[2], w, p[t], self.use)  # (n, C)
+                sc = blend_score(d[0], d[1], d[2], w, p[t], self.use)  # (n, C)
                 correct[t] += (sc.argmax(dim=1) == self.labels[sl]).sum()
         return torch.tensor([percent(c, self.n) for c in correct], dtype=torch.float64)
 
@@ -213,11 +213,11 @@ class BlendEvaluator:
             self.level_rows[li] += self.n if rows is None else rows.numel()
             cand = lev.cand if rows is None else lev.cand[rows]  # (R, M)
             g = [None if x is None else (x if rows is None else x[rows]) for x in lev.gathered]
-            sc = _score(g[0], g[1], g[2], w_c[cand], p, self.use)  # (R, M)
+            sc = blend_score(g[0], g[1], g[2], w_c[cand], p, self.use)  # (R, M)
             best, arg = sc.max(dim=1)  # (R,)
             t = [None if x is None else (x if rows is None else x[rows]) for x in lev.t]
             kl_out = lev.kl_out if rows is None else lev.kl_out[rows]
-            ub = _score(t[0], t[1], t[2], torch.exp(p[0] * kl_out), p, self.use)  # (R,)
+            ub = blend_score(t[0], t[1], t[2], torch.exp(p[0] * kl_out), p, self.use)  # (R,)
             ok = best > ub * (1.0 + 1e-5) + 1e-30  # (R,)
             chosen = cand.gather(1, arg[:, None]).squeeze(1)  # (R,)
             if rows is None:
@@ -233,7 +233,7 @@ class BlendEvaluator:
         for lo in range(0, rows.numel(), self.chunk):
             r = rows[lo: lo + self.chunk]
             d = [None if x is None else x[r] for x in self.d]
-            pred[r] = _score(d[0], d[1], d[2], w_c, p, self.use).argmax(dim=1)  # (r, C) -> (r,)
+            pred[r] = blend_score(d[0], d[1], d[2], w_c, p, self.use).argmax(dim=1)  # (r, C) -> (r,)
         return pred
 
     def n_correct(self, params: torch.Tensor) -> int:
@@ -247,7 +247,7 @@ class BlendEvaluator:
         if bool((p < 0).any()):
             raise ValueError(f"blend parameters {p.tolist()} must be >= 0 for the pruned evaluation")
         w_c = torch.exp(p[0] * self.kl)  # (C,)
-        lab_score = _score(self.lab_d[0], self.lab_d[1], self.lab_d[2], w_c[self.labels], p, self.use)  # (N,)
+        lab_score = blend_score(self.lab_d[0], self.lab_d[1], self.lab_d[2], w_c[self.labels], p, self.use)  # (N,)
         neg = torch.tensor(float("-inf"))
         correct = 0
         rows = None  # None = all rows
@@ -259,14 +259,14 @@ class BlendEvaluator:
 
             cand = pick(lev.cand)  # (R, M)
             g = [None if x is None else pick(x) for x in lev.gathered]
-            sc = _score(g[0], g[1], g[2], w_c[cand], p, self.use)  # (R, M)
+            sc = blend_score(g[0], g[1], g[2], w_c[cand], p, self.use)  # (R, M)
             sc = torch.where(pick(lev.is_label), neg, sc)  # compare the label against the others only
             best, arg = sc.max(dim=1)  # (R,)
             lab_s, lab = pick(lab_score), pick(self.labels)
             best_cls = cand.gather(1, arg[:, None]).squeeze(1)
             beaten = (best > lab_s) | ((best == lab_s) & (best_cls < lab))  # (R,)
             t = [None if x is None else pick(x) for x in lev.t]
-            ub = _score(t[0], t[1], t[2], torch.exp(p[0] * pick(lev.kl_out)), p, self.use)  # (R,)
+            ub = blend_score(t[0], t[1], t[2], torch.exp(p[0] * pick(lev.kl_out)), p, self.use)  # (R,)
             right = ~beaten & (lab_s > ub * (1.0 + 1e-5) + 1e-30)
             correct += int(right.sum())
             open_ = ~beaten & ~right
@@ -278,7 +278,7 @@ class BlendEvaluator:
         for lo in range(0, rows.numel(), self.chunk):
             r = rows[lo: lo + self.chunk]
             d = [None if x is None else x[r] for x in self.d]
-            pred = _score(d[0], d[1], d[2], w_c, p, self.use).argmax(dim=1)  # (r,)
+            pred = blend_score(d[0], d[1], d[2], w_c, p, self.use).argmax(dim=1)  # (r,)
             correct += int((pred == self.labels[r]).sum())
         return correct
 
@@ -299,6 +299,6 @@ def batched_accuracy(maps: SimilarityMaps, kl: torch.Tensor, labels: torch.Tenso
     n = labels.shape[0]
     for lo in range(0, n, chunk_queries):
         sl = slice(lo, lo + chunk_queries)
-        sc = _score(maps.s1[sl] - 1.0, maps.s2[sl] - 1.0, maps.s3[sl] - 1.0, w, pp, use)  # (T, n, C)
+        sc = blend_score(maps.s1[sl] - 1.0, maps.s2[sl] - 1.0, maps.s3[sl] - 1.0, w, pp, use)  # (T, n, C)
         correct += (sc.argmax(dim=-1) == labels[sl]).sum(dim=-1)
     return torch.tensor([percent(c, n) for c in correct], dtype=torch.float64)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pipeline_lib.fewshot.bridge import bridged_prototypes
 from pipeline_lib.fewshot.config import LOSS_VARIANTS, BlendParams, TrainingConfig
-from pipeline_lib.fewshot.logits import _score, percent, subset_mask
+from pipeline_lib.fewshot.logits import blend_score, percent, subset_mask
 from pipeline_lib.fewshot.ops import cross_entropy_mean, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class InitValidator:
             d2 = self.q[sl] @ p_hat.T - 1.0 if self.use[1] else None  # (n, C)
             d3 = (F.normalize(self.f[sl] @ a, dim=-1) @ self.image_proto.T - 1.0) if self.use[2] else None
             if self.use[1] or self.use[2]:
-                sc = _score(None, d2, d3, self.w, self.p, (False, self.use[1], self.use[2]))  # (n, C)
+                sc = blend_score(None, d2, d3, self.w, self.p, (False, self.use[1], self.use[2]))  # (n, C)
                 if self.z1 is not None:
                     sc = sc.add_(self.z1[sl])
             else:
