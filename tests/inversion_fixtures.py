@@ -9,18 +9,16 @@ import torch
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 
-TINY_CONTEXT = 16
+from pipeline_lib.backbone.tiny import tiny_model_config
 
-#: A real open_clip CLIP at the size of the team's tiny ViT (32 px, patch 4 -> 8x8 grid; text width 128, context 16).
-TINY_CFG = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 96, "layers": 3, "head_width": 32},
-    "text_cfg": {"context_length": TINY_CONTEXT, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
-}
+TINY_NAME = "bf-tiny-vit-32"
+#: The team's tiny ViT (32 px, patch 4 -> 8x8 grid, avg pooling; text width 128, context 16, embed 128).
+TINY_CFG = tiny_model_config(TINY_NAME)
+TINY_CONTEXT = TINY_CFG["text_cfg"]["context_length"]
 
 
 def tiny_clip(seed: int = 0, **vision_overrides: object) -> CLIP:
-    """A randomly initialised tiny CLIP in eval mode with frozen fp32 weights."""
+    """The tiny CLIP, randomly initialised, in eval mode with frozen fp32 weights (vision settings overridable)."""
     torch.manual_seed(seed)
     cfg = {**TINY_CFG, "vision_cfg": {**TINY_CFG["vision_cfg"], **vision_overrides}}
     model = CLIP(**cfg).eval()

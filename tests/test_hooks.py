@@ -6,7 +6,8 @@ import functools
 
 import pytest
 import torch
-from inversion_fixtures import TINY_CFG, standard_clip, tiny_clip
+from inversion_fixtures import TINY_CFG, one_thread, standard_clip, tiny_clip
+from open_clip import get_model_config
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.tokenizer import SimpleTokenizer
 from torch.testing import assert_close
@@ -21,16 +22,18 @@ from pipeline_lib.backbone.hooks import (
 )
 
 PLACEHOLDER = 1950  # CLIP BPE piece for " £ "
-MODELS = ["tiny", "tiny-avg", "ViT-B-32", "ViT-B-16"]
+IMAGE_MODELS = ["bf-tiny-vit-32", "tiny-tok", "ViT-B-32", "ViT-B-16"]
+# ViT-B-16 and ViT-B-32 share one text tower config (width 512, 12 layers, context 77): testing it once is enough.
+TEXT_MODELS = ["bf-tiny-vit-32", "tiny-tok", "ViT-B-32"]
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
 @functools.cache
 def _model(name: str) -> CLIP:
-    if name == "tiny":
+    if name == "bf-tiny-vit-32":  # the team's tiny ViT: average pooling, sin-cos positions
         return tiny_clip()
-    if name == "tiny-avg":  # the team's tiny ViT pools by averaging patch tokens
-        return tiny_clip(pool_type="avg")
+    if name == "tiny-tok":  # the same with CLS pooling and learned positions, like the standard CLIP ViTs
+        return tiny_clip(pool_type="tok", pos_embed_type="learnable")
     return standard_clip(name)
 
 
@@ -47,62 +50,70 @@ def _patches(model: CLIP, images: torch.Tensor) -> torch.Tensor:
     return model.visual.conv1(images).flatten(2).transpose(1, 2)  # (B, N, W)
 
 
-@pytest.fixture(params=MODELS)
-def model(request: pytest.FixtureRequest) -> CLIP:
+_single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+
+
+@pytest.fixture(params=TEXT_MODELS)
+def text_model(request: pytest.FixtureRequest) -> CLIP:
+    return _model(request.param)
+
+
+@pytest.fixture(params=IMAGE_MODELS)
+def image_model(request: pytest.FixtureRequest) -> CLIP:
     return _model(request.param)
 
 
 @torch.no_grad()
-def test_token_hook_with_word_embeddings_equals_encode_text(model: CLIP) -> None:
+def test_token_hook_with_word_embeddings_equals_encode_text(text_model: CLIP) -> None:
     # Putting the embedding of a real word into the placeholder slot must give the features of the text with that word.
-    ids = _ids(model, ["a photo of  £  £ "] * 2)
-    words = _ids(model, ["a photo of red dog", "a photo of blue cat"])
+    ids = _ids(text_model, ["a photo of  £  £ "] * 2)
+    words = _ids(text_model, ["a photo of red dog", "a photo of blue cat"])
     assert (ids == PLACEHOLDER).sum().item() == 4 and (words[:, 6] == ids[:, 6]).all()  # same EOT slot
-    pseudo = model.token_embedding(words[:, 4:6])  # (2, R=2, W)
-    got = text_features_from_token_embeddings(model, ids, pseudo, PLACEHOLDER)
-    want = model.encode_text(words)
+    pseudo = text_model.token_embedding(words[:, 4:6])  # (2, R=2, W)
+    got = text_features_from_token_embeddings(text_model, ids, pseudo, PLACEHOLDER)
+    want = text_model.encode_text(words)
     assert_close(got, want, **TOL)
-    assert_close(text_features_from_token_embeddings(model, words), want, **TOL)
+    assert_close(text_features_from_token_embeddings(text_model, words), want, **TOL)
 
 
 @torch.no_grad()
-def test_full_embeddings_equal_encode_text_also_for_a_shorter_context(model: CLIP) -> None:
-    ids = _ids(model, ["a photo of a dog", "a red square"])
-    emb = model.token_embedding(ids)  # (B, L, W)
-    want = model.encode_text(ids)
-    assert_close(text_features_from_embeddings(model, emb, ids), want, **TOL)
+def test_full_embeddings_equal_encode_text_also_for_a_shorter_context(text_model: CLIP) -> None:
+    ids = _ids(text_model, ["a photo of a dog", "a red square"])
+    emb = text_model.token_embedding(ids)  # (B, L, W)
+    want = text_model.encode_text(ids)
+    assert_close(text_features_from_embeddings(text_model, emb, ids), want, **TOL)
     short = 8  # positions after EOS cannot change the EOS token under the causal mask
-    assert int(ids.argmax(dim=1).max()) < short < model.context_length
-    assert_close(text_features_from_embeddings(model, emb[:, :short], ids[:, :short]), want, **TOL)
+    assert int(ids.argmax(dim=1).max()) < short < text_model.context_length
+    assert_close(text_features_from_embeddings(text_model, emb[:, :short], ids[:, :short]), want, **TOL)
 
 
 @torch.no_grad()
-def test_eos_features_project_to_encode_text(model: CLIP) -> None:
-    ids = _ids(model, ["a photo of a cat", "a blue circle"])
-    eos = text_eos_features(model, ids)
-    assert eos.shape == (2, model.transformer.width)
-    assert_close(eos @ model.text_projection, model.encode_text(ids), **TOL)
+def test_eos_features_project_to_encode_text(text_model: CLIP) -> None:
+    ids = _ids(text_model, ["a photo of a cat", "a blue circle"])
+    eos = text_eos_features(text_model, ids)
+    assert eos.shape == (2, text_model.transformer.width)
+    assert_close(eos @ text_model.text_projection, text_model.encode_text(ids), **TOL)
 
 
 @torch.no_grad()
-def test_patch_hook_equals_encode_image(model: CLIP) -> None:
-    images = _images(model, 1 if model.visual.image_size[0] > 64 else 2)
-    got = image_features_from_patch_embeddings(model, _patches(model, images))
-    assert_close(got, model.encode_image(images), **TOL)
+def test_patch_hook_equals_encode_image(image_model: CLIP) -> None:
+    images = _images(image_model, 1 if image_model.visual.image_size[0] > 64 else 2)
+    got = image_features_from_patch_embeddings(image_model, _patches(image_model, images))
+    assert_close(got, image_model.encode_image(images), **TOL)
 
 
 @torch.no_grad()
-def test_token_features_pool_to_encode_image(model: CLIP) -> None:
-    images = _images(model, 1 if model.visual.image_size[0] > 64 else 2)
-    tokens = image_token_features(model, images)
-    gh, gw = model.visual.grid_size
-    assert tokens.shape == (images.shape[0], 1 + gh * gw, model.visual.output_dim)
-    pooled = tokens[:, 1:].mean(dim=1) if model.visual.pool_type == "avg" else tokens[:, 0]
-    assert_close(pooled, model.encode_image(images), **TOL)
+def test_token_features_pool_to_encode_image(image_model: CLIP) -> None:
+    images = _images(image_model, 1 if image_model.visual.image_size[0] > 64 else 2)
+    tokens = image_token_features(image_model, images)
+    gh, gw = image_model.visual.grid_size
+    assert tokens.shape == (images.shape[0], 1 + gh * gw, image_model.visual.output_dim)
+    pooled = tokens[:, 1:].mean(dim=1) if image_model.visual.pool_type == "avg" else tokens[:, 0]
+    assert_close(pooled, image_model.encode_image(images), **TOL)
 
 
 def test_gradients_reach_pseudo_tokens_and_patches_but_not_the_model() -> None:
-    model = _model("tiny")
+    model = _model("bf-tiny-vit-32")
     ids = _ids(model, ["a photo of  £ "] * 3)
     pseudo = (0.02 * torch.randn(3, 1, model.transformer.width)).requires_grad_()
     text = text_features_from_token_embeddings(model, ids, pseudo, PLACEHOLDER)
@@ -116,7 +127,7 @@ def test_gradients_reach_pseudo_tokens_and_patches_but_not_the_model() -> None:
 
 @torch.no_grad()
 def test_pseudo_tokens_change_only_their_own_rows_and_broadcast() -> None:
-    model = _model("tiny")
+    model = _model("bf-tiny-vit-32")
     ids = _ids(model, ["a photo of  £ "] * 2)
     pseudo = 0.02 * torch.randn(1, 1, model.transformer.width, generator=torch.Generator().manual_seed(3))
     out = text_features_from_token_embeddings(model, ids, pseudo, PLACEHOLDER)
@@ -125,7 +136,7 @@ def test_pseudo_tokens_change_only_their_own_rows_and_broadcast() -> None:
 
 
 def test_placeholder_count_is_checked() -> None:
-    model = _model("tiny")
+    model = _model("bf-tiny-vit-32")
     ids = _ids(model, ["a photo of  £ ", "a photo of £."])  # "£." is a different BPE piece: no placeholder
     with pytest.raises(ValueError, match="row 1 .* 0 placeholder tokens"):
         text_features_from_token_embeddings(model, ids, torch.zeros(2, 1, model.transformer.width), PLACEHOLDER)
@@ -144,3 +155,8 @@ def test_unsupported_towers_raise_with_the_model_name() -> None:
     ).eval()
     with pytest.raises(UnsupportedBackbone, match="CustomTextCLIP"):
         text_eos_features(custom, torch.zeros(1, 16, dtype=torch.long))
+
+
+def test_vit_b16_shares_the_tested_vit_b32_text_tower() -> None:
+    # why TEXT_MODELS covers ViT-B-16's text tower through ViT-B-32
+    assert get_model_config("ViT-B-16")["text_cfg"] == get_model_config("ViT-B-32")["text_cfg"]
