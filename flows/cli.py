@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,11 +48,11 @@ def friendly_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pipeline_lib.errors import USER_ERRORS
+        from pipeline_lib.errors import user_errors
 
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as err:
+        except user_errors() as err:
             console.print(f"[bold red]error:[/] {err}")
             raise typer.Exit(2) from None
 

@@ -23,10 +23,20 @@ class UnknownStageError(KeyError):
         return str(self.args[0])
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ParamsError,
-    MissingUpstreamError,
-    StageLockedError,
-    UnknownStageError,
-    FileNotFoundError,
-)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Every error class that means "the input is wrong", across the areas (imported lazily: they pull in torch)."""
+    from pipeline_lib.backbone.hooks import UnsupportedBackbone
+    from pipeline_lib.backbone.load import UnknownModelError, UnknownPretrainedError
+    from pipeline_lib.data.errors import DatasetError
+
+    return (
+        ParamsError,
+        MissingUpstreamError,
+        StageLockedError,
+        UnknownStageError,
+        FileNotFoundError,
+        DatasetError,
+        UnknownModelError,
+        UnknownPretrainedError,
+        UnsupportedBackbone,
+    )
