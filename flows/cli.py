@@ -186,6 +186,17 @@ def _print_summary(root: Path) -> None:
     Console().print(table)
 
 
+@app.command()
+@friendly_errors
+def report(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt = None) -> None:
+    """Write reports/index.html (static, offline) from the latest results; same as `bridgeflow stage report`."""
+    from pipeline_lib.config import load_config
+    from pipeline_lib.runner import run_stage
+
+    for result in run_stage(root.resolve(), "report", load_config(root, profile, tuple(set_ or ()))):
+        console.print(f"{result.id}: {result.status} -> {root / 'reports' / 'index.html'}")
+
+
 @app.command("czsl-pairs")
 @friendly_errors
 def czsl_pairs(

@@ -184,6 +184,15 @@ STAGES: tuple[Stage, ...] = (
         ),
         code=("pipeline_lib.czsl", "pipeline_lib.backbone.hooks"),
     ),
+    Stage(
+        name="report",
+        func="pipeline_lib.report:run_report",
+        description="Static HTML report with PNG plots: modality gap, few-shot, inversion, CZSL, stage timings.",
+        params=(),
+        deps=("diagnose", "fewshot_report", "inversion", "czsl"),
+        outs=("reports",),
+        code=("pipeline_lib.report",),
+    ),
 )
 
 
