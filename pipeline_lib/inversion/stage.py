@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-import zarr
 from open_clip.model import CLIP
 from torch import Tensor
 
@@ -30,6 +29,7 @@ from pipeline_lib.inversion.oti import Tokenizer, run_oti
 from pipeline_lib.inversion.ovi import run_ovi
 from pipeline_lib.inversion.runner import Progress, RunSpec, run_blocks, targets_digest
 from pipeline_lib.retrieval import retrieval_metrics
+from pipeline_lib.store import open_store, read_array
 
 log = logging.getLogger(__name__)
 
@@ -66,37 +66,30 @@ class RetrievalInputs:
     text_gallery_groups: np.ndarray | None  # (Gt,)
 
 
-def _read(group: zarr.Group, name: str, where: Path) -> np.ndarray:
-    if name not in group:
-        raise KeyError(f"{where}: no array {name!r}; expected the layout written by the features stage")
-    return np.asarray(group[name][...])
-
-
 def load_inputs(features_dir: Path) -> RetrievalInputs:
-    """Read the few-shot store (and the retrieval-text store when present) from the published features."""
-    fewshot_path = features_dir / "fewshot.zarr"
-    if not (fewshot_path / "zarr.json").exists():
-        raise FileNotFoundError(f"no few-shot feature store at {fewshot_path}; run the features stage first")
-    fs = zarr.open_group(fewshot_path, mode="r")
-    class_text = _read(fs, "text/class_proj", fewshot_path) if "text/class_proj" in fs else None
-    text_path = features_dir / "retrieval_text.zarr"
-    text: dict[str, np.ndarray | None] = dict.fromkeys(("tq", "tqg", "tg", "tgg"))
-    if (text_path / "zarr.json").exists():
-        ts = zarr.open_group(text_path, mode="r")
-        names = ("query/text", "query/group", "gallery/text", "gallery/group")
-        text = {k: _read(ts, n, text_path) for k, n in zip(text, names, strict=True)}
+    """Read the few-shot store (and the retrieval-text store when present) from the published features.
+
+    `pipeline_lib.store.read_array` refuses half-written groups, so a crashed features run is never evaluated.
+    """
+    fewshot = features_dir / "fewshot.zarr"
+    fs = open_store(fewshot)  # a clear error when the features stage has not run
+    class_text = read_array(fewshot, "text/class_proj") if "text/class_proj" in fs else None
+    text_store = features_dir / "retrieval_text.zarr"
+    text: dict[str, np.ndarray | None] = dict.fromkeys(("query/text", "query/group", "gallery/text", "gallery/group"))
+    if (text_store / "zarr.json").exists():
+        text = {name: read_array(text_store, name) for name in text}
     else:
-        log.warning("no text-retrieval store at %s: OVI / text->text are skipped", text_path)
+        log.warning("no text-retrieval store at %s: OVI / text->text are skipped", text_store)
     return RetrievalInputs(
-        image_query=_read(fs, "test/image", fewshot_path),
-        image_query_labels=_read(fs, "test/label", fewshot_path),
-        image_gallery=_read(fs, "train/image", fewshot_path),
-        image_gallery_labels=_read(fs, "train/label", fewshot_path),
+        image_query=read_array(fewshot, "test/image"),
+        image_query_labels=read_array(fewshot, "test/label"),
+        image_gallery=read_array(fewshot, "train/image"),
+        image_gallery_labels=read_array(fewshot, "train/label"),
         class_text=class_text,
-        text_query=text["tq"],
-        text_query_groups=text["tqg"],
-        text_gallery=text["tg"],
-        text_gallery_groups=text["tgg"],
+        text_query=text["query/text"],
+        text_query_groups=text["query/group"],
+        text_gallery=text["gallery/text"],
+        text_gallery_groups=text["gallery/group"],
     )
 
 
