@@ -100,7 +100,7 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
     assert float(rows[0]["image_to_image"]) == pytest.approx(img["image_to_image"]["map"], abs=1e-6)
     with ctx.out("plots/inversion_similarity.csv").open() as f:
         sims = list(csv.DictReader(f))
-    assert list(sims[0]) == ["cosine", "image_image", "text_image", "oti_image_step1", "oti_image_final"]
+    assert list(sims[0]) == ["cosine", "image_image", "text_image", "oti_image_step1", "oti_image"]
     width = 2 / CFG.histogram_bins
     assert sum(float(r["image_image"]) for r in sims) * width == pytest.approx(1.0, abs=1e-4)
 

@@ -247,7 +247,7 @@ def _write_similarity_plot(path: Path, cfg: InversionConfig, inputs: RetrievalIn
                            oti_snaps: np.ndarray, gallery: np.ndarray) -> None:
     """Cosine-similarity densities against the gallery images: image-image, text-image, OTI-image at chosen steps.
 
-    Fixed columns cosine, image_image, text_image (when class prompts exist), oti_image_final, plus one
+    Fixed columns cosine, image_image, text_image (when class prompts exist), oti_image (final step), plus one
     oti_image_step{s} column per plotted step.
     """
     edges = torch.linspace(-1.0, 1.0, cfg.histogram_bins + 1)
@@ -258,7 +258,7 @@ def _write_similarity_plot(path: Path, cfg: InversionConfig, inputs: RetrievalIn
     if inputs.class_text is not None:
         columns["text_image"] = similarity_histogram(torch.from_numpy(np.asarray(inputs.class_text, np.float32)), g,
                                                      edges, cfg.query_chunk)
-    named = [(f"oti_image_step{s}", s) for s in cfg.plot_steps if s in recorded] + [("oti_image_final", cfg.oti.steps)]
+    named = [(f"oti_image_step{s}", s) for s in cfg.plot_steps if s in recorded] + [("oti_image", cfg.oti.steps)]
     for name, step in named:
         snap = torch.from_numpy(np.ascontiguousarray(oti_snaps[:, recorded.index(step)]))
         columns[name] = similarity_histogram(snap, g, edges, cfg.query_chunk)
