@@ -73,14 +73,14 @@ def published(tmp_path_factory):
 
 def test_fit_summary(published):
     root, cfg, fit, _, _ = published
-    meta = json.loads((root / "artifacts/fewshot/bridge/bridge.json").read_text())
+    meta = json.loads((root / "artifacts/fewshot_bridge/bridge.json").read_text())
     assert fit["n_dropped"] == meta["n_dropped"] == sum(v <= cfg.atol for v in meta["singular_values"])
     assert fit["rank_pinv_wtxt"] == 8 - fit["n_dropped"]
 
 
 def test_seed_results_and_files(published):
     root, cfg, _, _, _ = published
-    rec = json.loads((root / "artifacts/fewshot/k2-s1/results.json").read_text())
+    rec = json.loads((root / "artifacts/fewshot_runs/k2-s1/results.json").read_text())
     assert rec["support_shape"] == [4, 2 * (cfg.augment_epochs + 1), 8]
     names = {"zero_shot", "prototype", "control", "semobridge_z1", "semobridge_z2", "semobridge_z3",
              "semobridge_all", "semobridge_t"}
@@ -88,10 +88,10 @@ def test_seed_results_and_files(published):
     for m in rec["methods"].values():
         assert 0.0 <= m["test_acc"] <= 100.0
     assert rec["methods"]["semobridge_t"]["n_trials"] == cfg.search.n_trials
-    with (root / "artifacts/fewshot/k2-s1/curves.csv").open() as fh:
+    with (root / "artifacts/fewshot_runs/k2-s1/curves.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == cfg.training.steps and float(rows[0]["lr"]) == cfg.training.warmup_min_lr
-    blob = torch.load(root / "artifacts/fewshot/k2-s1/semobridge_t.pt")
+    blob = torch.load(root / "artifacts/fewshot_runs/k2-s1/semobridge_t.pt")
     assert blob["pinv_last"].shape == (8, 8) and blob["bias_last"].shape == (4, 8)
 
 
@@ -105,8 +105,10 @@ def test_report_aggregates_over_seeds(published):
     assert "semobridge_all-minus-control" in metrics["paired_test_diff"]
     with (root / "plots/fewshot_accuracy.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [int(r["shots"]) for r in rows] == cfg.shots and "semobridge_t_std" in rows[0]
+    assert {r["method"] for r in rows} == set(metrics["test_acc"]) and {int(r["shots"]) for r in rows} == {2}
+    zs = next(r for r in rows if r["method"] == "zero_shot")
+    assert float(zs["accuracy"]) == pytest.approx(got["mean"]) and float(zs["std"]) == pytest.approx(got["std"])
     with (root / "plots/fewshot_bias_norms.csv").open() as fh:
-        assert len(list(csv.DictReader(fh))) == 4
+        assert [r["class"] for r in csv.DictReader(fh)] == ["0", "1", "2", "3"]
     with (root / "plots/fewshot_train_curve.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == cfg.training.steps

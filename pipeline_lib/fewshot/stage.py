@@ -1,11 +1,13 @@
 """Few-shot stage functions (stage contract): bridge fit, one (shots, seed) run, report over all runs.
 
 Outputs (repo-relative):
-- fewshot_fit:    artifacts/fewshot/bridge/       bridge.pt (W+, L), bridge.json (spectrum, rank)
-- fewshot_seed:   artifacts/fewshot/k{shots}-s{seed}/  results.json, curves.csv, search.csv, bias_norms.csv,
+(paths as declared in the stage registry, pipeline_lib/stages.py)
+- fewshot_bridge: artifacts/fewshot_bridge/   bridge.pt (W+, L), bridge.json (spectrum, rank)
+- fewshot_run:    artifacts/fewshot_runs/k{shots}-s{seed}/  results.json, curves.csv, search.csv, bias_norms.csv,
                   semobridge_t.pt (last and best weights)
-- fewshot_report: artifacts/fewshot/report/ (summary.json), metrics/fewshot.json, plots/fewshot_accuracy.csv,
-                  plots/fewshot_train_curve.csv, plots/fewshot_bias_norms.csv
+- fewshot_report: artifacts/fewshot_report/ (summary.json), metrics/fewshot.json, plots/fewshot_accuracy.csv
+                  (long: shots, method, accuracy, std), plots/fewshot_train_curve.csv, plots/fewshot_bias_norms.csv
+                  (long: class, shots, norm)
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ log = logging.getLogger(__name__)
 
 FEATURES = "artifacts/features"
 STORE = "fewshot.zarr"
-BRIDGE_OUT = "artifacts/fewshot/bridge"
-REPORT_OUT = "artifacts/fewshot/report"
+BRIDGE_OUT = "artifacts/fewshot_bridge"
+REPORT_OUT = "artifacts/fewshot_report"
 
 
 def seed_out(shots: int, seed: int) -> str:
     """Output directory of one (shots, seed) run."""
-    return f"artifacts/fewshot/k{shots}-s{seed}"
+    return f"artifacts/fewshot_runs/k{shots}-s{seed}"
 
 
 def read_store_array(store: Path, name: str) -> np.ndarray:
@@ -193,10 +195,9 @@ def run_fewshot_report(ctx: Any) -> dict:
     _write_json(ctx.out("metrics/fewshot.json"), metrics)
 
     methods = list(table)
-    rows = [[k] + [table[m].get(str(k), {}).get(stat) for m in methods for stat in ("mean", "std")]
-            for k in cfg.shots]
-    _write_csv(ctx.out("plots/fewshot_accuracy.csv"), ["shots"] + [f"{m}{sfx}" for m in methods
-                                                                   for sfx in ("", "_std")], rows)
+    rows = [[k, m, table[m][str(k)]["mean"], table[m][str(k)]["std"]]
+            for k in cfg.shots for m in methods if str(k) in table[m]]
+    _write_csv(ctx.out("plots/fewshot_accuracy.csv"), ["shots", "method", "accuracy", "std"], rows)
     _report_curves(ctx, cfg)
     out = ctx.out(REPORT_OUT)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +211,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _report_curves(ctx: Any, cfg: FewshotConfig) -> None:
-    """Training curve: mean over seeds at the largest shot count; bias norms: per class, mean over seeds, per shot."""
+    """Training curve: mean over seeds at the largest shot count; bias norms (last step): per class and shot count,
+    mean over seeds."""
     k_max = max(cfg.shots)
     curves = [_read_csv(p) for s in cfg.seeds if (p := ctx.inp(seed_out(k_max, s)) / "curves.csv").exists()]
     header = ["step", "lr", "total", "img", "txte", "txtp", "cons", "bias", "val_acc"]
@@ -231,7 +233,6 @@ def _report_curves(ctx: Any, cfg: FewshotConfig) -> None:
                 vals = [float(r["norm"]) for r in _read_csv(p)]
                 if vals:
                     per_shot.setdefault(k, []).append(vals)
-    shots = sorted(per_shot)
     n_cls = min((len(v) for runs in per_shot.values() for v in runs), default=0)
-    brows = [[c] + [float(np.mean([v[c] for v in per_shot[k]])) for k in shots] for c in range(n_cls)]
-    _write_csv(ctx.out("plots/fewshot_bias_norms.csv"), ["class"] + [f"k{k}" for k in shots], brows)
+    brows = [[c, k, float(np.mean([v[c] for v in per_shot[k]]))] for k in sorted(per_shot) for c in range(n_cls)]
+    _write_csv(ctx.out("plots/fewshot_bias_norms.csv"), ["class", "shots", "norm"], brows)
