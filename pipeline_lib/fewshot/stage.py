@@ -115,7 +115,10 @@ def load_inputs(store: Path, shots: int, seed: int, augment_epochs: int) -> tupl
     class_proj = _t(read_store_array(store, "text/class_proj"))  # (C, D_p)
     n_classes = class_proj.shape[0]
     idx = sample_fewshot_indices(train_labels.tolist(), shots, seed)
-    views = read_store_array(store, "train/views")  # (N, V, D_p)
+    try:
+        views = read_store_array(store, "train/views")  # (N, V, D_p)
+    except KeyError:  # a store extracted with features.views = 1 has no views array: the images are view 0
+        views = read_store_array(store, "train/image")[:, None, :]  # (N, 1, D_p)
     support = build_support(views, train_labels, idx, n_classes, augment_epochs)  # (C, K', D_p)
     inp = FewshotInputs(
         support=support,
