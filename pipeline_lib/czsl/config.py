@@ -18,7 +18,7 @@ class CzslConfig(Section):
 
     # --- data -----------------------------------------------------------------------------------------------------
     dataset: str = "shapes"  # folder under artifacts/data/czsl/ in the standard CZSL layout
-    worlds: list[Literal["closed", "open"]] = ["closed", "open"]  # settings evaluated; OW uses feasibility filtering
+    worlds: tuple[Literal["closed", "open"], ...] = ("closed", "open")  # settings evaluated; OW uses feasibility filtering
     ow_filter: Literal["multiply", "mask"] = "multiply"  # spec 2.5.3 exact multiplicative rule, or -1e10 variant
     ow_word_vectors: str | None = None  # GloVe-format file for OW feasibility; None = backbone token embeddings
     # --- text side: soft prompts (spec 3.1) ------------------------------------------------------------------------
@@ -48,7 +48,7 @@ class CzslConfig(Section):
     lora_rank: int = Field(4, ge=1)  # spec: r in {4, 8, 16}
     lora_alpha: float = Field(4.0, gt=0.0)  # scale alpha / r; alpha = r keeps the update scale at 1
     lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # dropout on the LoRA input path
-    lora_targets: list[Literal["q", "k", "v", "o"]] = ["q", "k", "v", "o"]  # projections adapted in every block
+    lora_targets: tuple[Literal["q", "k", "v", "o"], ...] = ("q", "k", "v", "o")  # projections adapted in every block
     lora_lr: float = Field(1e-4, gt=0.0)  # spec: about 1e-4 for LoRA weights
     # --- optimisation ---------------------------------------------------------------------------------------------
     epochs: int = Field(12, ge=1)  # frozen-mode epochs over the cached train tokens
@@ -59,18 +59,18 @@ class CzslConfig(Section):
     # --- Dynamic Memory Bank (spec 5) ----------------------------------------------------------------------------------
     bank_slots: int = Field(3, ge=1)  # N slots per composition, as TDA/TOMCAT
     bank_key: Literal["vac", "cls"] = "vac"  # bank keys: VAC's condensed feature v_q (paper) or the CLS token
-    bank_alpha_grid: list[float] = [0.5, 1.0, 2.0]  # spec grid for alpha in alpha * sum exp(-beta (1 - f.k))
-    bank_beta_grid: list[float] = [5.0, 7.5, 10.0]  # spec grid for beta
-    bank_gate_grid: list[float] = [1.0, 0.5]  # tau_gate on H / log C; 1 = no gate (TDA), sweep range 0.3-0.7
+    bank_alpha_grid: tuple[float, ...] = (0.5, 1.0, 2.0)  # spec grid for alpha in alpha * sum exp(-beta (1 - f.k))
+    bank_beta_grid: tuple[float, ...] = (5.0, 7.5, 10.0)  # spec grid for beta
+    bank_gate_grid: tuple[float, ...] = (1.0, 0.5)  # tau_gate on H / log C; 1 = no gate (TDA), sweep range 0.3-0.7
     bank_temperature: float = Field(0.1, gt=0.0)  # paper's tau_mb: p_mb = softmax(bank logits / tau_mb)
     bank_text_entropy: float | None = None  # normalised entropy of text-initialised slots; None = 1 (= log C)
-    stream_seeds: list[int] = [0, 1, 2]  # test-stream orders; bank results are the mean over these seeds
+    stream_seeds: tuple[int, ...] = (0, 1, 2)  # test-stream orders; bank results are the mean over these seeds
     # --- misc -----------------------------------------------------------------------------------------------------
     seed: int = 0  # training seed (all reference repositories use 0)
 
     @field_validator("bank_alpha_grid", "bank_beta_grid", "bank_gate_grid", "stream_seeds", "worlds", "lora_targets")
     @classmethod
-    def _non_empty(cls, v: list, info) -> list:
+    def _non_empty(cls, v: tuple, info) -> tuple:
         if len(v) == 0:
             raise ValueError(f"czsl.{info.field_name} is empty; expected at least one value")
         return v
