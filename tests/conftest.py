@@ -17,6 +17,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("CI", "true")  # no progress bars in test output
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny tensors: one thread is faster and deterministic across machines
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
@@ -35,8 +36,17 @@ Progress = Callable[..., Iterable]
 # Workers overlap decoding with the forward pass only from the second batch on; for a group of a batch or two,
 # starting them costs more than it saves.
 MIN_BATCHES_FOR_WORKERS = 2
-# Workers only decode images (module docstring), so fork is safe where the platform has it.
-WORKER_START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+def worker_start_method() -> str:
+    """fork when it is safe, else forkserver/spawn.
+
+    Workers only decode images (module docstring), so fork is safe in a single-threaded process. A process with other
+    threads (a Prefect flow run: its API log and event workers) can fork a child while one of them holds a lock, and
+    such children die; forkserver forks them from a clean server process instead.
+    """
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def quiet_progress() -> bool:
@@ -227,7 +237,7 @@ def extract_to_blocks(
     progress: Progress | None = None,
     desc: str = "features",
     on_block: Callable[[int], None] | None = None,
-    start_method: str = WORKER_START_METHOD,
+    start_method: str | None = None,
 ) -> ExtractStats:
     """Encode every pending block of `group` and write it.
 
@@ -247,7 +257,7 @@ def extract_to_blocks(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
-        multiprocessing_context=start_method if num_workers > 0 else None,
+        multiprocessing_context=(start_method or worker_start_method()) if num_workers > 0 else None,
         pin_memory=device.type == "cuda",
     )
     t0 = time.perf_counter()
