@@ -43,6 +43,9 @@ def copy_project(dest: Path, profile: str | None = "smoke") -> Path:
         if (REPO / name).exists():
             shutil.copy2(REPO / name, dest / name)
     shutil.copytree(REPO / "profiles", dest / "profiles", dirs_exist_ok=True)
+    for package in ("pipeline_lib", "tasks", "flows"):  # DVC tracks the stages' code as deps
+        shutil.copytree(REPO / package, dest / package, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     params = effective_params(load_config(REPO, profile))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest

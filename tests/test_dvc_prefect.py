@@ -71,15 +71,15 @@ def test_prefect_flow_reuses_dvc_outputs(dvc_project: Path, prefect_server: None
     assert [r["stage"] for r in rows] == FOUNDATION
     assert all(r["status"] in ("cached", "cached (prefect)") for r in rows), rows
     # a Prefect run under new params computes; DVC then reuses that work from the scratch copy
-    rows = pipeline_flow(root=str(dvc_project), stages=["diagnose"], overrides=["backbone.diagnose.max_queries=7"])
+    rows = pipeline_flow(root=str(dvc_project), stages=["diagnose"], overrides=["backbone.diagnose.bins=7"])
     assert {r["stage"]: r["status"] for r in rows}["diagnose"] == "ran"
     params = yaml.safe_load((dvc_project / "params.yaml").read_text())
-    params["backbone"]["diagnose"]["max_queries"] = 7
+    params["backbone"]["diagnose"]["bins"] = 7
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(dvc_project, "dvc", "repro", "diagnose")
     assert "republished" in out, out
     manifest = json.loads((dvc_project / "artifacts/diagnose/manifest.json").read_text())
-    assert manifest["params"]["backbone.diagnose"]["max_queries"] == 7
+    assert manifest["params"]["backbone.diagnose"]["bins"] == 7
 
 
 def test_exp_run_with_set_param(dvc_project: Path) -> None:
