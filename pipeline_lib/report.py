@@ -24,11 +24,12 @@ MAX_TABLE_ROWS = 60
 MAX_LINES = 12
 
 
-def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+def flatten_metrics(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) rows of a metrics JSON; short numeric lists become one comma-separated value."""
     if isinstance(data, dict):
         rows: list[tuple[str, Any]] = []
         for key, value in data.items():
-            rows += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+            rows += flatten_metrics(value, f"{prefix}.{key}" if prefix else str(key))
         return rows
     if isinstance(data, list) and len(data) <= 8 and all(isinstance(v, (int, float)) for v in data):
         return [(prefix, ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in data))]
@@ -127,7 +128,7 @@ def write_report(root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str,
         for metrics in stage.metrics:
             path = root / metrics
             if path.is_file():
-                parts.append(f"<h3>{html.escape(metrics)}</h3>" + _table(_flatten(json.loads(path.read_text()))))
+                parts.append(f"<h3>{html.escape(metrics)}</h3>" + _table(flatten_metrics(json.loads(path.read_text()))))
                 included["metrics"].append(metrics)
         images = []
         for plot in stage.plots:

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 from typing import Any
 
-# The headline numbers per metrics file (dotted paths); files not listed show their top-level numbers.
-HEADLINES: dict[str, tuple[str, ...]] = {}
-MAX_ROWS_PER_FILE = 10
+from pipeline_lib.report import flatten_metrics
+
+# The headline numbers per metrics file (fnmatch patterns over dotted keys); without a match, the first numbers.
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "data": ("images_total",),
+    "backbone": ("zero_shot.*", "steps", "train_seconds"),
+    "features": ("images_encoded", "images_per_s", "seconds"),
+    "gap": ("matched_image_text", "image_image", "text_text", "centroid_distance", "energy.weak",
+            "energy.outside_row_space", "retrieval_map.*", "zero_shot_accuracy", "prototype_accuracy.*_shot"),
+    "fewshot": ("test_acc.*.16.mean", "paired_test_diff.*.16.mean"),
+    "inversion": ("image.image_to_image.map", "image.oti_to_image.map", "image.class_text_to_image.map",
+                  "image.best_map", "image.best_step", "text.text_to_text.map", "text.ovi_to_text.map", "text.best_map",
+                  "text.best_step"),
+    "czsl": ("rows.*.closed.auc", "rows.*.closed.hm", "rows.*.open.auc"),
+}
+MAX_ROWS_PER_FILE = 24
 
 
-def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(data, dict):
-        rows: list[tuple[str, Any]] = []
-        for key, value in data.items():
-            rows += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-        return rows
-    return [(prefix, data)] if isinstance(data, (int, float)) and not isinstance(data, bool) else []
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _format(value: float) -> str:
@@ -28,7 +37,8 @@ def summary_rows(root: Path) -> list[tuple[str, str, str]]:
     """(metrics file stem, metric, formatted value) rows, headline metrics first."""
     rows: list[tuple[str, str, str]] = []
     for path in sorted((root / "metrics").glob("*.json")):
-        flat = dict(_flatten(json.loads(path.read_text())))
-        keys = [k for k in HEADLINES.get(path.stem, ()) if k in flat] or list(flat)[:MAX_ROWS_PER_FILE]
+        flat = {k: v for k, v in flatten_metrics(json.loads(path.read_text())) if _is_number(v)}
+        keys = [k for pattern in HEADLINES.get(path.stem, ()) for k in flat if fnmatch.fnmatchcase(k, pattern)]
+        keys = list(dict.fromkeys(keys))[:MAX_ROWS_PER_FILE] or list(flat)[:MAX_ROWS_PER_FILE]
         rows += [(path.stem, key, _format(flat[key])) for key in keys]
     return rows
