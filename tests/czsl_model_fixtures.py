@@ -1,30 +1,12 @@
-"""Tiny open_clip model and synthetic token data shared by the SAM-CZSL model tests (CPU, seconds)."""
+"""Synthetic token data and a tiny CZSL benchmark shared by the SAM-CZSL model tests (CPU, seconds)."""
 
 from __future__ import annotations
 
 import torch
-from open_clip.model import CLIP
-from open_clip.tokenizer import SimpleTokenizer
+from model_fixtures import tiny_clip, tiny_tokenizer
 
-CONTEXT = 16
-TINY_CFG = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 96, "layers": 3, "head_width": 32},
-    "text_cfg": {"context_length": CONTEXT, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
-}
 ATTRS = ["red", "green", "blue"]
 OBJS = ["circle", "square", "star"]
-
-
-def tiny_clip(seed: int = 0) -> CLIP:
-    torch.manual_seed(seed)
-    model = CLIP(**TINY_CFG).eval()
-    model.requires_grad_(False)
-    return model
-
-
-def tokenizer() -> SimpleTokenizer:
-    return SimpleTokenizer(context_length=CONTEXT)
 
 
 def synthetic_tokens(n: int, seed: int = 0, n_tokens: int = 9, dim: int = 128) -> dict[str, torch.Tensor]:
@@ -109,4 +91,4 @@ def make_bench(tmp_root):
             label=torch.from_numpy(df["pair_idx"].to_numpy().copy()), tokens=tokens_for(ds, s),
             paths=df["path"].to_list(),
         )
-    return SimpleNamespace(root=root, ds=ds, splits=splits, clip=tiny_clip(), tok=tokenizer())
+    return SimpleNamespace(root=root, ds=ds, splits=splits, clip=tiny_clip(), tok=tiny_tokenizer())

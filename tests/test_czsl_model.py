@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from czsl_model_fixtures import ATTRS, OBJS, tiny_clip, tokenizer
+from czsl_model_fixtures import ATTRS, OBJS
+from model_fixtures import tiny_clip, tiny_tokenizer
 
 from pipeline_lib.czsl.model import (
     SamCzsl,
@@ -18,14 +19,6 @@ from pipeline_lib.czsl.model import (
 from pipeline_lib.czsl.prompts import PromptLearner, word_embeddings
 from pipeline_lib.czsl.sparse import sparse_alignment
 from pipeline_lib.czsl.vac import VisualAdaptiveCondensation
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +94,10 @@ def test_vac_output_depends_on_tokens_per_sample():
 
 
 def test_prompts_start_equal_to_the_plain_prompt(clip):
-    pl = PromptLearner(clip, tokenizer(), ATTRS, OBJS, context_length=8).eval()
+    pl = PromptLearner(clip, tiny_tokenizer(), ATTRS, OBJS, context_length=8).eval()
     out = pl(PAIRS)
     assert out["comp"].shape == (9, 128) and out["attr"].shape == (3, 128) and out["obj"].shape == (3, 128)
-    tok = tokenizer()
+    tok = tiny_tokenizer()
     # single-BPE words: the initial soft prompt is exactly the tokenised sentence
     ref = F.normalize(clip.encode_text(tok([f"a photo of {ATTRS[1]} {OBJS[2]}", f"a photo of {OBJS[0]}"])), dim=-1)
     assert torch.allclose(out["comp"][1 * 3 + 2], ref[0], atol=1e-5)
@@ -113,7 +106,7 @@ def test_prompts_start_equal_to_the_plain_prompt(clip):
 
 
 def test_vocab_init_is_mean_of_bpe_pieces(clip):
-    tok = tokenizer()
+    tok = tiny_tokenizer()
     ids = tok(["photorealistic"])[0]
     eos = int(ids.argmax())
     assert eos > 2, "the test word must split into several BPE pieces"
@@ -122,7 +115,7 @@ def test_vocab_init_is_mean_of_bpe_pieces(clip):
 
 
 def test_prompt_gradients_reach_context_and_vocab_only(clip):
-    pl = PromptLearner(clip, tokenizer(), ATTRS, OBJS, attr_dropout=0.0)
+    pl = PromptLearner(clip, tiny_tokenizer(), ATTRS, OBJS, attr_dropout=0.0)
     out = pl(PAIRS)
     (out["comp"].sum() + out["attr"].sum() + out["obj"].sum()).backward()
     assert all(pl.ctx[b].grad.abs().sum() > 0 for b in ("comp", "attr", "obj"))
@@ -132,7 +125,7 @@ def test_prompt_gradients_reach_context_and_vocab_only(clip):
 
 
 def test_vocab_dropout_only_in_training(clip):
-    pl = PromptLearner(clip, tokenizer(), ATTRS, OBJS, attr_dropout=0.5)
+    pl = PromptLearner(clip, tiny_tokenizer(), ATTRS, OBJS, attr_dropout=0.5)
     torch.manual_seed(0)
     a = pl(PAIRS)["comp"]
     pl.eval()
@@ -142,7 +135,7 @@ def test_vocab_dropout_only_in_training(clip):
 
 def test_prompt_template_must_fit_context(clip):
     with pytest.raises(ValueError, match="does not fit"):
-        PromptLearner(clip, tokenizer(), ATTRS, OBJS, context_length=6)
+        PromptLearner(clip, tiny_tokenizer(), ATTRS, OBJS, context_length=6)
 
 
 # ---------------------------------------------------------------------------------------------------- fusion
@@ -179,7 +172,7 @@ def test_variants_are_ablation_rows_in_order(clip):
     assert list_variants() == ["baseline", "+sa", "+vac", "+kl", "+bank_seen", "+dynamic"]
     with pytest.raises(KeyError, match="unknown SAM-CZSL variant"):
         get_variant("+foo")
-    pl = PromptLearner(clip, tokenizer(), ATTRS, OBJS)
+    pl = PromptLearner(clip, tiny_tokenizer(), ATTRS, OBJS)
     base = SamCzsl(pl, 128, get_variant("baseline")).eval()
     kl = SamCzsl(pl, 128, get_variant("+kl"), vac_blocks=1).eval()
     tokens = torch.randn(2, 5, 128)

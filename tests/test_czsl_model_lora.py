@@ -6,19 +6,11 @@ import copy
 
 import pytest
 import torch
-from czsl_model_fixtures import tiny_clip
+from model_fixtures import tiny_clip
 
 from pipeline_lib.backbone.hooks import image_token_features
 from pipeline_lib.czsl.lora import LoRAMultiheadAttention, apply_lora, lora_parameters
 from pipeline_lib.czsl.train import encoder_tokens
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_lora_starts_equal_to_the_original_model():

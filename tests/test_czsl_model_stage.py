@@ -20,14 +20,6 @@ from pipeline_lib.czsl.stage import Backend, SplitData, WorldEval, pair_tensor, 
 from pipeline_lib.czsl.train import build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     return make_bench(tmp_path_factory.mktemp("czsl"))

@@ -13,6 +13,7 @@ import open_clip
 import polars as pl
 import pytest
 import torch
+from model_fixtures import TINY_CONTEXT, TINY_IMAGE_SIZE, tiny_clip, tiny_tokenizer
 from PIL import Image, ImageDraw
 
 from pipeline_lib.backbone.load import Backbone
@@ -22,11 +23,6 @@ from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.extract import ImageViewsDataset, extract_to_blocks, image_encoder
 from pipeline_lib.store import ArraySpec, BlockGroup, read_array
 
-TINY = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 96, "layers": 3, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
-}
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
 SHAPES = ("circle", "square")
 
@@ -81,17 +77,16 @@ def _make_data(root: Path) -> Path:
 
 
 def _backbone() -> Backbone:
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**TINY).eval()
+    """The tiny backbone with CLS ('tok') pooling, so the CZSL store's CLS token equals the pooled image feature."""
     return Backbone(
-        model=model,
-        preprocess=open_clip.image_transform(32, is_train=False),
-        tokenizer=open_clip.tokenizer.SimpleTokenizer(context_length=16),
+        model=tiny_clip(pool_type="tok"),
+        preprocess=open_clip.image_transform(TINY_IMAGE_SIZE, is_train=False),
+        tokenizer=tiny_tokenizer(),
         name="tiny-test",
         pretrained=None,
         fingerprint="f" * 64,
-        image_size=32,
-        context_length=16,
+        image_size=TINY_IMAGE_SIZE,
+        context_length=TINY_CONTEXT,
     )
 
 
@@ -113,15 +108,6 @@ def _ctx(root: Path, work: Path, **features) -> SimpleNamespace:
         inp=lambda rel: root / rel,
         progress=lambda it, total=None, desc="": it,
     )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two busy-waiting ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

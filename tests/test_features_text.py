@@ -9,31 +9,15 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from model_fixtures import tiny_clip, tiny_tokenizer
 
 from pipeline_lib.features.templates import SELECT_IMAGENET_TEMPLATES, class_prompts, default_templates, load_cupl
 from pipeline_lib.features.text import class_average, class_text_features, logit_scale, text_projection
 
-TINY = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 96, "layers": 3, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two busy-waiting ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[open_clip.CLIP, open_clip.tokenizer.SimpleTokenizer]:
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**TINY).eval()
-    return model, open_clip.tokenizer.SimpleTokenizer(context_length=16)
+    return tiny_clip(), tiny_tokenizer()
 
 
 def test_class_average_matches_hand_computation() -> None:

@@ -2,7 +2,6 @@
 
 import torch
 import torch.nn.functional as F
-from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 from pipeline_lib.fewshot.bridge import (
     bridge,

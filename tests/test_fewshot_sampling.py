@@ -5,7 +5,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 from pipeline_lib.fewshot.sampling import build_support, sample_fewshot_indices
 

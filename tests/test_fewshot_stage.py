@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 from pipeline_lib.fewshot.config import SMOKE_OVERRIDES, FewshotConfig
 from pipeline_lib.fewshot.stage import run_fewshot_fit, run_fewshot_report, run_fewshot_seed

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from fewshot_fixtures import one_thread  # noqa: F401  (autouse)
 
 from pipeline_lib.fewshot.bridge import bridged_prototypes, image_prototypes, truncated_pinv
 from pipeline_lib.fewshot.config import TrainingConfig

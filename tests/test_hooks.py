@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from inversion_fixtures import TINY_CFG, one_thread, standard_clip, tiny_clip
+from model_fixtures import TINY_CFG, standard_clip, tiny_clip
 from open_clip import get_model_config
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.tokenizer import SimpleTokenizer
@@ -48,9 +48,6 @@ def _images(model: CLIP, n: int) -> torch.Tensor:
 
 def _patches(model: CLIP, images: torch.Tensor) -> torch.Tensor:
     return model.visual.conv1(images).flatten(2).transpose(1, 2)  # (B, N, W)
-
-
-_single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 @pytest.fixture(params=TEXT_MODELS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from inversion_fixtures import one_thread, tiny_clip, tiny_tokenizer
+from model_fixtures import tiny_clip, tiny_tokenizer
 from torch.testing import assert_close
 
 from pipeline_lib.inversion.config import InversionConfig, OtiConfig, OviConfig
@@ -14,8 +14,6 @@ from pipeline_lib.inversion.ovi import expansion_index, ovi_features, run_ovi
 
 MODEL = tiny_clip()
 TOKENIZER = tiny_tokenizer()
-
-_single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 def _image_targets(n: int) -> torch.Tensor:

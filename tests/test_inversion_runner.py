@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from inversion_fixtures import one_thread, tiny_clip, tiny_tokenizer
+from model_fixtures import tiny_clip, tiny_tokenizer
 
 from pipeline_lib.inversion.config import OtiConfig
 from pipeline_lib.inversion.oti import run_oti
 from pipeline_lib.inversion.runner import ARRAYS, RunSpec, block_seed, is_complete, run_blocks, targets_digest
-
-_single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 MODEL = tiny_clip()
 TOKENIZER = tiny_tokenizer()

@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from inversion_fixtures import one_thread, tiny_clip, tiny_tokenizer
+from model_fixtures import tiny_clip, tiny_tokenizer
 
 import pipeline_lib.backbone.load as backbone_load
 from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.stage import query_subset, run_inversion, similarity_histogram
-
-_single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 CFG = InversionConfig(
     max_queries=10,

@@ -1,8 +1,7 @@
-"""Small open_clip models shared by the hooks / inversion / retrieval tests (no downloads, CPU, seconds)."""
+"""Small open_clip models shared by the model-level tests (hooks, inversion, retrieval, features, CZSL): the team's
+tiny architecture from `pipeline_lib.backbone.tiny`, randomly initialised, so nothing is downloaded (CPU, seconds)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import open_clip
 import torch
@@ -15,6 +14,7 @@ TINY_NAME = "bf-tiny-vit-32"
 #: The team's tiny ViT (32 px, patch 4 -> 8x8 grid, avg pooling; text width 128, context 16, embed 128).
 TINY_CFG = tiny_model_config(TINY_NAME)
 TINY_CONTEXT = TINY_CFG["text_cfg"]["context_length"]
+TINY_IMAGE_SIZE = TINY_CFG["vision_cfg"]["image_size"]
 
 
 def tiny_clip(seed: int = 0, **vision_overrides: object) -> CLIP:
@@ -37,14 +37,3 @@ def standard_clip(name: str) -> CLIP:
     model = open_clip.create_model(name, pretrained=None).eval()
     model.requires_grad_(False)
     return model
-
-
-def one_thread() -> Iterator[None]:
-    """Generator for an autouse fixture: one intra-op thread. On a shared, oversubscribed 2-core machine two
-    threads stall each other on these tiny tensors (measured 20-40x slower per step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
