@@ -70,7 +70,7 @@ def params_subset(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, An
 def fingerprint(
     inst: StageInstance, params: dict[str, Any], upstream: dict[str, str], code: str
 ) -> str:
-    """Content identity of a stage instance (never a path string or a tensor's pickle)."""
+    """Identity of a stage instance's computation: its params subset, item, code and its inputs' content digests."""
     payload = {
         "version": FINGERPRINT_VERSION,
         "stage": inst.stage.name,
@@ -80,6 +80,26 @@ def fingerprint(
         "code": code,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:20]
+
+
+def content_digest(work: Path, inst: StageInstance) -> str:
+    """sha256 over the files of the stage's cached outputs (not metrics/plots, not the manifest).
+
+    Downstream stages are keyed on this rather than on the upstream fingerprint, so an upstream stage that reruns
+    (a refactor of its code, a runtime-only param) and writes the same bytes leaves everything downstream reusable.
+    """
+    h = hashlib.sha256()
+    for out in inst.stage.outs:
+        base = work / inst.path(out)
+        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+        for path in files:
+            if path.name == MANIFEST and path.parent == base:
+                continue
+            h.update(str(path.relative_to(work)).encode() + b"\0")
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    h.update(chunk)
+    return h.hexdigest()[:20]
 
 
 def scratch_dir(root: Path, inst: StageInstance, fp: str) -> Path:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pipeline_lib import __version__
 from pipeline_lib.artifacts import (
     code_digest,
+    content_digest,
     finalize_scratch,
     fingerprint,
     is_complete_in_scratch,
@@ -95,7 +96,10 @@ class StageResult:
 
 
 def upstream_fingerprints(root: Path, inst: StageInstance, params: dict[str, Any]) -> dict[str, str]:
-    """Fingerprints of every published upstream instance; a clear error when one is missing."""
+    """Content digests of every published upstream instance (what this stage reads); a clear error when one is missing.
+
+    Manifests written before content digests existed fall back to their fingerprint.
+    """
     found: dict[str, str] = {}
     for dep in inst.stage.deps:
         for up in instances(get_stage(dep), params):
@@ -105,7 +109,7 @@ def upstream_fingerprints(root: Path, inst: StageInstance, params: dict[str, Any
                     f"stage {inst.id} needs the outputs of {up.id}, which are not published under {root}: "
                     f"run `bridgeflow run --stage {inst.stage.name}` or `dvc repro {inst.stage.name}`"
                 )
-            found[up.id] = manifest["fingerprint"]
+            found[up.id] = manifest.get("content", manifest["fingerprint"])
     return found
 
 
@@ -159,6 +163,7 @@ def run_instance(root: Path, inst: StageInstance, cfg: Config, force: bool = Fal
             "id": inst.id,
             "item": inst.item,
             "fingerprint": fp,
+            "content": content_digest(work, inst),
             "params": params_subset(params, inst.stage.params),
             "upstream": upstream,
             "seconds": round(seconds, 3),

@@ -89,3 +89,18 @@ def test_concurrent_run_of_the_same_stage_fails_clearly(smoke_project: Path) -> 
             run_instance(root, StageInstance(ALPHA), load_config(root))
     assert not (root / "artifacts/alpha").exists()
     assert os.listdir(root / ".bridgeflow/locks")
+
+
+def test_upstream_rerun_with_identical_bytes_keeps_downstream(smoke_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downstream keys on the upstream's content: a param that changes nothing it writes reruns only the upstream."""
+    noisy_alpha = Stage("alpha", "fake_stages:run_alpha", "test stage", params=("data.seed", "data.image_size"),
+                        outs=("artifacts/alpha",), metrics=("metrics/alpha.json",), code=("fake_stages",))
+    monkeypatch.setattr(stages, "STAGES", (noisy_alpha, BETA))
+    root = smoke_project
+    cfg = load_config(root)
+    run_instance(root, StageInstance(noisy_alpha), cfg)
+    assert run_instance(root, StageInstance(BETA), cfg).status == "ran"
+    cfg2 = load_config(root, overrides=("data.image_size=48",))
+    assert run_instance(root, StageInstance(noisy_alpha), cfg2).status == "ran"
+    assert run_instance(root, StageInstance(BETA), cfg2).status == "cached"
+    assert (runs(root, "alpha"), runs(root, "beta")) == (2, 1)
