@@ -11,8 +11,15 @@ import pytest
 import torch
 from model_fixtures import tiny_clip, tiny_tokenizer
 
-from pipeline_lib.features.templates import SELECT_IMAGENET_TEMPLATES, class_prompts, default_templates, load_cupl
-from pipeline_lib.features.text import class_average, class_text_features, logit_scale, text_projection
+from pipeline_lib.features.prompts import SELECT_TEMPLATES
+from pipeline_lib.features.text import (
+    class_average,
+    class_prompts,
+    class_text_features,
+    default_templates,
+    logit_scale,
+    text_projection,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,22 +48,22 @@ def test_class_average_matches_hand_computation() -> None:
 
 def test_templates_and_cupl(tmp_path: Path) -> None:
     assert default_templates("Shapes") == ["a photo of a {}."]
-    assert default_templates("OxfordPets") == ["a photo of a {}, a type of pet.", *SELECT_IMAGENET_TEMPLATES]
-    assert default_templates("ImageNet") == list(SELECT_IMAGENET_TEMPLATES)
+    assert default_templates("OxfordPets") == ["a photo of a {}, a type of pet.", *SELECT_TEMPLATES]
+    assert default_templates("ImageNet") == list(SELECT_TEMPLATES)
     with pytest.raises(ValueError, match="no default template"):
         default_templates("Nope")
     f = tmp_path / "cupl.json"
     f.write_text(json.dumps({"Red Circle": ["a round red thing.", "a red disc."], "blue square": ["a blue box."]}))
-    prompts = class_prompts(["red_circle", "blue square"], ["a {}.", "art of {}."], load_cupl(f))
+    prompts = class_prompts(["red_circle", "blue square"], ["a {}.", "art of {}."], f)
     assert prompts == [
         ["a red circle.", "art of red circle.", "a round red thing.", "a red disc."],
         ["a blue square.", "art of blue square.", "a blue box."],
     ]
     with pytest.raises(ValueError, match="missing from the CuPL file"):
-        class_prompts(["green star"], ["a {}."], load_cupl(f))
+        class_prompts(["green star"], ["a {}."], f)
     f.write_text("[1, 2]")
     with pytest.raises(ValueError, match="expected"):
-        load_cupl(f)
+        class_prompts(["red circle"], ["a {}."], f)
 
 
 def test_class_text_features_with_tiny_clip(tiny) -> None:

@@ -41,7 +41,7 @@ class FewshotSource(Section):
     root: str | None = None
     split_file: str = "split_zhou_Shapes.json"  # CoOp split json: {"train"|"val"|"test": [[relpath, label, name]]}
     image_dir: str = "images"  # folder under root that relpaths are relative to
-    dataset_name: str = "Shapes"  # picks the CoOp prompt template(s) in pipeline_lib.features.templates
+    dataset_name: str = "Shapes"  # picks the CoOp prompt template(s) in pipeline_lib.features.prompts
 
 
 class CzslSource(Section):
@@ -70,7 +70,7 @@ class FeaturesConfig(Section):
     amp: bool = True  # bf16 autocast on CUDA (faster, slightly different numbers); CPU always runs fp32
     rows_per_chunk: int = Field(256, ge=1)  # read unit along samples (~128 kB at D = 128)
     rows_per_shard: int = Field(2048, ge=1)  # write unit = resumable block; keeps a store to tens of files
-    templates: list[str] | None = None  # None = CoOp ensemble for fewshot.dataset_name (templates.py)
+    templates: list[str] | None = None  # None = clip_ensemble set of fewshot.dataset_name (prompts.py)
     cupl_file: str | None = None  # optional CuPL json {classname: [sentence, ...]}, appended to the templates
     fewshot: FewshotSource = FewshotSource()
     czsl: CzslSource = CzslSource()

@@ -32,8 +32,14 @@ from pipeline_lib.features.extract import (
     image_encoder,
     stats_dict,
 )
-from pipeline_lib.features.templates import class_prompts, default_templates, load_cupl
-from pipeline_lib.features.text import class_text_features, encode_texts, logit_scale, text_projection
+from pipeline_lib.features.text import (
+    class_prompts,
+    class_text_features,
+    default_templates,
+    encode_texts,
+    logit_scale,
+    text_projection,
+)
 from pipeline_lib.store import ArraySpec, BlockGroup, file_count, provenance, write_whole
 
 log = logging.getLogger(__name__)
@@ -171,8 +177,7 @@ def write_fewshot_store(run: _Run, store: Path, source: Path, root: Path) -> dic
     ds = load_coop_dataset(source, src.split_file, src.image_dir)
     templates = list(c.templates) if c.templates is not None else default_templates(src.dataset_name)
     cupl_path = resolve_source(root, root, c.cupl_file, "") if c.cupl_file else None
-    cupl = load_cupl(cupl_path) if cupl_path else None
-    prompts = class_prompts(ds.classnames, templates, cupl)
+    prompts = class_prompts(ds.classnames, templates, cupl_path)
 
     top = zarr.open_group(str(store), mode="a")
     model = run.backbone.model

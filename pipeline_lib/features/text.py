@@ -6,18 +6,22 @@ For class c with prompts i = 1..M_c, projected p_ci and EOS e_ci:
   class_eos[c]      = n(mean_i n(e_ci))
   class_eos_raw[c]  = mean_i e_ci            (its norm is the SeMoBridge rescale constant)
 where n(x) = x / ||x||_2.
+The prompts themselves come from `pipeline_lib.features.prompts`; the helpers here add the features config keys to
+its errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pipeline_lib.features.extract import autocast_context
+from pipeline_lib.features.prompts import clip_ensemble_templates, fill_templates, load_cupl_sentences
 
 
 @dataclass
@@ -31,6 +35,30 @@ class ClassTextFeatures:
     class_proj_raw: np.ndarray  # (C, D)
     class_eos: np.ndarray  # (C, W)
     class_eos_raw: np.ndarray  # (C, W)
+
+
+def default_templates(dataset_name: str) -> list[str]:
+    """The templates used when features.templates is null: the dataset's clip_ensemble set (spec 2.1)."""
+    try:
+        return clip_ensemble_templates(dataset_name)
+    except ValueError as e:
+        raise ValueError(
+            f"features.fewshot.dataset_name={dataset_name!r} has no default template ({e}); "
+            "or set features.templates explicitly"
+        ) from e
+
+
+def class_prompts(classnames: list[str], templates: list[str], cupl_path: Path | None = None) -> list[list[str]]:
+    """Prompts per class: every template filled, then the class's CuPL sentences (spec 2.1 concatenation order)."""
+    prompts = fill_templates(classnames, templates)
+    if cupl_path is not None:
+        try:
+            sentences = load_cupl_sentences(cupl_path, classnames)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"features.cupl_file: {e.args[0]}") from e
+        for own, extra in zip(prompts, sentences, strict=True):
+            own.extend(extra)
+    return prompts
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

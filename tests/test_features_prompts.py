@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline_lib.fewshot.prompts import (
+from pipeline_lib.features.prompts import (
     SELECT_TEMPLATES,
     class_prompts,
     clip_ensemble_templates,
@@ -20,6 +20,7 @@ def test_templates_per_dataset():
     pets = clip_ensemble_templates("oxford_pets")
     assert pets[0] == "a photo of a {}, a type of pet." and pets[1:] == list(SELECT_TEMPLATES) and len(pets) == 8
     assert coop_template("ucf101") == "a photo of a person doing {}."
+    assert clip_ensemble_templates("shapes") == clip_ensemble_templates("Shapes") == ["a photo of a {}."]
     with pytest.raises(ValueError, match="no prompt recipe"):
         coop_template("mnist")
 

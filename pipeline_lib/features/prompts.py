@@ -1,7 +1,9 @@
 """Prompt sets of SeMoBridge (spec 2.1): CoOp per-dataset templates, the 7 "select" ImageNet templates, CuPL JSON.
 
-Keyed by the dataset directory names of spec 1.2 (and the CoOp class names as aliases), so a real-data config can
-name either. The headline text set is `clip_ensemble,cupl_full`: every prompt of both, concatenated per class.
+The features stage encodes these prompts into the text features every few-shot method reads, so this is the one place
+they are defined. Keyed by the dataset directory names of spec 1.2 (and the CoOp class names as aliases), so a
+real-data config can name either. The headline text set is `clip_ensemble,cupl_full`: every prompt of both,
+concatenated per class.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ DATASET_PROMPTS: dict[str, tuple[str, str]] = {
     "dtd": ("{} texture.", "custom"),
     "eurosat": ("a centered satellite photo of {}.", "custom"),
     "ucf101": ("a photo of a person doing {}.", "both"),
+    # The shapes world is custom-only: its pictures are flat drawings, and "origami"/"video game" prompts describe
+    # styles its captions never used.
+    "shapes": ("a photo of a {}.", "custom"),
 }
 
 ALIASES: dict[str, str] = {
@@ -43,7 +48,7 @@ ALIASES: dict[str, str] = {
     "ImageNetA": "imagenet-adversarial", "ImageNetR": "imagenet-rendition", "Caltech101": "caltech-101",
     "OxfordPets": "oxford_pets", "StanfordCars": "stanford_cars", "OxfordFlowers": "oxford_flowers",
     "Food101": "food-101", "FGVCAircraft": "fgvc_aircraft", "SUN397": "sun397", "DescribableTextures": "dtd",
-    "EuroSAT": "eurosat", "UCF101": "ucf101",
+    "EuroSAT": "eurosat", "UCF101": "ucf101", "Shapes": "shapes",
 }
 
 
@@ -74,26 +79,40 @@ def clip_ensemble_templates(dataset: str) -> list[str]:
     return [template, *SELECT_TEMPLATES]
 
 
+def fill_templates(classnames: list[str], templates: list[str]) -> list[list[str]]:
+    """Every template filled with every class name, per class; '_' -> ' ' as CoOp's readers do."""
+    return [[t.format(c.replace("_", " ")) for t in templates] for c in classnames]
+
+
 def cupl_key(classname: str) -> str:
     """The lookup key of a dataset class name in a CuPL file: lower-cased, '_' -> ' '."""
     return classname.replace("_", " ").lower()
 
 
-def load_cupl_sentences(path: Path | str, classnames: list[str]) -> list[list[str]]:
-    """CuPL sentences per class, in `classnames` order; a class missing from the file is an error naming it."""
-    raw = json.loads(Path(path).read_text())
+def load_cupl(path: Path | str) -> dict[str, list[str]]:
+    """Read a whole CuPL file {classname: [sentence, ...]}, keys lower-cased for lookup."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read a JSON object of CuPL sentences ({e})") from e
     if not isinstance(raw, dict):
         raise TypeError(f"{path}: expected a JSON object {{classname: [sentence, ...]}}, got {type(raw).__name__}")
-    table = {str(k).lower(): v for k, v in raw.items()}
+    for key, sentences in raw.items():
+        if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
+            raise TypeError(f"{path}: entry {key!r} must be a list of strings")
+    return {str(k).lower(): list(v) for k, v in raw.items()}
+
+
+def load_cupl_sentences(path: Path | str, classnames: list[str]) -> list[list[str]]:
+    """CuPL sentences per class, in `classnames` order; a class missing from the file is an error naming it, since
+    silently giving it fewer prompts would change its text feature."""
+    table = load_cupl(path)
     out = []
     for name in classnames:
         key = cupl_key(name)
         if key not in table:
-            raise KeyError(f"{path}: no CuPL sentences for class {name!r} (looked up as {key!r})")
-        sentences = table[key]
-        if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
-            raise ValueError(f"{path}: entry {key!r} must be a list of strings")
-        out.append(list(sentences))
+            raise KeyError(f"{path}: class {name!r} (looked up as {key!r}) is missing from the CuPL file")
+        out.append(table[key])
     return out
 
 
@@ -109,10 +128,9 @@ def class_prompts(dataset: str, classnames: list[str], text_sets: str = "clip_en
         elif part == "aphotoofa":
             add = [[f"a photo of a {n}"] for n in names]
         elif part == "clip":
-            add = [[coop_template(dataset).format(n)] for n in names]
+            add = fill_templates(classnames, [coop_template(dataset)])
         elif part == "clip_ensemble":
-            temps = clip_ensemble_templates(dataset)
-            add = [[t.format(n) for t in temps] for n in names]
+            add = fill_templates(classnames, clip_ensemble_templates(dataset))
         elif part in ("cupl", "cupl_full"):
             if cupl_path is None:
                 raise ValueError(f"text set {part!r} needs a CuPL JSON path")
