@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline_lib.inversion.config import OptimConfig
+
 log = logging.getLogger(__name__)
 
 #: encode(params (B, K, W)) -> features (B, D); must keep the autograd graph to params.
@@ -103,4 +105,21 @@ def invert(
         features=final.cpu(),
         snapshots=snapshots.cpu(),  # (B, S, D)
         losses=losses.float().cpu(),
+    )
+
+
+def invert_with_config(
+    encode: Encoder, targets: Tensor, shape: tuple[int, int], cfg: OptimConfig, *, seed: int, amp: bool = True
+) -> InversionOutput:
+    """Fit fresh per-sample parameters of `shape` (K, W) with the init, optimiser and snapshot schedule of `cfg`."""
+    init = init_params(targets.shape[0], shape, cfg.init_std, seed)  # (B, K, W)
+    return invert(
+        encode,
+        targets,
+        init,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        snapshot_steps=cfg.recorded_steps,
+        amp=amp,
     )

@@ -20,7 +20,7 @@ from pipeline_lib.backbone.hooks import (
     text_features_from_token_embeddings,
 )
 from pipeline_lib.inversion.config import OtiConfig
-from pipeline_lib.inversion.optimise import Encoder, InversionOutput, init_params, invert
+from pipeline_lib.inversion.optimise import Encoder, InversionOutput, invert_with_config
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,8 @@ def run_oti(
     device = image_features.device
     ids, ph_id = prompt_ids(tokenizer, cfg, image_features.shape[0])
     width = model.token_embedding.embedding_dim
-    init = init_params(image_features.shape[0], (cfg.num_tokens, width), cfg.init_std, seed)  # (B, R, W)
-    return invert(
-        oti_encoder(model, ids.to(device), ph_id, cfg.num_tokens),
-        image_features,
-        init,
-        steps=cfg.steps,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        snapshot_steps=cfg.recorded_steps,
-        amp=amp,
-    )
+    encode = oti_encoder(model, ids.to(device), ph_id, cfg.num_tokens)
+    return invert_with_config(encode, image_features, (cfg.num_tokens, width), cfg, seed=seed, amp=amp)  # (B, R, W)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from pipeline_lib.backbone.hooks import check_image_tower, image_features_from_patch_embeddings
 from pipeline_lib.inversion.config import OviConfig
-from pipeline_lib.inversion.optimise import Encoder, InversionOutput, init_params, invert
+from pipeline_lib.inversion.optimise import Encoder, InversionOutput, invert_with_config
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +50,8 @@ def ovi_encoder(model: CLIP, num_patches: int) -> Encoder:
 def run_ovi(model: CLIP, text_features: Tensor, cfg: OviConfig, *, seed: int, amp: bool = True) -> InversionOutput:
     """Invert a batch of text features (B, D) into pseudo-patches (B, P, W) and their image features."""
     width = check_image_tower(model).conv1.out_channels
-    init = init_params(text_features.shape[0], (cfg.num_patches, width), cfg.init_std, seed)  # (B, P, W)
-    return invert(
-        ovi_encoder(model, cfg.num_patches),
-        text_features,
-        init,
-        steps=cfg.steps,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        snapshot_steps=cfg.recorded_steps,
-        amp=amp,
-    )
+    encode = ovi_encoder(model, cfg.num_patches)
+    return invert_with_config(encode, text_features, (cfg.num_patches, width), cfg, seed=seed, amp=amp)  # (B, P, W)
 
 
 @torch.no_grad()
