@@ -13,10 +13,8 @@ plots/czsl_curve.csv (seen / unseen trade-off on test) and plots/czsl_loss.csv (
 from __future__ import annotations
 
 import copy
-import csv
 import functools
 import itertools
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -60,6 +58,7 @@ from pipeline_lib.czsl.train import (
     seed_everything,
     train_model,
 )
+from pipeline_lib.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -365,23 +364,21 @@ def summarise(results: dict[str, Any], worlds: list[str]) -> dict[str, Any]:
 
 
 def write_loss_csv(path: Path, loss_rows: list[dict]) -> None:
+    """Loss terms per logged step and variant (terms a variant lacks are empty cells)."""
     keys = ["variant", "epoch", "step", "loss", "base", "base_vac", "kl"]
-    with open(path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        wr.writeheader()
-        for r in loss_rows:
-            wr.writerow({k: (round(r[k], 6) if isinstance(r.get(k), float) else r.get(k, "")) for k in keys})
+    rows = [{k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()} for r in loss_rows]
+    write_csv(path, keys, rows)
 
 
 def write_curve_csv(path: Path, results: dict[str, Any], worlds: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        wr = csv.writer(f)
-        wr.writerow(["row", "world", "point", "unseen", "seen"])
-        for name in list_variants():
-            for w in worlds:
-                r = results["rows"][name][w]
-                for i, (s, u) in enumerate(zip(r["curve_seen"], r["curve_unseen"])):
-                    wr.writerow([name, w, i, round(u, 6), round(s, 6)])
+    """Seen/unseen accuracy curve points per ablation row and world."""
+    rows = []
+    for name in list_variants():
+        for w in worlds:
+            r = results["rows"][name][w]
+            for i, (s, u) in enumerate(zip(r["curve_seen"], r["curve_unseen"])):
+                rows.append([name, w, i, round(u, 6), round(s, 6)])
+    write_csv(path, ["row", "world", "point", "unseen", "seen"], rows)
 
 
 def run_czsl(ctx) -> dict:
@@ -423,11 +420,10 @@ def run_czsl(ctx) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     full = {k: v for k, v in results.items() if k != "loss"}
-    (out_dir / "results.json").write_text(json.dumps(full, indent=1, default=float))
+    write_json(out_dir / "results.json", full, indent=1, default=float)
     orders = {f"{k}": [r["order_digest"] for r in v["per_seed"]] for k, v in results["bank"].items()}
-    (out_dir / "stream_orders.json").write_text(json.dumps({"seeds": cfg.stream_seeds, "digests": orders}, indent=1))
-    metrics = ctx.out("metrics/czsl.json")
-    metrics.write_text(json.dumps(summary, indent=1))
+    write_json(out_dir / "stream_orders.json", {"seeds": cfg.stream_seeds, "digests": orders}, indent=1)
+    write_json(ctx.out("metrics/czsl.json"), summary, indent=1)
     write_loss_csv(ctx.out("plots/czsl_loss.csv"), results["loss"])
     write_curve_csv(ctx.out("plots/czsl_curve.csv"), results, world_names)
     return summary

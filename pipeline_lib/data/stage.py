@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import resource
 import time
 from pathlib import Path
 from typing import Any
 
 from pipeline_lib.data.world import write_shapes_world
+from pipeline_lib.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +61,7 @@ def run_data(ctx: Any) -> dict[str, Any]:
         "images_total": summary["images_total"],
         "content_sha256": digest,
     }
-    metrics_path = ctx.out(DATA_METRICS)
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = metrics_path.with_name(metrics_path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(metrics_path)
+    write_json(ctx.out(DATA_METRICS), metrics)
     summary["content_sha256"] = digest
     logger.info(
         "data: %d images in %.1f s wall, CPU %.1f s main + %.1f s workers (%d workers)",

@@ -26,6 +26,7 @@ from pipeline_lib.fewshot.bridge import BridgeFit, fit_bridge
 from pipeline_lib.fewshot.config import FewshotConfig
 from pipeline_lib.fewshot.evaluate import FewshotInputs, SeedResult, aggregate, evaluate_seed, paired_differences
 from pipeline_lib.fewshot.sampling import build_support, sample_fewshot_indices
+from pipeline_lib.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,6 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).float()
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-
-
 def _json_safe(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -74,8 +67,8 @@ def _json_safe(x: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
+    """Few-shot JSON: non-finite floats as null (valid JSON), keys sorted."""
+    write_json(path, _json_safe(obj), sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------------------- fit
@@ -159,7 +152,7 @@ def _write_search_history(path: Path, res: SeedResult) -> None:
     n = max((len(s.history) for s in res.searches.values()), default=0)
     rows = [[t] + [res.searches[k].history[t] if t < len(res.searches[k].history) else "" for k in names]
             for t in range(n)]
-    _write_csv(path, ["trial", *names], rows)
+    write_csv(path, ["trial", *names], rows)
 
 
 def _write_training(out: Path, res: SeedResult) -> None:
@@ -168,10 +161,10 @@ def _write_training(out: Path, res: SeedResult) -> None:
         return
     cols = list(tr.curves)
     rows = [[tr.curves[c][i] for c in cols] for i in range(len(tr.curves["step"]))]
-    _write_csv(out / "curves.csv", cols, rows)
+    write_csv(out / "curves.csv", cols, rows)
     bias = tr.bias_last
     norms = bias.norm(dim=-1).tolist() if bias is not None else []
-    _write_csv(out / "bias_norms.csv", ["class", "norm"], [[c, v] for c, v in enumerate(norms)])
+    write_csv(out / "bias_norms.csv", ["class", "norm"], [[c, v] for c, v in enumerate(norms)])
     torch.save({"pinv_last": tr.pinv_last, "bias_last": tr.bias_last, "pinv_best": tr.pinv_best,
                 "bias_best": tr.bias_best, "best_step": tr.best_step}, out / "semobridge_t.pt")
 
@@ -200,7 +193,7 @@ def run_fewshot_report(ctx: Any) -> dict:
     methods = list(table)
     rows = [[k, m, table[m][str(k)]["mean"], table[m][str(k)]["std"]]
             for k in cfg.shots for m in methods if str(k) in table[m]]
-    _write_csv(ctx.out("plots/fewshot_accuracy.csv"), ["shots", "method", "accuracy", "std"], rows)
+    write_csv(ctx.out("plots/fewshot_accuracy.csv"), ["shots", "method", "accuracy", "std"], rows)
     _report_curves(ctx, cfg)
     out = ctx.out(REPORT_OUT)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +220,7 @@ def _report_curves(ctx: Any, cfg: FewshotConfig) -> None:
                 vals = [float(c[i][col]) for c in curves if c[i].get(col) not in (None, "", "nan")]
                 row.append(float(np.mean(vals)) if vals else "")
             rows.append(row)
-    _write_csv(ctx.out("plots/fewshot_train_curve.csv"), header, rows)
+    write_csv(ctx.out("plots/fewshot_train_curve.csv"), header, rows)
     per_shot: dict[int, list[list[float]]] = {}
     for k in cfg.shots:
         for s in cfg.seeds:
@@ -238,4 +231,4 @@ def _report_curves(ctx: Any, cfg: FewshotConfig) -> None:
                     per_shot.setdefault(k, []).append(vals)
     n_cls = min((len(v) for runs in per_shot.values() for v in runs), default=0)
     brows = [[c, k, float(np.mean([v[c] for v in per_shot[k]]))] for k in sorted(per_shot) for c in range(n_cls)]
-    _write_csv(ctx.out("plots/fewshot_bias_norms.csv"), ["class", "shots", "norm"], brows)
+    write_csv(ctx.out("plots/fewshot_bias_norms.csv"), ["class", "shots", "norm"], brows)

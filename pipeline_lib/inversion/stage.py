@@ -10,8 +10,6 @@ toward their own modality the longer they are optimised.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.oti import Tokenizer, run_oti
 from pipeline_lib.inversion.ovi import run_ovi
 from pipeline_lib.inversion.runner import Progress, RunSpec, run_blocks, targets_digest
+from pipeline_lib.io import write_csv, write_json
 from pipeline_lib.retrieval import retrieval_metrics
 from pipeline_lib.store import open_store, read_array
 
@@ -208,8 +207,7 @@ def invert_and_evaluate(
                            "ovi_to_text": text_dir.pop("final"), **text_dir,
                            "ovi_final_loss": float(np.mean(ovi["losses"][:, -1]))}
 
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_json(metrics_path, metrics, sort_keys=True)
     _write_map_plot(map_plot_path, image_base, metrics["image"]["by_step"], text_base, ovi_rows)
     _write_similarity_plot(similarity_plot_path, cfg, inputs, targets, oti_snaps, g)
     summary.update({
@@ -225,18 +223,17 @@ def invert_and_evaluate(
 def _write_map_plot(path: Path, image_base: dict, oti_rows: dict, text_base: dict | None, ovi_rows: dict) -> None:
     """mAP vs optimisation step: inverted queries per step, intra-modal baselines as flat lines."""
     steps = sorted({int(s) for s in oti_rows} | {int(s) for s in ovi_rows})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step", "oti_to_image", "image_to_image", "ovi_to_text", "text_to_text"])
-        for s in steps:
-            writer.writerow([
-                s,
-                _fmt(oti_rows.get(str(s), {}).get("map")),
-                _fmt(image_base["map"]),
-                _fmt(ovi_rows.get(str(s), {}).get("map")),
-                _fmt(text_base["map"] if text_base else None),
-            ])
+    rows = [
+        [
+            s,
+            _fmt(oti_rows.get(str(s), {}).get("map")),
+            _fmt(image_base["map"]),
+            _fmt(ovi_rows.get(str(s), {}).get("map")),
+            _fmt(text_base["map"] if text_base else None),
+        ]
+        for s in steps
+    ]
+    write_csv(path, ["step", "oti_to_image", "image_to_image", "ovi_to_text", "text_to_text"], rows)
 
 
 def _fmt(x: float | None) -> str:
@@ -263,12 +260,8 @@ def _write_similarity_plot(path: Path, cfg: InversionConfig, inputs: RetrievalIn
         snap = torch.from_numpy(np.ascontiguousarray(oti_snaps[:, recorded.index(step)]))
         columns[name] = similarity_histogram(snap, g, edges, cfg.query_chunk)
     centres = ((edges[:-1] + edges[1:]) / 2).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["cosine", *columns])
-        for i, c in enumerate(centres):
-            writer.writerow([f"{c:.4f}", *(f"{col[i]:.6f}" for col in columns.values())])
+    rows = [[f"{c:.4f}", *(f"{col[i]:.6f}" for col in columns.values())] for i, c in enumerate(centres)]
+    write_csv(path, ["cosine", *columns], rows)
 
 
 def run_inversion(ctx: Context) -> dict[str, Any]:
