@@ -44,7 +44,7 @@ def progress_enabled(cfg: Config) -> bool:
     return cfg.runtime.progress and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
 
 
-def resolve_device(cfg: Config) -> "Any":
+def resolve_device(cfg: Config) -> Any:
     import torch
 
     if cfg.runtime.device == "cuda" and not torch.cuda.is_available():

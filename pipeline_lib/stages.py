@@ -84,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
         params=("data",),
         outs=("artifacts/data",),
         metrics=("metrics/data.json",),
-        code=("pipeline_lib.data",),
+        code=("pipeline_lib.data", "pipeline_lib.io"),
     ),
     Stage(
         name="backbone",
@@ -126,7 +126,7 @@ STAGES: tuple[Stage, ...] = (
         params=("fewshot.atol",),
         deps=("features",),
         outs=("artifacts/fewshot_bridge",),
-        code=("pipeline_lib.fewshot",),
+        code=("pipeline_lib.fewshot", "pipeline_lib.io"),
     ),
     Stage(
         name="fewshot_run",
@@ -136,7 +136,7 @@ STAGES: tuple[Stage, ...] = (
                 "fewshot.training", "fewshot.run_training"),
         deps=("features", "fewshot_bridge"),
         outs=("artifacts/fewshot_runs/k{shots}-s{seed}",),
-        code=("pipeline_lib.fewshot",),
+        code=("pipeline_lib.fewshot", "pipeline_lib.io"),
         matrix=(("shots", "fewshot.shots"), ("seed", "fewshot.seeds")),
     ),
     Stage(
@@ -152,7 +152,7 @@ STAGES: tuple[Stage, ...] = (
             Plot("plots/fewshot_train_curve.csv", "step", ("total", "val_acc"), "SeMoBridge-T loss and val accuracy"),
             Plot("plots/fewshot_bias_norms.csv", "class", ("norm",), "SeMoBridge-T class-bias norms", "bar_horizontal"),
         ),
-        code=("pipeline_lib.fewshot",),
+        code=("pipeline_lib.fewshot", "pipeline_lib.io"),
     ),
     Stage(
         name="inversion",
@@ -168,7 +168,7 @@ STAGES: tuple[Stage, ...] = (
             Plot("plots/inversion_similarity.csv", "cosine", ("image_image", "text_image", "oti_image"),
                  "Similarity distributions of inverted features"),
         ),
-        code=("pipeline_lib.inversion", "pipeline_lib.retrieval", "pipeline_lib.backbone.hooks"),
+        code=("pipeline_lib.inversion", "pipeline_lib.retrieval", "pipeline_lib.backbone.hooks", "pipeline_lib.io"),
     ),
     Stage(
         name="czsl",
@@ -182,7 +182,7 @@ STAGES: tuple[Stage, ...] = (
             Plot("plots/czsl_curve.csv", "unseen", ("seen",), "CZSL seen/unseen trade-off", "scatter"),
             Plot("plots/czsl_loss.csv", "step", ("loss",), "CZSL training loss"),
         ),
-        code=("pipeline_lib.czsl", "pipeline_lib.backbone.hooks"),
+        code=("pipeline_lib.czsl", "pipeline_lib.backbone.hooks", "pipeline_lib.io"),
     ),
     Stage(
         name="report",

@@ -33,12 +33,15 @@ def _format(value: float) -> str:
     return f"{value:d}" if isinstance(value, int) else f"{value:.4g}"
 
 
+def headline_rows(path: Path) -> list[tuple[str, str]]:
+    """(metric, formatted value) rows of one metrics file: its headline metrics, else its first numbers."""
+    flat = {k: v for k, v in flatten_metrics(json.loads(path.read_text())) if _is_number(v)}
+    keys = [k for pattern in HEADLINES.get(path.stem, ()) for k in flat if fnmatch.fnmatchcase(k, pattern)]
+    keys = list(dict.fromkeys(keys))[:MAX_ROWS_PER_FILE] or list(flat)[:MAX_ROWS_PER_FILE]
+    return [(key, _format(flat[key])) for key in keys]
+
+
 def summary_rows(root: Path) -> list[tuple[str, str, str]]:
-    """(metrics file stem, metric, formatted value) rows, headline metrics first."""
-    rows: list[tuple[str, str, str]] = []
-    for path in sorted((root / "metrics").glob("*.json")):
-        flat = {k: v for k, v in flatten_metrics(json.loads(path.read_text())) if _is_number(v)}
-        keys = [k for pattern in HEADLINES.get(path.stem, ()) for k in flat if fnmatch.fnmatchcase(k, pattern)]
-        keys = list(dict.fromkeys(keys))[:MAX_ROWS_PER_FILE] or list(flat)[:MAX_ROWS_PER_FILE]
-        rows += [(path.stem, key, _format(flat[key])) for key in keys]
-    return rows
+    """(metrics file stem, metric, formatted value) rows over every metrics file."""
+    return [(path.stem, key, value) for path in sorted((root / "metrics").glob("*.json"))
+            for key, value in headline_rows(path)]

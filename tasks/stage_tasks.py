@@ -8,17 +8,20 @@ runs and the runner republishes from the scratch copy or recomputes. Results are
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import CachePolicy
 
 from pipeline_lib.artifacts import is_published
 from pipeline_lib.config import effective_params, load_config
 from pipeline_lib.runner import run_instance
-from pipeline_lib.stages import parse_instance_id
+from pipeline_lib.stages import Stage, parse_instance_id
+from pipeline_lib.summary import headline_rows
 
 
 @dataclass
@@ -34,6 +37,16 @@ class PublishedFingerprint(CachePolicy):
         return f"{inst.id.replace('@', '_')}-{inputs['fingerprint']}"
 
 
+def publish_metrics_artifacts(root: Path, stage: Stage) -> None:
+    """A Prefect table artifact per metrics file of the stage, so the UI shows each run's headline numbers."""
+    for rel in stage.metrics:
+        path = root / rel
+        if path.is_file():
+            key = re.sub(r"[^a-z0-9-]+", "-", f"{stage.name}-{path.stem}-metrics".lower())
+            rows = [{"metric": metric, "value": value} for metric, value in headline_rows(path)]
+            create_table_artifact(key=key, table=rows, description=f"Headline metrics of {rel}")
+
+
 @task(cache_policy=PublishedFingerprint(), result_serializer="json", persist_result=True, retries=0)
 def stage_task(
     root: str, instance_id: str, fingerprint: str, profile: str | None = None, overrides: list[str] | None = None
@@ -47,5 +60,6 @@ def stage_task(
             f"stage {instance_id}: fingerprint changed while the flow ran ({fingerprint} -> {result.fingerprint}); "
             "were params or code edited mid-run?"
         )
+    publish_metrics_artifacts(Path(root), inst.stage)
     return {"id": result.id, "status": result.status, "fingerprint": result.fingerprint,
             "seconds": round(result.seconds, 2), "summary": result.summary}

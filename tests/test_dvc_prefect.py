@@ -73,6 +73,11 @@ def test_prefect_flow_reuses_dvc_outputs(dvc_project: Path, prefect_server: None
     # a Prefect run under new params computes; DVC then reuses that work from the scratch copy
     rows = pipeline_flow(root=str(dvc_project), stages=["diagnose"], overrides=["backbone.diagnose.bins=7"])
     assert {r["stage"]: r["status"] for r in rows}["diagnose"] == "ran"
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        keys = {artifact.key for artifact in client.read_artifacts()}
+    assert {"bridgeflow-run-summary", "diagnose-gap-metrics"} <= keys
     params = yaml.safe_load((dvc_project / "params.yaml").read_text())
     params["backbone"]["diagnose"]["bins"] = 7
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
