@@ -67,7 +67,9 @@ def stage(
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when published outputs match.")] = False,
-    lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run of this stage.")] = 0.0,
+    lock_wait: Annotated[
+        float, typer.Option(help="Seconds to wait while another process runs this stage (negative: no limit).")
+    ] = -1.0,
 ) -> None:
     """Run one stage instance directly, without Prefect (this is each dvc.yaml stage's cmd)."""
     from pipeline_lib.config import effective_params, load_config
@@ -76,7 +78,7 @@ def stage(
 
     cfg = load_config(root, profile, tuple(set_ or ()))
     inst = parse_instance_id(instance, effective_params(cfg))
-    result = run_instance(root.resolve(), inst, cfg, force=force, lock_wait=lock_wait)
+    result = run_instance(root.resolve(), inst, cfg, force=force, lock_wait=None if lock_wait < 0 else lock_wait)
     console.print(f"[green]{result.id}[/]: {result.status} in {result.seconds:.1f} s (fingerprint {result.fingerprint})")
 
 

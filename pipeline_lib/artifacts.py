@@ -203,18 +203,25 @@ def publish(root: Path, work: Path, inst: StageInstance) -> None:
 
 
 @contextlib.contextmanager
-def stage_lock(root: Path, inst: StageInstance, wait_seconds: float = 0.0) -> Iterator[None]:
-    """Exclusive per-instance lock, so two runs in one workspace never write the same stage at once."""
+def stage_lock(root: Path, inst: StageInstance, wait_seconds: float | None = 0.0) -> Iterator[None]:
+    """Exclusive per-instance lock, so two runs in one workspace never write the same stage at once.
+
+    `wait_seconds=None` waits as long as the other run takes (it then usually finds the outputs published).
+    """
     lock_dir = root / SCRATCH_DIR / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{inst.id.replace('@', '_')}.lock", "w") as handle:
-        deadline = time.monotonic() + wait_seconds
+        deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
+        waiting = False
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if not waiting:
+                    log.info("stage %s is being run by another process; waiting for it", inst.id)
+                    waiting = True
+                if deadline is not None and time.monotonic() >= deadline:
                     raise StageLockedError(
                         f"stage {inst.id} is being run by another process in {root}; wait for it to finish "
                         f"(or pass a longer lock wait)"

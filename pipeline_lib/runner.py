@@ -135,7 +135,9 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def run_instance(root: Path, inst: StageInstance, cfg: Config, force: bool = False, lock_wait: float = 0.0) -> StageResult:
+def run_instance(
+    root: Path, inst: StageInstance, cfg: Config, force: bool = False, lock_wait: float | None = 0.0
+) -> StageResult:
     """Compute one stage instance unless its published outputs already carry its fingerprint."""
     start = time.perf_counter()
     params = effective_params(cfg)
@@ -176,7 +178,9 @@ def run_instance(root: Path, inst: StageInstance, cfg: Config, force: bool = Fal
     return StageResult(inst.id, "ran", fp, seconds, summary)
 
 
-def run_stage(root: Path, name: str, cfg: Config, force: bool = False, lock_wait: float = 0.0) -> list[StageResult]:
+def run_stage(
+    root: Path, name: str, cfg: Config, force: bool = False, lock_wait: float | None = 0.0
+) -> list[StageResult]:
     """Every instance of a stage (one for a plain stage, one per matrix item otherwise)."""
     stage = get_stage(name)
     return [run_instance(root, inst, cfg, force, lock_wait) for inst in instances(stage, effective_params(cfg))]
