@@ -225,7 +225,11 @@ def czsl_eval(
     """Evaluate any model's pair scores with the standard CZSL protocol; prints JSON."""
     from pipeline_lib.czsl.cli_support import evaluate_scores_file
 
-    result = evaluate_scores_file(root, split, world, scores, feasibility_path=feasibility, threshold=threshold)
+    try:
+        result = evaluate_scores_file(root, split, world, scores, feasibility_path=feasibility, threshold=threshold)
+    except ValueError as err:  # a scores/feasibility file of the wrong shape or dtype, or a bad option
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2))
 
 

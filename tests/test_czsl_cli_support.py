@@ -103,3 +103,24 @@ def test_feasibility_options(root: Path, tmp_path: Path) -> None:
     np.save(feas_path, feas[:8])
     with pytest.raises(ValueError, match=r"feasibility vector .* has shape 8; expected 9"):
         evaluate_scores_file(root, "test", "open", test_path, feas_path, threshold=0.5)
+
+
+def test_cli_commands(root: Path, tmp_path: Path) -> None:
+    """`bridgeflow czsl-pairs` prints the column order and `bridgeflow czsl-eval` scores a matrix in that order."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["czsl-pairs", "--root", str(root), "--world", "open"])
+    assert listed.exit_code == 0
+    assert [tuple(line.split()) for line in listed.output.splitlines()] == pair_order(root, "open")
+    ds = load_czsl_dataset(root, "closed")
+    path = tmp_path / "scores.npy"
+    np.save(path, _scores(ds, "test").astype(np.float32))
+    result = runner.invoke(app, ["czsl-eval", "--root", str(root), "--split", "test", "--scores", str(path)])
+    assert result.exit_code == 0, result.output
+    assert KEYS <= set(json.loads(result.output))
+    np.save(path, np.zeros((4, 9), np.float32))
+    bad = runner.invoke(app, ["czsl-eval", "--root", str(root), "--split", "test", "--scores", str(path)])
+    assert bad.exit_code == 2 and "expected 4 x 8" in bad.output
