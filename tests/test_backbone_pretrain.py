@@ -24,15 +24,6 @@ from pipeline_lib.backbone.pretrain import (
 TINY = "bf-tiny-vit-32"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads per process mostly wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_cfg(**kw) -> PretrainConfig:
     base = {
         "steps": 4,

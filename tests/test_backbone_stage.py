@@ -32,14 +32,6 @@ SMOKE_TRAIN = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fake_ctx(root: Path, work: Path, backbone: BackboneConfig) -> SimpleNamespace:
     def out(rel: str) -> Path:
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
