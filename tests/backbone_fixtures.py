@@ -11,6 +11,16 @@ from pipeline_lib.backbone.pretrain import Corpus
 
 RGB = {"red": (220, 30, 30), "blue": (30, 60, 230)}
 SHAPES = ["circle", "square", "star"]
+# A few pretraining steps on the tiny corpus: enough to exercise evaluation, checkpoints and logging.
+SMALL_TRAIN = {
+    "steps": 4,
+    "warmup_steps": 1,
+    "eval_images": 16,
+    "log_every": 1,
+    "eval_every": 2,
+    "checkpoint_every": 2,
+    "holdout_fraction": 0.25,
+}
 
 
 def make_corpus(n_groups: int = 8, n_single: int = 16, seed: int = 0) -> Corpus:

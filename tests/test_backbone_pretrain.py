@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from backbone_fixtures import make_corpus
+from backbone_fixtures import SMALL_TRAIN, make_corpus
 
 from pipeline_lib.backbone.config import PretrainConfig
 from pipeline_lib.backbone.pretrain import (
@@ -25,17 +25,7 @@ TINY = "bf-tiny-vit-32"
 
 
 def small_cfg(**kw) -> PretrainConfig:
-    base = {
-        "steps": 4,
-        "batch_size": 8,
-        "warmup_steps": 1,
-        "eval_images": 16,
-        "log_every": 1,
-        "eval_every": 2,
-        "checkpoint_every": 2,
-        "holdout_fraction": 0.25,
-        "lr": 1e-3,
-    }
+    base = {**SMALL_TRAIN, "batch_size": 8, "lr": 1e-3}
     return PretrainConfig(**{**base, **kw})
 
 

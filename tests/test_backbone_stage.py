@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from backbone_fixtures import make_corpus, write_corpus
+from backbone_fixtures import SMALL_TRAIN, make_corpus, write_corpus
 
 from pipeline_lib.backbone import stage
 from pipeline_lib.backbone.config import BackboneConfig
@@ -20,16 +20,7 @@ from pipeline_lib.backbone.pretrain import init_tiny_backbone
 from pipeline_lib.config import Config
 from pipeline_lib.store import write_whole
 
-SMOKE_TRAIN = {
-    "steps": 4,
-    "batch_size": 16,
-    "warmup_steps": 1,
-    "eval_images": 16,
-    "log_every": 1,
-    "eval_every": 2,
-    "checkpoint_every": 2,
-    "holdout_fraction": 0.25,
-}
+SMOKE_TRAIN = {**SMALL_TRAIN, "batch_size": 16}
 
 
 def fake_ctx(root: Path, work: Path, backbone: BackboneConfig) -> SimpleNamespace:
