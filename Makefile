@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install test lint pipeline smoke clean-scratch
+.PHONY: install browser test lint pipeline smoke clean-scratch
 
 install: $(STAMP)
 
@@ -19,7 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+# Headless Chromium for tests/test_report_browser.py: the Debian package, installed only when missing and root.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q --no-install-recommends chromium \
+	    || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; \
+	else echo "chromium is missing: install the Debian package 'chromium' (the report browser test needs it)"; fi
+
+test: install browser
 	$(BIN)/python -m pytest
 
 lint: install

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from pipeline_lib.config import effective_params, load_config
+from pipeline_lib.events import record_event
 from pipeline_lib.runner import instance_fingerprint
 from pipeline_lib.stages import STAGES, instances, upstream_closure
 from tasks.stage_tasks import stage_task
@@ -32,6 +33,8 @@ def pipeline_flow(
             )
             result = state.result()
             status = "cached (prefect)" if state.name == "Cached" else result["status"]
+            if state.name == "Cached":  # the task body (and with it the runner's own log entry) was skipped
+                record_event(root_path, inst.id, status, fp, 0.0)
             rows.append({"stage": inst.id, "status": status, "seconds": result["seconds"], "fingerprint": fp})
             logger.info("%s: %s", inst.id, status)
     create_table_artifact(

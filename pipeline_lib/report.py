@@ -1,7 +1,10 @@
-"""A static HTML report (no network, no JavaScript) of the latest results: PNG plots plus metrics tables.
+"""A static, network-free HTML report of the latest results: PNG plots, then folded metrics tables.
 
 Driven by the stage registry: every declared plot CSV becomes a PNG (one line per y column, or per value of a text
-column such as `method`), every metrics JSON a table, and every published manifest a row of the timings table.
+column such as `method`), every metrics JSON a table. Summaries that only exist in a metrics JSON (the backbone's gap
+statistics, intra-modal vs inverted retrieval, the CZSL ablation) get bar charts from `METRIC_FIGURES`, and the last
+section plots every published instance's compute time and how often it ran vs was reused (the stage event log).
+The only script is inline and marks each image as loaded or broken, so a headless browser can check the page.
 """
 
 from __future__ import annotations
@@ -9,19 +12,24 @@ from __future__ import annotations
 import html
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from pipeline_lib.artifacts import read_manifest
+from pipeline_lib.events import latest_status, outcome_counts, read_events
 from pipeline_lib.params import get_dotted
-from pipeline_lib.stages import STAGES, Plot, instances
+from pipeline_lib.stages import STAGES, Plot, Stage, instances
 
 log = logging.getLogger(__name__)
 
 MAX_TABLE_ROWS = 60
 MAX_LINES = 12
+
+Bars = tuple[list[str], dict[str, list[float]]]  # (categories, series name -> one value per category)
 
 
 def flatten_metrics(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -44,13 +52,26 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-def plot_png(csv_path: Path, plot: Plot, png_path: Path) -> bool:
-    """Draw one registry plot from its CSV; False when the CSV is missing or has none of the plot's columns."""
+def _axes(height: float = 3.8) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(6.4, height), dpi=100)
+
+
+def _save(fig: Any, png_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path)
+    plt.close(fig)
+
+
+def plot_png(csv_path: Path, plot: Plot, png_path: Path) -> bool:
+    """Draw one registry plot from its CSV; False when the CSV is missing or has none of the plot's columns."""
     if not csv_path.is_file():
         return False
     frame = pl.read_csv(csv_path, infer_schema_length=10000)
@@ -58,7 +79,7 @@ def plot_png(csv_path: Path, plot: Plot, png_path: Path) -> bool:
     if frame.is_empty() or plot.x not in frame.columns or not ys:
         return False
     groups = [c for c in frame.columns if frame[c].dtype == pl.String and c != plot.x]
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    fig, ax = _axes()
     series: list[tuple[str, pl.DataFrame]] = (
         [(" / ".join(str(v) for v in key), part) for key, part in frame.group_by(groups, maintain_order=True)]
         if groups
@@ -83,16 +104,109 @@ def plot_png(csv_path: Path, plot: Plot, png_path: Path) -> bool:
     ax.grid(alpha=0.3)
     if drawn > 1:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path)
-    plt.close(fig)
+    _save(fig, png_path)
     return True
 
 
-def timings(root: Path, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per published stage instance: seconds and fingerprint from its manifest."""
-    rows = []
+def bars_png(bars: Bars, title: str, png_path: Path, value_label: str = "", horizontal: bool = False) -> None:
+    """Grouped bars: one group per category, one bar per series, each labelled with its value."""
+    import numpy as np
+
+    categories, series = bars
+    fig, ax = _axes(max(3.0, 0.3 * len(categories) + 1.2) if horizontal else 3.8)
+    width = 0.8 / len(series)
+    positions = np.arange(len(categories))
+    for i, (name, values) in enumerate(series.items()):
+        offsets = positions - 0.4 + width * (i + 0.5)
+        if horizontal:
+            drawn = ax.barh(offsets, values, height=width, label=name)
+        else:
+            drawn = ax.bar(offsets, values, width=width, label=name)
+        ax.bar_label(drawn, fmt="%.3g", fontsize=6, padding=1)
+    if horizontal:
+        ax.set_yticks(positions, categories, fontsize=7)
+        ax.invert_yaxis()  # first category on top, as in the tables
+        ax.set_xlabel(value_label)
+    else:
+        ax.set_xticks(positions, categories, fontsize=7, rotation=20, ha="right")
+        ax.set_ylabel(value_label)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x" if horizontal else "y")
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    _save(fig, png_path)
+
+
+def gap_bars(gap: dict[str, Any]) -> Bars | None:
+    """The backbone's modality gap: mean cosines within and across modalities, and the centroid distance."""
+    keys = {"matched image-text": "matched_image_text", "unmatched image-text": "unmatched_image_text",
+            "image-image": "image_image", "text-text": "text_text", "centroid distance": "centroid_distance"}
+    found = {label: gap[key] for label, key in keys.items() if isinstance(gap.get(key), (int, float))}
+    return (list(found), {"backbone": list(found.values())}) if found else None
+
+
+def inversion_bars(inv: dict[str, Any]) -> Bars | None:
+    """Retrieval mAP of intra-modal queries vs the same queries inverted into the other modality."""
+    pairs = {"image queries (OTI)": ("image", "image_to_image", "oti_to_image"),
+             "text queries (OVI)": ("text", "text_to_text", "ovi_to_text")}
+    found = {label: inv[side] for label, (side, intra, inverted) in pairs.items()
+             if intra in inv.get(side, {}) and inverted in inv.get(side, {})}
+    if not found:
+        return None
+    intra = [inv[pairs[label][0]][pairs[label][1]]["map"] for label in found]
+    last = [inv[pairs[label][0]][pairs[label][2]]["map"] for label in found]
+    best = [side.get("best_map", float("nan")) for side in found.values()]
+    return list(found), {"intra-modal": intra, "inverted, last step": last, "inverted, best step": best}
+
+
+def czsl_bars(czsl: dict[str, Any]) -> Bars | None:
+    """The SAM-CZSL ablation: AUC and harmonic mean of every row, per evaluation world."""
+    rows = czsl.get("rows", {})
+    worlds = [w for w in czsl.get("worlds", ("closed", "open")) if all(w in r for r in rows.values())]
+    if not rows or not worlds:
+        return None
+    series = {f"{world} {metric.upper()}": [row[world][metric] for row in rows.values()]
+              for world in worlds for metric in ("auc", "hm")}
+    return list(rows), series
+
+
+@dataclass(frozen=True)
+class MetricFigure:
+    """A bar chart drawn from a stage's metrics JSON, for summaries that have no plot CSV of their own."""
+
+    stage: str
+    metrics: str
+    png: str
+    title: str
+    bars: Callable[[dict[str, Any]], Bars | None]  # None when the metrics lack what the figure needs
+    value_label: str = ""
+
+
+METRIC_FIGURES = (
+    MetricFigure("diagnose", "metrics/gap.json", "gap_summary.png", "Modality gap of the backbone", gap_bars,
+                 "mean cosine; centroid distance"),
+    MetricFigure("inversion", "metrics/inversion.json", "inversion_map.png", "Retrieval mAP: intra-modal vs inverted",
+                 inversion_bars, "mAP"),
+    MetricFigure("czsl", "metrics/czsl.json", "czsl_ablation.png", "CZSL ablation (test split)", czsl_bars),
+)
+
+
+@dataclass(frozen=True)
+class InstanceRun:
+    """A published stage instance: its last computation (manifest) and its logged outcomes (event log)."""
+
+    id: str
+    seconds: float | None
+    fingerprint: str
+    finished: str
+    last_outcome: str
+    ran: int
+    reused: int
+
+
+def instance_runs(root: Path, params: dict[str, Any]) -> list[InstanceRun]:
+    """One entry per published stage instance of the current params, in pipeline order."""
+    manifests = {}
     for stage in STAGES:
         try:
             found = instances(stage, params)
@@ -101,9 +215,16 @@ def timings(root: Path, params: dict[str, Any]) -> list[dict[str, Any]]:
         for inst in found:
             manifest = read_manifest(root, inst)
             if manifest:
-                rows.append({"stage": inst.id, "seconds": manifest.get("seconds"), "fingerprint": manifest["fingerprint"],
-                             "finished": manifest.get("finished", "")})
-    return rows
+                manifests[inst.id] = manifest
+    events = read_events(root)
+    counts, last = outcome_counts(events, list(manifests)), latest_status(events)
+    return [InstanceRun(id=i, seconds=m.get("seconds"), fingerprint=m["fingerprint"], finished=m.get("finished", ""),
+                        last_outcome=last.get(i, "not logged"), ran=counts[i]["ran"], reused=counts[i]["reused"])
+            for i, m in manifests.items()]
+
+
+def _img(png: str, title: str) -> str:
+    return f"<img src='{png}' alt='{html.escape(title)}'>"
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -112,47 +233,91 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>{more}"
 
 
+def runs_section(runs: list[InstanceRun], out_dir: Path) -> tuple[str, list[str]]:
+    """HTML and PNG names of the timings and cache-hits section."""
+    ids = [r.id for r in runs]
+    timings = (ids, {"seconds": [r.seconds or 0.0 for r in runs]})
+    bars_png(timings, "Stage timings (last computation)", out_dir / "stage_timings.png", "seconds", horizontal=True)
+    hits = (ids, {"ran": [float(r.ran) for r in runs], "reused": [float(r.reused) for r in runs]})
+    bars_png(hits, "Cache hits: computed vs reused", out_dir / "cache_hits.png", "times", horizontal=True)
+    head = "".join(f"<th>{h}</th>" for h in ("stage", "seconds", "fingerprint", "finished", "last outcome", "ran",
+                                             "reused"))
+    body = "".join(f"<tr><td>{html.escape(r.id)}</td><td>{_fmt(r.seconds)}</td><td>{r.fingerprint[:12]}</td>"
+                   f"<td>{r.finished}</td><td>{html.escape(r.last_outcome)}</td><td>{r.ran}</td><td>{r.reused}</td></tr>"
+                   for r in runs)
+    page = ("<h2>Stage timings and cache hits</h2><p class='note'>Seconds of each instance's last computation (its "
+            "manifest); ran / reused counts every time bridgeflow ran it or found it already done (.bridgeflow/"
+            "stage_events.jsonl; stages DVC skipped itself are not counted).</p><div class='grid'>"
+            + _img("stage_timings.png", "Stage timings") + _img("cache_hits.png", "Cache hits")
+            + f"</div><table><tr>{head}</tr>{body}</table>")
+    return page, ["stage_timings.png", "cache_hits.png"]
+
+
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 h2{border-bottom:1px solid #ccc;padding-bottom:.2em} table{border-collapse:collapse;font-size:13px;margin:.5em 0}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:left} img{max-width:100%;border:1px solid #eee;margin:.4em 0}
-.note{color:#666;font-size:12px} .grid{display:grid;grid-template-columns:1fr 1fr;gap:8px}"""
+.note{color:#666;font-size:12px} .grid{display:grid;grid-template-columns:1fr 1fr;gap:8px}
+summary{cursor:pointer;font-weight:bold;margin:.4em 0}"""
+
+# Marks each <img> data-loaded="yes|no" and the body data-images-loaded="N/M" once the page has loaded.
+MARK_IMAGES_JS = """addEventListener('load',function(){var imgs=document.images,n=0;
+for(var i=0;i<imgs.length;i++){var ok=imgs[i].complete&&imgs[i].naturalWidth>0;
+imgs[i].setAttribute('data-loaded',ok?'yes':'no');n+=ok?1:0;}
+document.body.setAttribute('data-images-loaded',n+'/'+imgs.length);});"""
+
+
+def stage_section(root: Path, stage: Stage, out_dir: Path) -> tuple[str, list[str], list[str]]:
+    """HTML of one stage's metrics tables and plots, the PNG names drawn and the metrics files shown."""
+    tables, pngs, shown = [], [], []
+    for metrics in stage.metrics:
+        path = root / metrics
+        if path.is_file():
+            rows = flatten_metrics(json.loads(path.read_text()))
+            tables.append(f"<details><summary>{html.escape(metrics)} ({len(rows)} values)</summary>{_table(rows)}"
+                          "</details>")
+            shown.append(metrics)
+    images = []
+    for figure in (f for f in METRIC_FIGURES if f.stage == stage.name and (root / f.metrics).is_file()):
+        bars = figure.bars(json.loads((root / figure.metrics).read_text()))
+        if bars:
+            bars_png(bars, figure.title, out_dir / figure.png, figure.value_label)
+            images.append(_img(figure.png, figure.title))
+            pngs.append(figure.png)
+    for plot in stage.plots:
+        png = Path(plot.path).with_suffix(".png").name
+        if plot_png(root / plot.path, plot, out_dir / png):
+            images.append(_img(png, plot.title))
+            pngs.append(png)
+    if not tables and not images:
+        return "", [], []
+    grid = "<div class='grid'>" + "".join(images) + "</div>" if images else ""
+    return (f"<h2>{html.escape(stage.name)}</h2><p class='note'>{html.escape(stage.description)}</p>{grid}"
+            + "".join(tables), pngs, shown)
 
 
 def write_report(root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
     """Write index.html and its PNGs into out_dir; returns what was included."""
     out_dir.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
-    included = {"plots": [], "metrics": []}
+    pngs: list[str] = []
+    metrics: list[str] = []
     for stage in STAGES:
-        parts: list[str] = []
-        for metrics in stage.metrics:
-            path = root / metrics
-            if path.is_file():
-                parts.append(f"<h3>{html.escape(metrics)}</h3>" + _table(flatten_metrics(json.loads(path.read_text()))))
-                included["metrics"].append(metrics)
-        images = []
-        for plot in stage.plots:
-            png = Path(plot.path).with_suffix(".png").name
-            if plot_png(root / plot.path, plot, out_dir / png):
-                images.append(f"<img src='{png}' alt='{html.escape(plot.title)}'>")
-                included["plots"].append(plot.path)
-        if images:
-            parts.append("<div class='grid'>" + "".join(images) + "</div>")
-        if parts:
-            sections.append(f"<h2>{html.escape(stage.name)}</h2><p class='note'>{html.escape(stage.description)}</p>"
-                            + "".join(parts))
-    rows = timings(root, params)
-    if rows:
-        head = "<tr><th>stage</th><th>seconds</th><th>fingerprint</th><th>finished</th></tr>"
-        body = "".join(f"<tr><td>{r['stage']}</td><td>{_fmt(r['seconds'])}</td><td>{r['fingerprint']}</td>"
-                       f"<td>{r['finished']}</td></tr>" for r in rows)
-        sections.append(f"<h2>Stage timings</h2><table>{head}{body}</table>")
+        section, drawn, shown = stage_section(root, stage, out_dir)
+        sections.append(section)
+        pngs += drawn
+        metrics += shown
+    runs = instance_runs(root, params)
+    if runs:
+        section, drawn = runs_section(runs, out_dir)
+        sections.append(section)
+        pngs += drawn
     model = html.escape(f"{get_dotted(params, 'backbone.model')} / {get_dotted(params, 'backbone.pretrained')}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>bridgeflow report</title><style>{CSS}</style>"
-            f"</head><body><h1>bridgeflow report</h1><p>Backbone: {model}</p>{''.join(sections)}</body></html>")
+            f"</head><body><h1>bridgeflow report</h1><p>Backbone: {model}</p>{''.join(sections)}"
+            f"<script>{MARK_IMAGES_JS}</script></body></html>")
     (out_dir / "index.html").write_text(page)
-    log.info("report: %d plots, %d metrics files -> %s", len(included["plots"]), len(included["metrics"]), out_dir)
-    return {"plots": len(included["plots"]), "metrics": len(included["metrics"]), "stages_timed": len(rows)}
+    log.info("report: %d plots, %d metrics files -> %s", len(pngs), len(metrics), out_dir)
+    return {"plots": len(pngs), "metrics": len(metrics), "stages_timed": len(runs)}
 
 
 def run_report(ctx: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from pipeline_lib.artifacts import (
 )
 from pipeline_lib.config import Config, effective_params
 from pipeline_lib.errors import MissingUpstreamError
+from pipeline_lib.events import record_event
 from pipeline_lib.stages import StageInstance, get_stage, instances
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,15 @@ def _versions() -> dict[str, str]:
 def run_instance(
     root: Path, inst: StageInstance, cfg: Config, force: bool = False, lock_wait: float | None = 0.0
 ) -> StageResult:
-    """Compute one stage instance unless its published outputs already carry its fingerprint."""
+    """Compute one stage instance unless its published outputs already carry its fingerprint; log the outcome."""
+    result = _compute_or_reuse(root, inst, cfg, force, lock_wait)
+    record_event(root, result.id, result.status, result.fingerprint, result.seconds)
+    return result
+
+
+def _compute_or_reuse(
+    root: Path, inst: StageInstance, cfg: Config, force: bool, lock_wait: float | None
+) -> StageResult:
     start = time.perf_counter()
     params = effective_params(cfg)
     upstream = upstream_fingerprints(root, inst, params)

@@ -187,7 +187,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="report",
         func="pipeline_lib.report:run_report",
-        description="Static HTML report with PNG plots: modality gap, few-shot, inversion, CZSL, stage timings.",
+        description="Static HTML report with PNG plots: modality gap, few-shot, inversion, CZSL, stage timings, cache hits.",
         params=(),
         deps=("diagnose", "fewshot_report", "inversion", "czsl"),
         outs=("reports",),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")  # read before the default below hides it
 os.environ.setdefault("CI", "true")  # no progress bars in test output
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny tensors: one thread is faster and deterministic across machines
 
@@ -54,3 +56,24 @@ def copy_project(dest: Path, profile: str | None = "smoke") -> Path:
 @pytest.fixture
 def smoke_project(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")
+
+
+@dataclass(frozen=True)
+class SmokePipeline:
+    """A smoke project after one pass over every stage, and what that pass did to each stage instance."""
+
+    root: Path
+    first_pass: dict[str, str]  # instance id -> ran / cached / republished
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory) -> SmokePipeline:
+    """The whole pipeline run once per session, shared by the tests that read a finished project."""
+    from pipeline_lib.config import load_config
+    from pipeline_lib.runner import run_stage
+    from pipeline_lib.stages import STAGES
+
+    root = copy_project(tmp_path_factory.mktemp("smoke-pipeline") / "project")
+    cfg = load_config(root)
+    first_pass = {r.id: r.status for stage in STAGES for r in run_stage(root, stage.name, cfg)}
+    return SmokePipeline(root, first_pass)
