@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import importlib.util
 import json
@@ -157,8 +158,10 @@ def _swap_into_place(src: Path, dst: Path) -> None:
     """Replace `dst` by a linked copy of `src` with renames, so readers see the old or the new, never a mix."""
     tmp = dst.with_name(f".{dst.name}.incoming-{os.getpid()}")
     old = dst.with_name(f".{dst.name}.outgoing-{os.getpid()}")
-    for leftover in (tmp, old):
-        _remove(leftover)
+    # a publish killed half-way (any pid) leaves these behind; the caller holds the instance lock, so none is live
+    for kind in ("incoming", "outgoing"):
+        for leftover in dst.parent.glob(f".{glob.escape(dst.name)}.{kind}-*"):
+            _remove(leftover)
     _link_tree(src, tmp)
     if dst.exists() or dst.is_symlink():
         os.replace(dst, old)

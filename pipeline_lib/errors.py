@@ -16,6 +16,10 @@ class MissingUpstreamError(RuntimeError):
     """A stage was asked to run before the stages it reads from have published their outputs."""
 
 
+class StoreError(RuntimeError):
+    """A feature store that cannot be read as its readers expect: a damaged or half-written chunk, a wrong shape."""
+
+
 class UnknownStageError(KeyError):
     """A stage or matrix instance name that the registry does not know."""
 
@@ -33,6 +37,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         ParamsError,
         MissingUpstreamError,
         StageLockedError,
+        StoreError,
         UnknownStageError,
         FileNotFoundError,
         DatasetError,

@@ -17,13 +17,15 @@ import logging
 import math
 import platform
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+
+from pipeline_lib.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -209,13 +211,30 @@ def open_store(path: Path | str) -> zarr.Group:
     return zarr.open_group(str(p), mode="r")
 
 
-def _check_group_complete(store: zarr.Group, name: str) -> None:
+REPAIR = "re-extract the store with `bridgeflow stage features --force`"
+
+
+def _check_group_complete(store: zarr.Group, path: Path | str, name: str) -> None:
     parent = name.rsplit("/", 1)[0] if "/" in name else ""
     group = store[parent] if parent else store
     if DONE in group:
         done = np.asarray(group[DONE][:], dtype=bool)
         if not done.all():
-            raise RuntimeError(f"{name!r}: its group is half written ({int(done.sum())} of {done.size} blocks done)")
+            raise StoreError(
+                f"{path}: array {name!r}: its group is half written ({int(done.sum())} of {done.size} blocks "
+                f"done); {REPAIR}"
+            )
+
+
+def _check_no_empty_chunk_files(path: Path | str, name: str) -> None:
+    """zarr reads an empty shard file as fill values, so a chunk file truncated to nothing would read as zeros.
+
+    zarr never writes an empty chunk file itself (a chunk equal to the fill value is left out instead), so one that
+    exists means a damaged copy.
+    """
+    empty = sorted(str(p) for p in (Path(path) / name).rglob("*") if p.is_file() and p.stat().st_size == 0)
+    if empty:
+        raise StoreError(f"{path}: array {name!r} has an empty chunk file ({empty[0]}); the store is damaged: {REPAIR}")
 
 
 def lazy_array(path: Path | str, name: str) -> zarr.Array:
@@ -223,14 +242,36 @@ def lazy_array(path: Path | str, name: str) -> zarr.Array:
     store = open_store(path)
     if name not in store:
         raise KeyError(f"{path}: no array {name!r}")
-    _check_group_complete(store, name)
+    _check_group_complete(store, path, name)
+    _check_no_empty_chunk_files(path, name)
     return store[name]
 
 
-def read_array(path: Path | str, name: str) -> np.ndarray:
-    """Read a whole array into memory (e.g. read_array(p, "train/image") -> (N, D))."""
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("*" if n is None else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def read_array(path: Path | str, name: str, shape: Sequence[int | None] | None = None) -> np.ndarray:
+    """Read a whole array into memory (e.g. read_array(p, "train/image", (None, 512)) -> (N, 512)).
+
+    `shape` is what the caller expects (None: any length on that axis). A mismatch, or a chunk that zarr cannot
+    decode (truncated file, failed checksum), is a StoreError naming the store and array instead of a codec or
+    matmul traceback further down.
+    """
     arr = lazy_array(path, name)
-    return np.asarray(arr[...])
+    if shape is not None and (
+        len(arr.shape) != len(shape) or any(want is not None and want != got for want, got in zip(shape, arr.shape))
+    ):
+        raise StoreError(
+            f"{path}: array {name!r} has shape {tuple(arr.shape)}, expected {_shape_text(shape)} to match the store's "
+            f"other arrays; {REPAIR}"
+        )
+    try:
+        return np.asarray(arr[...])
+    except (ValueError, RuntimeError) as err:  # what zarr and its codecs raise for a truncated or corrupt chunk
+        raise StoreError(
+            f"{path}: array {name!r} cannot be read ({err}): one of its chunk files is truncated or corrupt; {REPAIR}"
+        ) from err
 
 
 def file_count(path: Path | str) -> int:

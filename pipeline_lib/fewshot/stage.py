@@ -41,15 +41,11 @@ def seed_out(shots: int, seed: int) -> str:
     return f"artifacts/fewshot_runs/k{shots}-s{seed}"
 
 
-def read_store_array(store: Path, name: str) -> np.ndarray:
-    """One whole array of the feature store (pipeline_lib.store when present, zarr otherwise)."""
-    try:
-        from pipeline_lib.store import read_array
-    except ImportError:  # pragma: no cover - the store module is part of the package
-        import zarr
+def read_store_array(store: Path, name: str, shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+    """One whole array of the feature store, checked against the `shape` the caller expects (None: any length)."""
+    from pipeline_lib.store import read_array
 
-        return np.asarray(zarr.open_group(str(store), mode="r")[name][...])
-    return read_array(store, name)
+    return read_array(store, name, shape)
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
@@ -78,8 +74,8 @@ def run_fewshot_fit(ctx: Any) -> dict:
     """Truncated pinv of W_txt, the rescale constant L, the singular values and rank(W+ W_txt)."""
     cfg: FewshotConfig = ctx.cfg.fewshot
     store = ctx.inp(FEATURES) / STORE
-    w_txt = _t(read_store_array(store, "clip/text_projection"))  # (D_t, D_p)
-    eos_raw = _t(read_store_array(store, "text/class_eos_raw"))  # (C, D_t)
+    w_txt = _t(read_store_array(store, "clip/text_projection", (None, None)))  # (D_t, D_p)
+    eos_raw = _t(read_store_array(store, "text/class_eos_raw", (None, w_txt.shape[0])))  # (C, D_t)
     fit = fit_bridge(w_txt, eos_raw, cfg.atol)
     out = ctx.out(BRIDGE_OUT)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,25 +99,34 @@ def load_bridge(path: Path) -> BridgeFit:
 
 
 def load_inputs(store: Path, shots: int, seed: int, augment_epochs: int) -> tuple[FewshotInputs, list[int]]:
-    """Sample the K-shot subset from the train split and gather the cached features every method needs."""
-    train_labels = read_store_array(store, "train/label").astype(np.int64)
-    class_proj = _t(read_store_array(store, "text/class_proj"))  # (C, D_p)
+    """Sample the K-shot subset from the train split and gather the cached features every method needs.
+
+    Every array is checked against the widths of clip/text_projection (D_t, D_p), so a store that does not hang
+    together fails here, naming the array, rather than in a matmul.
+    """
+    w_txt = _t(read_store_array(store, "clip/text_projection", (None, None)))  # (D_t, D_p)
+    d_t, d_p = w_txt.shape
+    train_labels = read_store_array(store, "train/label", (None,)).astype(np.int64)
+    n_train = len(train_labels)
+    class_proj = _t(read_store_array(store, "text/class_proj", (None, d_p)))  # (C, D_p)
     n_classes = class_proj.shape[0]
     idx = sample_fewshot_indices(train_labels.tolist(), shots, seed)
     try:
-        views = read_store_array(store, "train/views")  # (N, V, D_p)
+        views = read_store_array(store, "train/views", (n_train, None, d_p))  # (N, V, D_p)
     except KeyError:  # a store extracted with features.views = 1 has no views array: the images are view 0
-        views = read_store_array(store, "train/image")[:, None, :]  # (N, 1, D_p)
+        views = read_store_array(store, "train/image", (n_train, d_p))[:, None, :]  # (N, 1, D_p)
     support = build_support(views, train_labels, idx, n_classes, augment_epochs)  # (C, K', D_p)
+    split = {name: read_store_array(store, f"{name}/image", (None, d_p)) for name in ("val", "test")}  # (N_s, D_p)
+    labels = {name: read_store_array(store, f"{name}/label", (len(x),)).astype(np.int64) for name, x in split.items()}
     inp = FewshotInputs(
         support=support,
         text_proj=class_proj,
-        text_eos=_t(read_store_array(store, "text/class_eos")),
-        w_txt=_t(read_store_array(store, "clip/text_projection")),
-        val_raw=_t(read_store_array(store, "val/image")),
-        val_labels=torch.from_numpy(read_store_array(store, "val/label").astype(np.int64)),
-        test_raw=_t(read_store_array(store, "test/image")),
-        test_labels=torch.from_numpy(read_store_array(store, "test/label").astype(np.int64)),
+        text_eos=_t(read_store_array(store, "text/class_eos", (n_classes, d_t))),
+        w_txt=w_txt,
+        val_raw=_t(split["val"]),
+        val_labels=torch.from_numpy(labels["val"]),
+        test_raw=_t(split["test"]),
+        test_labels=torch.from_numpy(labels["test"]),
     )
     return inp, idx
 

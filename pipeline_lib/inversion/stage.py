@@ -68,22 +68,27 @@ class RetrievalInputs:
 def load_inputs(features_dir: Path) -> RetrievalInputs:
     """Read the few-shot store (and the retrieval-text store when present) from the published features.
 
-    `pipeline_lib.store.read_array` refuses half-written groups, so a crashed features run is never evaluated.
+    `pipeline_lib.store.read_array` refuses half-written groups, so a crashed features run is never evaluated, and
+    checks every feature array against the width D of the store's clip/text_projection (W, D).
     """
     fewshot = features_dir / "fewshot.zarr"
     fs = open_store(fewshot)  # a clear error when the features stage has not run
-    class_text = read_array(fewshot, "text/class_proj") if "text/class_proj" in fs else None
+    d = read_array(fewshot, "clip/text_projection", (None, None)).shape[1]
+    class_text = read_array(fewshot, "text/class_proj", (None, d)) if "text/class_proj" in fs else None
     text_store = features_dir / "retrieval_text.zarr"
     text: dict[str, np.ndarray | None] = dict.fromkeys(("query/text", "query/group", "gallery/text", "gallery/group"))
     if (text_store / "zarr.json").exists():
-        text = {name: read_array(text_store, name) for name in text}
+        for split in ("query", "gallery"):
+            text[f"{split}/text"] = read_array(text_store, f"{split}/text", (None, d))
+            text[f"{split}/group"] = read_array(text_store, f"{split}/group", (len(text[f"{split}/text"]),))
     else:
         log.warning("no text-retrieval store at %s: OVI / text->text are skipped", text_store)
+    image = {split: read_array(fewshot, f"{split}/image", (None, d)) for split in ("test", "train")}  # (N, D)
     return RetrievalInputs(
-        image_query=read_array(fewshot, "test/image"),
-        image_query_labels=read_array(fewshot, "test/label"),
-        image_gallery=read_array(fewshot, "train/image"),
-        image_gallery_labels=read_array(fewshot, "train/label"),
+        image_query=image["test"],
+        image_query_labels=read_array(fewshot, "test/label", (len(image["test"]),)),
+        image_gallery=image["train"],
+        image_gallery_labels=read_array(fewshot, "train/label", (len(image["train"]),)),
         class_text=class_text,
         text_query=text["query/text"],
         text_query_groups=text["query/group"],
