@@ -136,7 +136,7 @@ STAGES: tuple[Stage, ...] = (
                 "fewshot.training", "fewshot.run_training"),
         deps=("features", "fewshot_bridge"),
         outs=("artifacts/fewshot_runs/k{shots}-s{seed}",),
-        code=("pipeline_lib.fewshot", "pipeline_lib.io"),
+        code=("pipeline_lib.fewshot", "pipeline_lib.io", "pipeline_lib.parallel"),
         matrix=(("shots", "fewshot.shots"), ("seed", "fewshot.seeds")),
     ),
     Stage(

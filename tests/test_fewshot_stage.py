@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 import zarr
 
+from pipeline_lib.config import RuntimeConfig
 from pipeline_lib.fewshot.config import SMOKE_OVERRIDES, FewshotConfig
 from pipeline_lib.fewshot.stage import run_fewshot_fit, run_fewshot_report, run_fewshot_seed
 
@@ -17,9 +19,9 @@ from pipeline_lib.fewshot.stage import run_fewshot_fit, run_fewshot_report, run_
 class Ctx:
     """The parts of the stage context the few-shot stages use: inputs and outputs in one folder."""
 
-    def __init__(self, root: Path, cfg: FewshotConfig, item=None):
+    def __init__(self, root: Path, cfg: FewshotConfig, item=None, processes: int = 1):
         self.root = root
-        self.cfg = SimpleNamespace(fewshot=cfg)
+        self.cfg = SimpleNamespace(fewshot=cfg, runtime=RuntimeConfig(processes=processes))
         self.item = item or {}
 
     def out(self, rel):
@@ -111,3 +113,24 @@ def test_report_aggregates_over_seeds(published):
         assert [r["class"] for r in csv.DictReader(fh)] == ["0", "1", "2", "3"]
     with (root / "plots/fewshot_train_curve.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == cfg.training.steps
+
+
+def test_parallel_searches_give_the_serial_results(published, tmp_path):
+    """runtime.processes = 2 runs the training-free searches in a child process: same results file, byte for byte."""
+    root, cfg, _, _, _ = published
+    other = tmp_path / "parallel"
+    shutil.copytree(root / "artifacts/features", other / "artifacts/features")
+    shutil.copytree(root / "artifacts/fewshot_bridge", other / "artifacts/fewshot_bridge")
+    run_fewshot_seed(Ctx(other, cfg, {"shots": 2, "seed": 1}, processes=2))
+    serial = root / "artifacts/fewshot_runs/k2-s1"
+    parallel = other / "artifacts/fewshot_runs/k2-s1"
+
+    def without_timings(path: Path) -> dict:
+        rec = json.loads(path.read_text())
+        for m in rec["methods"].values():
+            m.pop("seconds", None)
+            m.pop("train_seconds", None)
+        return rec
+
+    assert without_timings(parallel / "results.json") == without_timings(serial / "results.json")
+    assert (parallel / "search.csv").read_bytes() == (serial / "search.csv").read_bytes()

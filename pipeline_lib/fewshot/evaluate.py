@@ -12,6 +12,7 @@ Methods (each a registry entry, spec 4-6 plus controls):
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -29,6 +30,7 @@ from pipeline_lib.fewshot.logits import (
 )
 from pipeline_lib.fewshot.search import SearchResult, search_blend
 from pipeline_lib.fewshot.train import InitValidator, TrainResult, train_semobridge_t
+from pipeline_lib.parallel import process_context, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -77,33 +79,34 @@ def _searched(name: str, val: SimilarityMaps, test: SimilarityMaps, kl: torch.Te
     out.methods[name] = {"val_acc": res.val_acc, "test_acc": test_acc, "subset": subset, **res.summary()}
 
 
-def evaluate_seed(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: int,
-                  device: torch.device | str = "cpu") -> SeedResult:
-    """Every method for one (shots, seed): training-free first, then SeMoBridge-T if cfg.run_training.
-
-    `device` runs the SeMoBridge-T training (matmul-bound) there; the search and evaluation stay on CPU.
-    """
+def training_free(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: int) -> SeedResult:
+    """Zero-shot, prototype, the control blend and the training-free SeMoBridge subsets, searched on val."""
     out = SeedResult()
-    torch.manual_seed(seed)
     img_proto = image_prototypes(inp.support)  # (C, D_p)
     kl = kl_bits(img_proto, inp.text_proj)  # (C,)
     p_hat = bridged_prototypes(inp.support, fit.pinv, inp.w_txt, fit.scale)[0]  # (C, D_p)
     val = similarity_maps(inp.val_raw, inp.text_proj, img_proto, p_hat, fit.pinv, inp.w_txt)
     test = similarity_maps(inp.test_raw, inp.text_proj, img_proto, p_hat, fit.pinv, inp.w_txt)
 
-    def plain(m: SimilarityMaps, attr: str, labels: torch.Tensor) -> float:
-        return accuracy(getattr(m, attr), labels)
+    def plain(attr: str) -> dict[str, float]:
+        return {"val_acc": accuracy(getattr(val, attr), inp.val_labels),
+                "test_acc": accuracy(getattr(test, attr), inp.test_labels)}
 
-    out.methods["zero_shot"] = {"val_acc": plain(val, "s1", inp.val_labels), "test_acc": plain(test, "s1",
-                                                                                                 inp.test_labels)}
-    out.methods["prototype"] = {"val_acc": plain(val, "s4", inp.val_labels), "test_acc": plain(test, "s4",
-                                                                                                 inp.test_labels)}
+    out.methods["zero_shot"] = plain("s1")
+    out.methods["prototype"] = plain("s4")
     _searched("control", replace(val, s2=val.s4), replace(test, s2=test.s4), kl, inp, "z1+z2", cfg, seed, out)
     for subset in cfg.subsets:
         _searched(f"semobridge_{subset}", val, test, kl, inp, subset, cfg, seed, out)
-    if not cfg.run_training:
-        return out
+    return out
 
+
+def trained(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: int,
+            device: torch.device | str = "cpu") -> SeedResult:
+    """SeMoBridge-T: train on the support views (on `device`), then search its blend on val and test once."""
+    out = SeedResult()
+    torch.manual_seed(seed)
+    img_proto = image_prototypes(inp.support)  # (C, D_p)
+    kl = kl_bits(img_proto, inp.text_proj)  # (C,)
     t = cfg.training
     dev = torch.device(device)
     mv = lambda x: x.to(dev)
@@ -121,6 +124,31 @@ def evaluate_seed(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: 
     out.methods["semobridge_t"].update(best_step=tr.best_step, best_val_init_acc=tr.best_val_acc,
                                        train_seconds=round(tr.seconds, 3))
     return out
+
+
+def evaluate_seed(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: int,
+                  device: torch.device | str = "cpu", processes: int = 1) -> SeedResult:
+    """Every method for one (shots, seed): training-free, then SeMoBridge-T if cfg.run_training.
+
+    With processes > 1 the training-free searches run in a child process while SeMoBridge-T trains here (the two
+    share nothing; the searches give the same results either way). `device` runs the training (matmul-bound) there; the searches
+    and evaluation stay on CPU.
+    """
+    if not cfg.run_training:
+        return training_free(inp, fit, cfg, seed)
+    if processes <= 1:
+        free = training_free(inp, fit, cfg, seed)
+        t_part = trained(inp, fit, cfg, seed, device)
+    else:
+        with ProcessPoolExecutor(1, mp_context=process_context()) as pool:
+            future = pool.submit(training_free, inp, fit, cfg, seed)
+            with torch_threads(torch.get_num_threads() - 1):
+                t_part = trained(inp, fit, cfg, seed, device)
+            free = future.result()
+    free.methods.update(t_part.methods)
+    free.searches.update(t_part.searches)
+    free.train = t_part.train
+    return free
 
 
 def mean_std(values: list[float]) -> dict:
