@@ -111,6 +111,50 @@ def run(
 
 @app.command()
 @friendly_errors
+def sweep(
+    axes: Annotated[list[str], typer.Option("-S", "--set", help="A grid axis: -S key=v1,v2 (commas inside [] {} or quotes belong to a value; repeatable).")],
+    stage_names: Annotated[list[str] | None, typer.Option("--stage", help="Run this stage and what it needs (repeatable).")] = None,
+    root: RootOpt = Path("."),
+    profile: ProfileOpt = None,
+    via: Annotated[str, typer.Option(help="prefect: subflows of one flow run; dvc: `dvc exp run` experiments.")] = "prefect",
+    jobs: Annotated[int, typer.Option(help="Points run at once (dvc queue workers); the Prefect sweep runs one at a time.")] = 1,
+    only_changed: Annotated[bool, typer.Option("--only-changed/--all-columns", help="Show only metrics that differ between points (prefect).")] = True,
+) -> None:
+    """Run every point of a params grid without clobbering results, then print a table of the headline metrics."""
+    from pipeline_lib.params import ParamsError
+    from pipeline_lib.stages import get_stage
+    from pipeline_lib.sweep import grid_points, parse_grid, validate_points
+
+    for name in stage_names or []:
+        get_stage(name)
+    grid = parse_grid(axes)
+    validate_points(root, profile, grid_points(grid))  # before any server starts or experiment is queued
+    if via == "dvc":
+        if profile:
+            raise ParamsError("--profile applies to --via prefect only: DVC experiments read params.yaml")
+        from flows.dvc_sweep import dvc_sweep
+
+        typer.echo(dvc_sweep(root.resolve(), grid_points(grid), stage_names, jobs=jobs))
+        return
+    if via != "prefect" or jobs != 1:
+        raise ParamsError(f"--via {via} --jobs {jobs}: expected --via dvc, or --via prefect with --jobs 1")
+    from flows.prefect_env import configure_prefect_env
+
+    configure_prefect_env(root)
+    from flows.sweep import sweep_flow
+
+    result = sweep_flow(grid=grid, root=str(root.resolve()), stages=stage_names, profile=profile, only_changed=only_changed)
+    table = Table(title="bridgeflow sweep")
+    for column in result["columns"]:
+        table.add_column(column)
+    for row in result["rows"]:
+        table.add_row(*row.values())
+    Console().print(table)
+    console.print(f"each point's metrics and plots: {result['dir']}")
+
+
+@app.command()
+@friendly_errors
 def params(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt = None) -> None:
     """Print the validated params (params.yaml + profile + overrides, defaults filled in) as YAML."""
     from pipeline_lib.config import effective_params, load_config
