@@ -28,7 +28,7 @@ from conftest import copy_project
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline_lib.artifacts import read_manifest
+from pipeline_lib.artifacts import is_published, publish, read_manifest, scratch_dir
 from pipeline_lib.config import effective_params, load_config
 from pipeline_lib.runner import run_instance, run_stage
 from pipeline_lib.stages import StageInstance, parse_instance_id
@@ -244,8 +244,7 @@ def test_sigkill_during_semobridge_t_training_keeps_the_published_run(produced: 
     kill(proc)
     assert read_manifest(project, inst) == before
     assert_same_fewshot_run(project, produced)
-    assert not leftovers(project)
-    assert run_instance(project, inst, load_config(project)).status == "cached"  # still the valid, complete version
+    assert not leftovers(project) and is_published(project, inst, before["fingerprint"])  # complete, still valid
 
     assert f"{FEWSHOT_RUN}: ran" in run_to_end(project, FEWSHOT_RUN, "--force", log=tmp_path / "rerun.log")
     assert_same_fewshot_run(project, produced)
@@ -276,14 +275,14 @@ def test_second_process_on_a_running_stage_waits_or_fails_clearly(produced: Path
 
 def test_publish_killed_between_its_renames_is_completed_by_the_next_run(project: Path) -> None:
     """What a kill between `dst -> .dst.outgoing-PID` and `.dst.incoming-PID -> dst` leaves: no published output,
-    the old and the new copy aside. The next run republishes from scratch and clears both."""
+    the old and the new copy aside. The next publish (a rerun republishes the complete scratch copy) clears both."""
     inst = instance(project, "fewshot_bridge")
     out = project / inst.manifest_dir
     manifest = read_manifest(project, inst)
     shutil.copytree(out, out.with_name(f".{out.name}.incoming-4242"))
     out.rename(out.with_name(f".{out.name}.outgoing-4242"))
     assert len(leftovers(project)) == 2 and read_manifest(project, inst) is None
-    assert run_instance(project, inst, load_config(project)).status == "republished"
+    publish(project, scratch_dir(project, inst, manifest["fingerprint"]), inst)
     assert read_manifest(project, inst) == manifest
     assert not leftovers(project)
 

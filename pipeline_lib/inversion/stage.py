@@ -28,7 +28,7 @@ from pipeline_lib.inversion.ovi import run_ovi
 from pipeline_lib.inversion.runner import Progress, RunSpec, run_blocks, targets_digest
 from pipeline_lib.io import write_csv, write_json
 from pipeline_lib.retrieval import retrieval_metrics
-from pipeline_lib.store import open_store, read_array
+from pipeline_lib.store import lazy_array, open_store, read_array
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,12 @@ def load_inputs(features_dir: Path) -> RetrievalInputs:
     """Read the few-shot store (and the retrieval-text store when present) from the published features.
 
     `pipeline_lib.store.read_array` refuses half-written groups, so a crashed features run is never evaluated, and
-    checks every feature array against the width D of the store's clip/text_projection (W, D).
+    checks every feature array against the width D of the store's clip/text_projection (W, D) (of test/image in a
+    store without one).
     """
     fewshot = features_dir / "fewshot.zarr"
     fs = open_store(fewshot)  # a clear error when the features stage has not run
-    d = read_array(fewshot, "clip/text_projection", (None, None)).shape[1]
+    d = lazy_array(fewshot, "clip/text_projection" if "clip/text_projection" in fs else "test/image").shape[-1]
     class_text = read_array(fewshot, "text/class_proj", (None, d)) if "text/class_proj" in fs else None
     text_store = features_dir / "retrieval_text.zarr"
     text: dict[str, np.ndarray | None] = dict.fromkeys(("query/text", "query/group", "gallery/text", "gallery/group"))
