@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from flows.scaleout import run_shards
 from pipeline_lib.config import effective_params, load_config
 from pipeline_lib.events import record_event
 from pipeline_lib.runner import instance_fingerprint
@@ -28,6 +29,7 @@ def pipeline_flow(
     for stage in upstream_closure(stages or [s.name for s in STAGES]):
         for inst in instances(stage, params):
             fp = instance_fingerprint(root_path, inst, cfg)
+            sharded = run_shards(root_path, inst, fp, cfg)  # on Dask first when runtime.dask asks for it, else None
             state = stage_task.with_options(task_run_name=inst.id)(
                 str(root_path), inst.id, fp, profile, list(overrides or []), return_state=True
             )
@@ -35,6 +37,7 @@ def pipeline_flow(
             status = "cached (prefect)" if state.name == "Cached" else result["status"]
             if state.name == "Cached":  # the task body (and with it the runner's own log entry) was skipped
                 record_event(root_path, inst.id, status, fp, 0.0)
+            status += f" ({sharded['shards']} shards on Dask, {sharded['seconds']:.1f} s)" if sharded else ""
             rows.append({"stage": inst.id, "status": status, "seconds": result["seconds"], "fingerprint": fp})
             logger.info("%s: %s", inst.id, status)
     create_table_artifact(

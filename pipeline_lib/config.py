@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from pipeline_lib.backbone.config import BackboneConfig
 from pipeline_lib.configbase import Section
@@ -22,12 +22,43 @@ from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.params import ParamsError, get_dotted, load_params
 
 
+class DaskConfig(Section):
+    """Where `bridgeflow run` computes the sharded stages (features, inversion): off, a local or an existing cluster.
+
+    Workers read and write the project root at the same path as the flow process (a shared filesystem); see README,
+    "Scale-out on a Dask cluster".
+    """
+
+    # Scheduler of a running cluster (`dask scheduler`), e.g. "tcp://10.0.0.5:8786"; wins over local_workers.
+    address: str | None = None
+    # > 0: a temporary LocalCluster with this many workers for each sharded stage; 0 (and no address): no Dask.
+    local_workers: int = Field(0, ge=0)
+    # Tasks a local worker runs at once; each thread loads its own model copy (one per GPU is the usual choice).
+    threads_per_worker: int = Field(1, ge=1)
+    # Local workers as separate processes (true, real parallelism) or threads of the flow process (starts at once).
+    processes: bool = True
+    # Zarr shard files per task (features: blocks of rows_per_shard rows; inversion: runs of blocks_per_shard blocks).
+    shards_per_task: int = Field(1, ge=1)
+
+    @field_validator("address")
+    @classmethod
+    def _has_scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(f"address={value!r}: expected a scheduler address like 'tcp://host:8786'")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None or self.local_workers > 0
+
+
 class RuntimeConfig(Section):
     """How to run, not what to compute: changing these never invalidates a finished stage."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present, else CPU
     num_workers: int = Field(2, ge=0)  # image-decoding worker processes (the machine has 2 cores)
     progress: bool = True  # progress bars (always off when CI=true)
+    dask: DaskConfig = DaskConfig()  # scale-out of the sharded stages under `bridgeflow run`
 
 
 class Config(Section):

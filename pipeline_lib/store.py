@@ -75,6 +75,21 @@ def _plan_digest(specs: list[ArraySpec], chunk: int, shard: int, extra: Mapping[
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _layout(
+    group_path: str, specs: list[ArraySpec], rows_per_chunk: int, rows_per_shard: int, plan: Mapping[str, Any] | None
+) -> tuple[int, int, int, str]:
+    """(rows, chunk rows, shard rows, plan digest) of a block group."""
+    n_rows = {s.shape[0] for s in specs}
+    if len(n_rows) != 1:
+        raise ValueError(
+            f"group {group_path!r}: arrays disagree on the sample count: {[(s.name, s.shape) for s in specs]}"
+        )
+    n = n_rows.pop()
+    row_bytes = sum(int(np.prod(s.shape[1:], dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in specs)
+    chunk, shard = chunk_layout(n, rows_per_chunk, rows_per_shard, row_bytes)
+    return n, chunk, shard, _plan_digest(specs, chunk, shard, plan or {})
+
+
 class BlockGroup:
     """A zarr group of arrays sharing a sample axis, written block by block (block = one shard of each array)."""
 
@@ -99,15 +114,7 @@ class BlockGroup:
         `plan` holds whatever else decides the content (e.g. model fingerprint, split list digest): a group created
         for another plan is deleted and recreated, so stale blocks are never mixed into a new store.
         """
-        n_rows = {s.shape[0] for s in specs}
-        if len(n_rows) != 1:
-            raise ValueError(
-                f"group {group_path!r}: arrays disagree on the sample count: {[(s.name, s.shape) for s in specs]}"
-            )
-        n = n_rows.pop()
-        row_bytes = sum(int(np.prod(s.shape[1:], dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in specs)
-        chunk, shard = chunk_layout(n, rows_per_chunk, rows_per_shard, row_bytes)
-        digest = _plan_digest(specs, chunk, shard, plan or {})
+        n, chunk, shard, digest = _layout(group_path, specs, rows_per_chunk, rows_per_shard, plan)
         root_group = zarr.open_group(str(root), mode="a")
         if group_path in root_group:
             existing = root_group[group_path]
@@ -131,6 +138,31 @@ class BlockGroup:
         group.create_array(DONE, shape=(n_blocks,), chunks=(1,), dtype="bool", fill_value=False)
         group.attrs[PLAN_ATTR] = digest  # written last: a group without it is rebuilt from scratch
         return cls(group, n, shard)
+
+    @classmethod
+    def resume(
+        cls,
+        root: Path,
+        group_path: str,
+        specs: list[ArraySpec],
+        rows_per_chunk: int,
+        rows_per_shard: int,
+        plan: Mapping[str, Any] | None = None,
+    ) -> BlockGroup:
+        """Open a group the coordinating process created (see create_or_resume), never creating or deleting one.
+
+        What a shard worker uses: metadata changes belong to one process, and a worker that computes another plan
+        (other device, params or weights) must fail rather than wipe the blocks other workers are writing.
+        """
+        n, _chunk, shard, digest = _layout(group_path, specs, rows_per_chunk, rows_per_shard, plan)
+        existing = zarr.open_group(str(root), mode="r+").get(group_path) if Path(root).exists() else None
+        if not isinstance(existing, zarr.Group) or existing.attrs.get(PLAN_ATTR) != digest:
+            found = "is missing" if existing is None else "was created for another plan"
+            raise RuntimeError(
+                f"{root}/{group_path} {found}: the coordinating process must create it with the same params, "
+                "backbone and device kind (runtime.device) as this worker"
+            )
+        return cls(existing, n, shard)
 
     def rows(self, block: int) -> tuple[int, int]:
         """[start, stop) sample rows of a block."""

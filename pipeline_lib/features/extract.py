@@ -238,15 +238,17 @@ def extract_to_blocks(
     desc: str = "features",
     on_block: Callable[[int], None] | None = None,
     start_method: str | None = None,
+    blocks: Sequence[int] | None = None,
 ) -> ExtractStats:
-    """Encode every pending block of `group` and write it.
+    """Encode every pending block of `group` (or of `blocks`, a shard worker's share) and write it.
 
     `row_arrays` are per-sample arrays known up front (labels, indices), sliced into each block. With `views_key`, the
     dataset yields V views per image: all of them go to `views_key` (N, V, D) and view 0 to "image" (N, D). `on_block`
     runs after each block is marked done (tests use it to simulate a kill).
     """
-    stats = ExtractStats(blocks_skipped=group.n_blocks - len(group.pending()))
-    pending = group.pending()
+    wanted = range(group.n_blocks) if blocks is None else blocks
+    pending = sorted(set(group.pending()).intersection(wanted))
+    stats = ExtractStats(blocks_skipped=len(set(wanted)) - len(pending))
     if not pending:
         return stats
     progress = progress or default_progress

@@ -15,7 +15,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import polars as pl
 import torch
 import zarr
 
-from pipeline_lib.features.config import FeaturesConfig
+from pipeline_lib.features.config import AugmentConfig, FeaturesConfig
 from pipeline_lib.features.extract import (
     ExtractStats,
     ImageViewsDataset,
@@ -64,8 +65,26 @@ def resolve_source(root: Path, data_dir: Path, configured: str | None, default_r
     return p if p.is_absolute() else root / p
 
 
-class _Run:
-    """Shared state of one stage run: backbone, config, device, worker count, progress and collected stats."""
+@dataclass(frozen=True)
+class ImageGroup:
+    """One image group of a store: the images to encode, their per-row arrays and what else decides its content."""
+
+    store: Path
+    name: str
+    paths: list[str]
+    rows: dict[str, np.ndarray]
+    plan: dict[str, Any]
+    views: int = 1
+    tokens: bool = False
+
+    @property
+    def key(self) -> str:
+        """How shards name the group, e.g. "fewshot.zarr/train"."""
+        return f"{self.store.name}/{self.name}"
+
+
+class ExtractionRun:
+    """Shared state of one stage run (or one shard worker): backbone, config, device, worker count, progress, stats."""
 
     def __init__(self, backbone: Any, cfg: FeaturesConfig, device: torch.device, num_workers: int, progress: Any):
         self.backbone = backbone
@@ -85,61 +104,67 @@ class _Run:
             **extra,
         }
 
-    def image_group(
-        self,
-        store: Path,
-        group: str,
-        paths: list[str],
-        row_arrays: dict[str, np.ndarray],
-        *,
-        views: int = 1,
-        tokens: bool = False,
-        plan: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Create/resume one image group and extract its pending blocks."""
+    def _augment(self, g: ImageGroup) -> AugmentConfig | None:
+        return self.cfg.augment if g.views > 1 else None
+
+    def _layout(self, g: ImageGroup) -> tuple[list[ArraySpec], dict[str, Any]]:
+        """The group's array specs and its full block plan."""
         c, model = self.cfg, self.backbone.model
-        n = len(paths)
+        n = len(g.paths)
         dim = _image_dim(model)
         specs = [ArraySpec("image", (n, dim), c.dtype)]
-        specs += [ArraySpec(k, (n, *v.shape[1:]), str(v.dtype)) for k, v in row_arrays.items()]
-        if views > 1:
-            specs.append(ArraySpec("views", (n, views, dim), c.dtype))
-        if tokens:
+        specs += [ArraySpec(k, (n, *v.shape[1:]), str(v.dtype)) for k, v in g.rows.items()]
+        if g.views > 1:
+            specs.append(ArraySpec("views", (n, g.views, dim), c.dtype))
+        if g.tokens:
             n_tok = 1 + int(np.prod(model.visual.grid_size))
             specs.append(ArraySpec("tokens", (n, n_tok, dim), c.dtype))
-        augment = c.augment if views > 1 else None
-        bg = BlockGroup.create_or_resume(
-            store,
-            group,
-            specs,
-            c.rows_per_chunk,
-            c.rows_per_shard,
-            plan={
-                **plan,
-                "views": views,
-                "tokens": tokens,
-                "seed": c.seed if views > 1 else None,
-                "augment": augment.model_dump() if augment else None,
-            },
+        augment = self._augment(g)
+        plan = {
+            **g.plan,
+            "views": g.views,
+            "tokens": g.tokens,
+            "seed": c.seed if g.views > 1 else None,
+            "augment": augment.model_dump() if augment else None,
+        }
+        return specs, plan
+
+    def open_group(self, g: ImageGroup, create: bool = True) -> BlockGroup:
+        """Create or resume the group's block store; a shard worker (create=False) only opens what the coordinator
+        created, so metadata has one writer."""
+        specs, plan = self._layout(g)
+        opener = BlockGroup.create_or_resume if create else BlockGroup.resume
+        return opener(g.store, g.name, specs, self.cfg.rows_per_chunk, self.cfg.rows_per_shard, plan=plan)
+
+    def extract(self, g: ImageGroup, bg: BlockGroup, blocks: Sequence[int] | None = None) -> dict[str, Any]:
+        """Extract the group's pending blocks (all of them, or those among `blocks`)."""
+        c = self.cfg
+        dataset = ImageViewsDataset(
+            g.paths, self.backbone.preprocess, g.views, self._augment(g), c.seed, self.backbone.image_size
         )
-        dataset = ImageViewsDataset(paths, self.backbone.preprocess, views, augment, c.seed, self.backbone.image_size)
-        name = Path(store).name
+        store = g.store.name
         stats = extract_to_blocks(
             bg,
             dataset,
-            image_encoder(model, tokens),
-            row_arrays,
+            image_encoder(self.backbone.model, g.tokens),
+            g.rows,
             batch_size=c.batch_size,
             device=self.device,
             num_workers=self.num_workers,
             amp=c.amp,
-            views_key="views" if views > 1 else None,
+            views_key="views" if g.views > 1 else None,
             progress=self.progress,
-            desc=f"{name}/{group}",
-            on_block=(lambda b: after_block(name, group, b)) if after_block else None,
+            desc=g.key,
+            on_block=(lambda b: after_block(store, g.name, b)) if after_block else None,
+            blocks=blocks,
         )
         self.stats.append(stats)
-        return stats_dict(stats, rows=n, shapes={s.name: list(s.shape) for s in specs})
+        specs, _ = self._layout(g)
+        return stats_dict(stats, rows=len(g.paths), shapes={s.name: list(s.shape) for s in specs})
+
+    def image_group(self, g: ImageGroup) -> dict[str, Any]:
+        """Create/resume one image group and extract its pending blocks."""
+        return self.extract(g, self.open_group(g))
 
 
 def _image_dim(model: torch.nn.Module) -> int:
@@ -166,16 +191,37 @@ def _check_tokens_supported(model: torch.nn.Module) -> None:
 # ------------------------------------------------------------------------------------------------------ few-shot
 
 
-def write_fewshot_store(run: _Run, store: Path, source: Path, root: Path) -> dict[str, Any]:
-    """fewshot.zarr: text side first (cheap, catches template errors early), then the three image splits."""
+def load_fewshot_source(cfg: FeaturesConfig, source: Path) -> Any:
+    """The CoOp dataset at `source`, with a clear error naming the param when its split file is missing."""
     from pipeline_lib.data.coop import load_coop_dataset
 
-    c = run.cfg
-    src = c.fewshot
+    src = cfg.fewshot
     if not (source / src.split_file).is_file():
         raise FileNotFoundError(f"few-shot split file {source / src.split_file} not found (features.fewshot.root)")
-    ds = load_coop_dataset(source, src.split_file, src.image_dir)
-    templates = list(c.templates) if c.templates is not None else default_templates(src.dataset_name)
+    return load_coop_dataset(source, src.split_file, src.image_dir)
+
+
+def fewshot_groups(run: ExtractionRun, store: Path, ds: Any, source: Path) -> list[ImageGroup]:
+    """The few-shot store's image groups: one per split present (CoOp files may omit val), views on train."""
+    c = run.cfg
+    image_root = (source / c.fewshot.image_dir).resolve()
+    groups = []
+    for split in [s for s in SPLITS if s in ds.splits]:
+        df = ds.split(split)
+        paths = df["path"].to_list()
+        rel = [os.path.relpath(p, image_root) for p in paths]  # content identity, independent of where data lives
+        labels = df["label"].to_numpy().astype(np.int64)
+        rows = {"label": labels, "index": np.arange(len(paths), dtype=np.int64)}
+        plan = run.plan(split=_digest([rel, labels.tolist()]))
+        groups.append(ImageGroup(store, split, paths, rows, plan, views=c.views if split == "train" else 1))
+    return groups
+
+
+def write_fewshot_store(run: ExtractionRun, store: Path, source: Path, root: Path) -> dict[str, Any]:
+    """fewshot.zarr: text side first (cheap, catches template errors early), then the three image splits."""
+    c = run.cfg
+    ds = load_fewshot_source(c, source)
+    templates = list(c.templates) if c.templates is not None else default_templates(c.fewshot.dataset_name)
     cupl_path = resolve_source(root, root, c.cupl_file, "") if c.cupl_file else None
     prompts = class_prompts(ds.classnames, templates, cupl_path)
 
@@ -198,17 +244,8 @@ def write_fewshot_store(run: _Run, store: Path, source: Path, root: Path) -> dic
     write_whole(cg, "logit_scale", np.asarray(logit_scale(model), dtype=np.float32))
 
     out: dict[str, Any] = {"classes": len(ds.classnames), "prompts_per_class": text.prompt_count.tolist()}
-    image_root = (source / src.image_dir).resolve()
-    for split in [s for s in SPLITS if s in ds.splits]:  # CoOp files may omit val
-        df = ds.split(split)
-        paths = df["path"].to_list()
-        rel = [os.path.relpath(p, image_root) for p in paths]  # content identity, independent of where data lives
-        labels = df["label"].to_numpy().astype(np.int64)
-        rows = {"label": labels, "index": np.arange(len(paths), dtype=np.int64)}
-        views = c.views if split == "train" else 1
-        out[split] = run.image_group(
-            store, split, paths, rows, views=views, plan=run.plan(split=_digest([rel, labels.tolist()]))
-        )
+    for g in fewshot_groups(run, store, ds, source):
+        out[g.name] = run.image_group(g)
     top.attrs.update(
         {
             "classnames": list(ds.classnames),
@@ -226,15 +263,18 @@ def write_fewshot_store(run: _Run, store: Path, source: Path, root: Path) -> dic
 # ---------------------------------------------------------------------------------------------------------- CZSL
 
 
-def write_czsl_store(run: _Run, store: Path, source: Path) -> dict[str, Any]:
-    """czsl.zarr: closed-world labels (pair indexes attrs['pairs']), image features and optional patch tokens."""
+def load_czsl_source(run: ExtractionRun, source: Path) -> Any:
+    """The closed-world CZSL dataset at `source` (patch tokens checked against the backbone first)."""
     from pipeline_lib.czsl.data import load_czsl_dataset
 
-    c = run.cfg
-    if c.patch_tokens:
+    if run.cfg.patch_tokens:
         _check_tokens_supported(run.backbone.model)
-    ds = load_czsl_dataset(source, "closed")
-    out: dict[str, Any] = {"attrs": len(ds.attrs), "objs": len(ds.objs), "pairs": len(ds.pairs)}
+    return load_czsl_dataset(source, "closed")
+
+
+def czsl_groups(run: ExtractionRun, store: Path, ds: Any) -> list[ImageGroup]:
+    """The CZSL store's image groups, one per split, with closed-world labels and optional patch tokens."""
+    groups = []
     for split in SPLITS:
         df = ds.split(split)
         rows = {
@@ -243,7 +283,16 @@ def write_czsl_store(run: _Run, store: Path, source: Path) -> dict[str, Any]:
             "pair": df["world_pair_idx"].to_numpy().astype(np.int64),
         }
         plan = run.plan(split=_digest([df["image"].to_list(), {k: v.tolist() for k, v in rows.items()}]))
-        out[split] = run.image_group(store, split, df["path"].to_list(), rows, tokens=c.patch_tokens, plan=plan)
+        groups.append(ImageGroup(store, split, df["path"].to_list(), rows, plan, tokens=run.cfg.patch_tokens))
+    return groups
+
+
+def write_czsl_store(run: ExtractionRun, store: Path, source: Path) -> dict[str, Any]:
+    """czsl.zarr: closed-world labels (pair indexes attrs['pairs']), image features and optional patch tokens."""
+    ds = load_czsl_source(run, source)
+    out: dict[str, Any] = {"attrs": len(ds.attrs), "objs": len(ds.objs), "pairs": len(ds.pairs)}
+    for g in czsl_groups(run, store, ds):
+        out[g.name] = run.image_group(g)
     top = zarr.open_group(str(store), mode="a")
     top.attrs.update(
         {
@@ -264,7 +313,7 @@ def write_czsl_store(run: _Run, store: Path, source: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ text retrieval
 
 
-def write_retrieval_text_store(run: _Run, store: Path, source: Path) -> dict[str, Any]:
+def write_retrieval_text_store(run: ExtractionRun, store: Path, source: Path) -> dict[str, Any]:
     """retrieval_text.zarr: raw projected features of query and gallery texts, and their meaning groups."""
     if not source.is_file():
         raise FileNotFoundError(f"text retrieval table {source} not found (features.retrieval_text.path)")
@@ -316,7 +365,7 @@ def write_retrieval_text_store(run: _Run, store: Path, source: Path) -> dict[str
 # --------------------------------------------------------------------------------------------------------- stage
 
 
-def _provenance(run: _Run, **extra: Any) -> dict[str, Any]:
+def _provenance(run: ExtractionRun, **extra: Any) -> dict[str, Any]:
     b = run.backbone
     return provenance(
         backbone={"name": b.name, "pretrained": b.pretrained, "fingerprint": b.fingerprint},
@@ -325,37 +374,55 @@ def _provenance(run: _Run, **extra: Any) -> dict[str, Any]:
     )
 
 
-def run_features(ctx: Any) -> dict[str, Any]:
-    """Stage entry point (see module docstring); returns the summary also written to metrics/features.json."""
+def sources(ctx: Any) -> dict[str, Path]:
+    """Where each enabled store's data lives, by store name (the data stage's defaults unless params say otherwise)."""
+    cfg: FeaturesConfig = ctx.cfg.features
+    root, data_dir = Path(ctx.root), ctx.inp("artifacts/data")
+    found = {"fewshot.zarr": resolve_source(root, data_dir, cfg.fewshot.root, "fewshot/shapes")}
+    if cfg.czsl.enabled:
+        found["czsl.zarr"] = resolve_source(root, data_dir, cfg.czsl.root, "czsl/shapes")
+    if cfg.retrieval_text.enabled:
+        found["retrieval_text.zarr"] = resolve_source(root, data_dir, cfg.retrieval_text.path, "retrieval/texts.parquet")
+    return found
+
+
+def extraction_run(ctx: Any, num_workers: int | None = None) -> ExtractionRun:
+    """The published backbone (eval mode) on the context's device, with the features params of `ctx`."""
     from pipeline_lib.backbone.load import load_published_backbone
 
-    t0 = time.perf_counter()
-    cfg: FeaturesConfig = ctx.cfg.features
     device = torch.device(ctx.device)
+    backbone = load_published_backbone(ctx.inp("artifacts/backbone"), device)
+    backbone.model.eval()
+    workers = ctx.cfg.runtime.num_workers if num_workers is None else num_workers
+    return ExtractionRun(backbone, ctx.cfg.features, device, workers, ctx.progress)
+
+
+def image_groups(run: ExtractionRun, ctx: Any) -> list[ImageGroup]:
+    """Every image group the stage writes, in order: what shard planning and shard workers enumerate."""
+    out_dir, found = ctx.out(FEATURES_OUT), sources(ctx)
+    groups = fewshot_groups(run, out_dir / "fewshot.zarr", load_fewshot_source(run.cfg, found["fewshot.zarr"]),
+                            found["fewshot.zarr"])
+    if "czsl.zarr" in found:
+        groups += czsl_groups(run, out_dir / "czsl.zarr", load_czsl_source(run, found["czsl.zarr"]))
+    return groups
+
+
+def run_features(ctx: Any) -> dict[str, Any]:
+    """Stage entry point (see module docstring); writes every enabled store and returns the summary also written to
+    metrics/features.json."""
+    t0 = time.perf_counter()
     out_dir = ctx.out(FEATURES_OUT)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = ctx.inp("artifacts/data")
-    backbone = load_published_backbone(ctx.inp("artifacts/backbone"), device)
-    return extract_all(ctx, backbone, cfg, device, out_dir, data_dir, t0)
-
-
-def extract_all(
-    ctx: Any, backbone: Any, cfg: FeaturesConfig, device: torch.device, out_dir: Path, data_dir: Path, t0: float
-) -> dict[str, Any]:
-    """Write every enabled store and metrics/features.json."""
-    backbone.model.eval()
-    run = _Run(backbone, cfg, device, ctx.cfg.runtime.num_workers, ctx.progress)
-    root = Path(ctx.root)
-    summary: dict[str, Any] = {"device": device.type, "backbone": backbone.name}
-
-    fewshot_src = resolve_source(root, data_dir, cfg.fewshot.root, "fewshot/shapes")
-    summary["fewshot"] = write_fewshot_store(run, out_dir / "fewshot.zarr", fewshot_src, root)
-    if cfg.czsl.enabled:
-        czsl_src = resolve_source(root, data_dir, cfg.czsl.root, "czsl/shapes")
-        summary["czsl"] = write_czsl_store(run, out_dir / "czsl.zarr", czsl_src)
-    if cfg.retrieval_text.enabled:
-        text_src = resolve_source(root, data_dir, cfg.retrieval_text.path, "retrieval/texts.parquet")
-        summary["retrieval_text"] = write_retrieval_text_store(run, out_dir / "retrieval_text.zarr", text_src)
+    run = extraction_run(ctx)
+    found = sources(ctx)
+    summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name}
+    summary["fewshot"] = write_fewshot_store(run, out_dir / "fewshot.zarr", found["fewshot.zarr"], Path(ctx.root))
+    if "czsl.zarr" in found:
+        summary["czsl"] = write_czsl_store(run, out_dir / "czsl.zarr", found["czsl.zarr"])
+    if "retrieval_text.zarr" in found:
+        summary["retrieval_text"] = write_retrieval_text_store(
+            run, out_dir / "retrieval_text.zarr", found["retrieval_text.zarr"]
+        )
 
     forwards = sum(s.forwards for s in run.stats)
     seconds = sum(s.seconds for s in run.stats)

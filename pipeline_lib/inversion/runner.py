@@ -2,9 +2,10 @@
 
 Samples are cut into blocks of `block_size` (= the optimisation batch). Each finished block's parameters, final
 features, snapshot features and loss curves are written into arrays chunked one block per chunk (several blocks per
-shard), and only then is the block's flag in `done` set. A killed run therefore resumes after its last finished
-block. Each block's initialisation seed derives from the global seed and the block index alone, so a resumed run
-ends bit-identical (on the CPU) to an uninterrupted one.
+shard), and only then is the block's flag in `done` set (`done` is sharded like the data, one chunk per block). A
+killed run therefore resumes after its last finished block, and workers that each own whole shards (runs of
+`blocks_per_shard` blocks) can fill one store side by side. Each block's initialisation seed derives from the global
+seed and the block index alone, so a resumed or sharded run ends bit-identical (on the CPU) to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def _create(group: zarr.Group, spec: RunSpec) -> None:
         store=group.store,
         name=f"{group.path}/done" if group.path else "done",
         shape=(spec.n_blocks,),
-        chunks=(max(spec.n_blocks, 1),),
+        chunks=(1,),
+        shards=(spec.blocks_per_shard,),  # a shard's flags live in one file, written by that shard's only writer
         dtype="bool",
         fill_value=False,
         overwrite=True,
@@ -114,14 +116,24 @@ def _create(group: zarr.Group, spec: RunSpec) -> None:
     group.attrs.update({"spec": spec.as_attrs(), "snapshot_steps": list(spec.snapshot_steps)})
 
 
-def open_run(store_path: Path, group_name: str, spec: RunSpec) -> zarr.Group:
-    """Open the run's group for resuming, or (re)create it when absent or written for a different spec."""
-    root = zarr.open_group(store_path, mode="a")
+def open_run(store_path: Path, group_name: str, spec: RunSpec, create: bool = True) -> zarr.Group:
+    """Open the run's group for resuming, or (re)create it when absent or written for a different spec.
+
+    A shard worker passes create=False: metadata has one writer (the coordinator), and a worker that computes another
+    spec must fail rather than wipe the blocks other workers are writing.
+    """
+    if not create and not Path(store_path).exists():
+        raise RuntimeError(f"{store_path}/{group_name} is missing: the coordinating process creates it before shards run")
+    root = zarr.open_group(store_path, mode="a" if create else "r+")
     if group_name in root:
         group = root[group_name]
         if group.attrs.get("spec") == spec.as_attrs() and all(a in group for a in (*ARRAYS, "done")):
             return group
+        if not create:
+            raise RuntimeError(f"{store_path}/{group_name} was created for other settings or inputs than this worker's")
         log.warning("%s/%s was written for different settings or inputs; starting it afresh", store_path, group_name)
+    if not create:
+        raise RuntimeError(f"{store_path}/{group_name} is missing: the coordinating process creates it before shards run")
     group = root.require_group(group_name)
     _create(group, spec)
     return group
@@ -136,14 +148,18 @@ def run_blocks(
     *,
     device: torch.device,
     progress: Progress | None = None,
+    blocks: Iterable[int] | None = None,
+    create: bool = True,
 ) -> zarr.Group:
-    """Invert every not-yet-finished block of `targets` (N, D) and return the completed group."""
+    """Invert every not-yet-finished block of `targets` (N, D), or those among `blocks` (a shard worker's share, whole
+    zarr shards, with create=False: see open_run), and return the group."""
     if targets.shape != (spec.n, spec.feature_dim):
         raise ValueError(f"targets shape {targets.shape} does not match the run spec ({spec.n}, {spec.feature_dim})")
-    group = open_run(store_path, group_name, spec)
+    group = open_run(store_path, group_name, spec, create)
     done = group["done"][...]
-    todo = [i for i in range(spec.n_blocks) if not done[i]]
-    if len(todo) < spec.n_blocks:
+    wanted = range(spec.n_blocks) if blocks is None else sorted(set(blocks))
+    todo = [i for i in wanted if not done[i]]
+    if blocks is None and len(todo) < spec.n_blocks:
         log.info("%s: resuming, %d of %d blocks already finished", group_name, spec.n_blocks - len(todo), spec.n_blocks)
     blocks: Iterable[int] = progress(todo, len(todo), group_name) if progress else todo
     for block in blocks:
@@ -154,8 +170,7 @@ def run_blocks(
         group["features"][lo:hi] = out.features.numpy()
         group["snapshots"][lo:hi] = out.snapshots.numpy()
         group["losses"][lo:hi] = out.losses.numpy()
-        done[block] = True
-        group["done"][...] = done  # after the data: a block is finished only once all its arrays are on disk
+        group["done"][block] = True  # after the data: a block is finished only once all its arrays are on disk
     return group
 
 

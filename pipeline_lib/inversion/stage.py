@@ -25,7 +25,7 @@ from torch import Tensor
 from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.oti import Tokenizer, run_oti
 from pipeline_lib.inversion.ovi import run_ovi
-from pipeline_lib.inversion.runner import Progress, RunSpec, run_blocks, targets_digest
+from pipeline_lib.inversion.runner import BlockInverter, Progress, RunSpec, run_blocks, targets_digest
 from pipeline_lib.io import write_csv, write_json
 from pipeline_lib.retrieval import retrieval_metrics
 from pipeline_lib.store import lazy_array, open_store, read_array
@@ -138,6 +138,57 @@ def _direction_summary(baseline: dict[str, float], by_step: dict[str, dict[str, 
     }
 
 
+@dataclass(frozen=True)
+class InversionJob:
+    """One direction's inversion: which queries, their targets, the block runner's spec and the block inverter."""
+
+    name: str  # its group in the inversion store: "oti" | "ovi"
+    query_index: np.ndarray  # (Q,) rows of the query set that are inverted
+    targets: np.ndarray  # (Q, D) float32 query features
+    spec: RunSpec
+    invert: BlockInverter
+
+
+def oti_job(model: CLIP, tokenizer: Tokenizer, inputs: RetrievalInputs, cfg: InversionConfig) -> InversionJob:
+    """OTI of the query images (at most cfg.max_queries of them) into pseudo-words."""
+    qi = query_subset(len(inputs.image_query), cfg.max_queries)
+    targets = np.ascontiguousarray(inputs.image_query[qi], dtype=np.float32)  # (Q, D)
+    spec = RunSpec(
+        n=len(qi), param_shape=(cfg.oti.num_tokens, model.token_embedding.embedding_dim),
+        feature_dim=targets.shape[1], snapshot_steps=cfg.oti.recorded_steps, steps=cfg.oti.steps,
+        block_size=cfg.oti.batch_size, blocks_per_shard=cfg.blocks_per_shard, seed=cfg.seed,
+        targets_sha256=targets_digest(targets), extra=(("oti", cfg.oti.model_dump()), ("amp", cfg.amp)),
+    )
+    return InversionJob("oti", qi, targets, spec,
+                        lambda t, seed: run_oti(model, tokenizer, t, cfg.oti, seed=seed, amp=cfg.amp))
+
+
+def ovi_job(model: CLIP, inputs: RetrievalInputs, cfg: InversionConfig) -> InversionJob | None:
+    """OVI of the query texts into pseudo-patches; None without a text-retrieval store."""
+    if inputs.text_query is None:
+        return None
+    qt = query_subset(len(inputs.text_query), cfg.max_queries)
+    targets = np.ascontiguousarray(inputs.text_query[qt], dtype=np.float32)
+    spec = RunSpec(
+        n=len(qt), param_shape=(cfg.ovi.num_patches, model.visual.conv1.out_channels),
+        feature_dim=targets.shape[1], snapshot_steps=cfg.ovi.recorded_steps, steps=cfg.ovi.steps,
+        block_size=cfg.ovi.batch_size, blocks_per_shard=cfg.blocks_per_shard, seed=cfg.seed,
+        targets_sha256=targets_digest(targets), extra=(("ovi", cfg.ovi.model_dump()), ("amp", cfg.amp)),
+    )
+    return InversionJob("ovi", qt, targets, spec, lambda t, seed: run_ovi(model, t, cfg.ovi, seed=seed, amp=cfg.amp))
+
+
+def inversion_jobs(model: CLIP, tokenizer: Tokenizer, inputs: RetrievalInputs, cfg: InversionConfig) -> list[InversionJob]:
+    """Every inversion the stage runs (what shard planning and shard workers enumerate)."""
+    ovi = ovi_job(model, inputs, cfg)
+    return [oti_job(model, tokenizer, inputs, cfg)] + ([ovi] if ovi is not None else [])
+
+
+def prepare_model(model: CLIP, device: torch.device) -> CLIP:
+    """The frozen encoder the inversions optimise against."""
+    return model.to(device).eval().requires_grad_(False)
+
+
 def invert_and_evaluate(
     model: CLIP,
     tokenizer: Tokenizer,
@@ -154,25 +205,17 @@ def invert_and_evaluate(
     """Run OTI and OVI block-wise (resumable in `out_dir`), evaluate retrieval, write metrics and plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     store = out_dir / STORE
-    model = model.to(device).eval().requires_grad_(False)
+    model = prepare_model(model, device)
     chunk = cfg.query_chunk
     summary: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
 
     # --- OTI: query images -> text side, ranked against raw gallery images
-    qi = query_subset(len(inputs.image_query), cfg.max_queries)
-    targets = np.ascontiguousarray(inputs.image_query[qi], dtype=np.float32)  # (Q, D)
+    job = oti_job(model, tokenizer, inputs, cfg)
+    qi, targets = job.query_index, job.targets
     ql = inputs.image_query_labels[qi]
-    oti_spec = RunSpec(
-        n=len(qi), param_shape=(cfg.oti.num_tokens, model.token_embedding.embedding_dim),
-        feature_dim=targets.shape[1], snapshot_steps=cfg.oti.recorded_steps, steps=cfg.oti.steps,
-        block_size=cfg.oti.batch_size, blocks_per_shard=cfg.blocks_per_shard, seed=cfg.seed,
-        targets_sha256=targets_digest(targets), extra=(("oti", cfg.oti.model_dump()), ("amp", cfg.amp)),
-    )
     t0 = time.perf_counter()
-    oti = run_blocks(store, "oti", targets,
-                     lambda t, seed: run_oti(model, tokenizer, t, cfg.oti, seed=seed, amp=cfg.amp),
-                     oti_spec, device=device, progress=progress)
+    oti = run_blocks(store, job.name, targets, job.invert, job.spec, device=device, progress=progress)
     oti.attrs["query_index"] = qi.tolist()
     summary["oti"] = {"queries": len(qi), "seconds": round(time.perf_counter() - t0, 3)}
     g, gl = inputs.image_gallery, inputs.image_gallery_labels
@@ -190,19 +233,13 @@ def invert_and_evaluate(
     # --- OVI: query texts -> image side, ranked against raw gallery texts
     ovi_rows: dict[str, dict[str, float]] = {}
     text_base: dict[str, float] | None = None
-    if inputs.text_query is not None:
-        qt = query_subset(len(inputs.text_query), cfg.max_queries)
-        ttargets = np.ascontiguousarray(inputs.text_query[qt], dtype=np.float32)
+    text_job = ovi_job(model, inputs, cfg)
+    if text_job is not None:
+        qt, ttargets = text_job.query_index, text_job.targets
         tql = inputs.text_query_groups[qt]
-        ovi_spec = RunSpec(
-            n=len(qt), param_shape=(cfg.ovi.num_patches, model.visual.conv1.out_channels),
-            feature_dim=ttargets.shape[1], snapshot_steps=cfg.ovi.recorded_steps, steps=cfg.ovi.steps,
-            block_size=cfg.ovi.batch_size, blocks_per_shard=cfg.blocks_per_shard, seed=cfg.seed,
-            targets_sha256=targets_digest(ttargets), extra=(("ovi", cfg.ovi.model_dump()), ("amp", cfg.amp)),
-        )
         t0 = time.perf_counter()
-        ovi = run_blocks(store, "ovi", ttargets, lambda t, seed: run_ovi(model, t, cfg.ovi, seed=seed, amp=cfg.amp),
-                         ovi_spec, device=device, progress=progress)
+        ovi = run_blocks(store, text_job.name, ttargets, text_job.invert, text_job.spec, device=device,
+                         progress=progress)
         ovi.attrs["query_index"] = qt.tolist()
         summary["ovi"] = {"queries": len(qt), "seconds": round(time.perf_counter() - t0, 3)}
         tg, tgl = inputs.text_gallery, inputs.text_gallery_groups

@@ -1,0 +1,141 @@
+"""Scale-out on Dask: shards never split a zarr shard file, runtime.dask never changes a fingerprint, and the smoke
+project's features and OTI/OVI stores computed as shard tasks on a 2-worker LocalCluster (through the Prefect flow)
+equal the single-process stores."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+import zarr
+from model_fixtures import tiny_clip, tiny_tokenizer
+
+from pipeline_lib.artifacts import fingerprint, read_manifest
+from pipeline_lib.config import effective_params, load_config
+from pipeline_lib.inversion.config import OtiConfig
+from pipeline_lib.inversion.oti import run_oti
+from pipeline_lib.inversion.runner import ARRAYS, RunSpec, open_run, run_blocks, targets_digest
+from pipeline_lib.params import ParamsError
+from pipeline_lib.runner import run_stage
+from pipeline_lib.shards import Shard, split_blocks
+from pipeline_lib.stages import get_stage, instances
+from pipeline_lib.store import ArraySpec, BlockGroup
+
+# Threads of the test process: process workers each import torch, open_clip and prefect, which took ~40 s on this
+# 2-core machine under load; the shard code path (plan, Prefect tasks on Dask, zarr writes from workers) is the same.
+DASK = ["runtime.dask.local_workers=2", "runtime.dask.processes=false"]
+
+
+def test_shards_cover_whole_files_only() -> None:
+    pending = [9, 0, 1, 2, 5, 6]
+    assert split_blocks("oti", pending, 4, 1) == [Shard("oti", (0, 1, 2)), Shard("oti", (5, 6)), Shard("oti", (9,))]
+    assert split_blocks("oti", pending, 4, 2) == [Shard("oti", (0, 1, 2, 5, 6)), Shard("oti", (9,))]
+    assert [s.blocks for s in split_blocks("g", range(3), 1, 2)] == [(0, 1), (2,)]
+    assert split_blocks("g", [], 1, 1) == []
+    assert Shard("fewshot.zarr/train", (2, 3)).name == "fewshot.zarr/train[2-3]"
+
+
+def test_dask_params_are_runtime_only(smoke_project: Path) -> None:
+    plain = effective_params(load_config(smoke_project))
+    dask = effective_params(load_config(smoke_project, overrides=(*DASK, "runtime.dask.address=tcp://h:8786")))
+    for name in ("features", "inversion"):
+        (inst,) = instances(get_stage(name), plain)
+        assert fingerprint(inst, plain, {}, "code") == fingerprint(inst, dask, {}, "code")
+    with pytest.raises(ParamsError, match="runtime.dask.address"):
+        load_config(smoke_project, overrides=("runtime.dask.address=localhost:8786",))
+
+
+def test_oti_shards_in_any_order_equal_one_run(tmp_path: Path) -> None:
+    model, tokenizer = tiny_clip(), tiny_tokenizer()
+    cfg = OtiConfig(steps=2, batch_size=2, snapshot_steps=(1, 2))
+    with torch.no_grad():
+        targets = model.encode_image(torch.randn(9, 3, 32, 32, generator=torch.Generator().manual_seed(0))).numpy()
+    spec = RunSpec(n=9, param_shape=(1, 128), feature_dim=128, snapshot_steps=cfg.recorded_steps, steps=cfg.steps,
+                   block_size=2, blocks_per_shard=2, seed=42, targets_sha256=targets_digest(targets))
+
+    def invert(t: torch.Tensor, seed: int):
+        return run_oti(model, tokenizer, t, cfg, seed=seed)
+
+    cpu = torch.device("cpu")
+    full = run_blocks(tmp_path / "full.zarr", "oti", targets, invert, spec, device=cpu)
+    with pytest.raises(RuntimeError, match="missing"):  # workers never create groups
+        run_blocks(tmp_path / "sharded.zarr", "oti", targets, invert, spec, device=cpu, blocks=(0,), create=False)
+    open_run(tmp_path / "sharded.zarr", "oti", spec)  # the coordinator creates it
+    shards = split_blocks("oti", range(spec.n_blocks), spec.blocks_per_shard, 1)
+    assert [s.blocks for s in shards] == [(0, 1), (2, 3), (4,)]
+    for shard in reversed(shards):
+        group = run_blocks(tmp_path / "sharded.zarr", "oti", targets, invert, spec, device=cpu, blocks=shard.blocks,
+                           create=False)
+    assert group["done"][...].all() and group["done"].shards == (2,)
+    for name in ARRAYS:
+        np.testing.assert_array_equal(group[name][...], full[name][...], err_msg=name)
+    with pytest.raises(RuntimeError, match="other settings"):
+        run_blocks(tmp_path / "sharded.zarr", "oti", targets, invert, RunSpec(**{**spec.__dict__, "seed": 7}),
+                   device=cpu, create=False)
+
+
+def test_workers_only_open_groups_the_coordinator_planned(tmp_path: Path) -> None:
+    specs = [ArraySpec("image", (10, 4), "float32")]
+    with pytest.raises(RuntimeError, match="is missing"):
+        BlockGroup.resume(tmp_path / "s.zarr", "train", specs, 2, 4, plan={"amp": False})
+    made = BlockGroup.create_or_resume(tmp_path / "s.zarr", "train", specs, 2, 4, plan={"amp": False})
+    made.write_block(1, {"image": np.ones((4, 4), np.float32)})
+    opened = BlockGroup.resume(tmp_path / "s.zarr", "train", specs, 2, 4, plan={"amp": False})
+    assert opened.pending() == [0, 2]
+    with pytest.raises(RuntimeError, match="another plan"):  # e.g. a worker on another kind of device
+        BlockGroup.resume(tmp_path / "s.zarr", "train", specs, 2, 4, plan={"amp": True})
+    assert BlockGroup.resume(tmp_path / "s.zarr", "train", specs, 2, 4, plan={"amp": False}).pending() == [0, 2]
+
+
+def _arrays(store: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(store), mode="r")
+    return {name: np.asarray(node[...]) for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
+
+
+def _assert_same_stores(dask_dir: Path, single_dir: Path) -> None:
+    stores = sorted(p.name for p in single_dir.glob("*.zarr"))
+    assert stores and stores == sorted(p.name for p in dask_dir.glob("*.zarr"))
+    for name in stores:
+        got, want = _arrays(dask_dir / name), _arrays(single_dir / name)
+        assert sorted(got) == sorted(want), name
+        for key, value in want.items():
+            assert np.array_equal(got[key], value, equal_nan=value.dtype.kind in "fc"), f"{name}/{key}"
+
+
+@pytest.mark.slow
+def test_sharded_stages_on_local_cluster_equal_single_process(
+    smoke_project: Path, tmp_path: Path, prefect_server: None
+) -> None:
+    from flows.pipeline import pipeline_flow
+
+    root = smoke_project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["inversion"].update(blocks_per_shard=2, max_queries=32)  # 4 blocks of 8 queries = 2 zarr shards each
+    params["inversion"]["oti"]["batch_size"] = params["inversion"]["ovi"]["batch_size"] = 8
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    rows = pipeline_flow(root=str(root), stages=["inversion"], overrides=DASK)
+    status = {row["stage"]: row["status"] for row in rows}
+    cfg = load_config(root, overrides=("runtime.num_workers=0",))  # in-process decoding: no worker start-up cost
+    insts = {name: instances(get_stage(name), effective_params(cfg))[0] for name in ("features", "inversion")}
+    features_summary = read_manifest(root, insts["features"])["summary"]
+    blocks = features_summary["blocks_skipped"]  # the stage found every image block done by the shards...
+    assert features_summary["images_encoded"] == 0 and blocks > 1
+    assert status["features"].startswith(f"ran ({blocks} shards on Dask, "), status  # ...one block per shard
+    inversion = zarr.open_group(str(root / "artifacts/inversion/inversion.zarr"), mode="r")
+    inv_shards = sum(-(-inversion[g]["done"].shape[0] // 2) for g in ("oti", "ovi"))  # whole zarr shards of 2 blocks
+    assert inversion["oti"]["done"].shape == (4,) and status["inversion"].startswith(f"ran ({inv_shards} shards on")
+
+    sharded = {name: tmp_path / name for name in insts}
+    content = {name: read_manifest(root, inst)["content"] for name, inst in insts.items()}
+    for name in insts:
+        shutil.copytree(root / "artifacts" / name, sharded[name])
+    for name, inst in insts.items():  # features first: inversion reads the single-process features
+        (result,) = run_stage(root, name, cfg, force=True)
+        assert result.status == "ran"
+        _assert_same_stores(sharded[name], root / "artifacts" / name)
+        assert read_manifest(root, inst)["content"] == content[name], name  # byte-identical outputs
