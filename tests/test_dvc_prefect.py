@@ -91,3 +91,13 @@ def test_exp_run_with_set_param(dvc_project: Path) -> None:
     out = sh(dvc_project, "dvc", "exp", "run", "-S", "features.views=3", *FOUNDATION)
     assert ran_stages(out) == {"features", "diagnose"}
     assert "Running stage 'backbone'" not in out
+
+
+def test_exp_run_with_fewer_shots_reruns_only_the_aggregation(dvc_project: Path) -> None:
+    """Each fewshot_run@K-S depends on its own (shots, seed) only: dropping a shot count reruns just the report."""
+    out = sh(dvc_project, "dvc", "repro", "fewshot_report")
+    assert {"fewshot_run@1-1", "fewshot_run@2-2", "fewshot_report"} <= ran_stages(out)
+    out = sh(dvc_project, "dvc", "exp", "run", "-S", "fewshot.shots=[1]", "fewshot_report")
+    assert ran_stages(out) == {"fewshot_report"}
+    metrics = json.loads((dvc_project / "metrics/fewshot.json").read_text())
+    assert set(metrics["test_acc"]["zero_shot"]) == {"1"}
