@@ -70,7 +70,10 @@ def unpublish(root: Path, stage_id: str) -> None:
     inst = instance(root, stage_id)
     for out in inst.outputs():
         path = root / out
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     shutil.rmtree(root / ".bridgeflow/work" / inst.id.replace("@", "_"), ignore_errors=True)
 
 
