@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.params import ParamsError, parse_override
-from pipeline_lib.stages import upstream_closure
+from pipeline_lib.stages import stage_names, upstream_closure
 from pipeline_lib.summary import HEADLINES, headline_rows
 
 SWEEPS_DIR = Path(".bridgeflow") / "sweeps"
@@ -90,15 +90,13 @@ def validate_points(root: Path, profile: str | None, points: Sequence[Sequence[s
 
 
 def point_name(index: int, overrides: Sequence[str]) -> str:
-    """A folder name for a point: its index plus a readable, filesystem-safe digest of its overrides."""
-    text = "_".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in (o.split("=", 1) for o in overrides))
+    """A folder name for a point: its index, then its overrides shortened to `leaf=value`, filesystem-safe."""
+    text = "-".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in (o.split("=", 1) for o in overrides))
     return f"{index:03d}-" + re.sub(r"[^A-Za-z0-9=.+-]+", "-", text).strip("-")[:80]
 
 
 def result_paths(stages: Sequence[str] | None) -> list[str]:
     """Metrics and plot files written by the named stages and everything upstream (default: every stage)."""
-    from pipeline_lib.stages import stage_names
-
     closure = upstream_closure(list(stages) if stages else stage_names())
     return [path for stage in closure for path in stage.metrics + tuple(p.path for p in stage.plots)]
 
@@ -106,6 +104,7 @@ def result_paths(stages: Sequence[str] | None) -> list[str]:
 def keep_point(root: Path, dest: Path, overrides: Sequence[str], stages: Sequence[str] | None,
                rows: Sequence[Mapping[str, Any]]) -> Path:
     """Copy the point's published metrics and plots into `dest` (before the next point republishes them)."""
+    dest.mkdir(parents=True, exist_ok=True)
     for rel in result_paths(stages):
         if (root / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
