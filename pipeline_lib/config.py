@@ -58,6 +58,7 @@ class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present, else CPU
     num_workers: int = Field(2, ge=0)  # image-decoding worker processes (the machine has 2 cores)
     progress: bool = True  # progress bars (always off when CI=true)
+    processes: int = Field(2, ge=1)  # processes a stage may use for independent parts (few-shot searches)
     dask: DaskConfig = DaskConfig()  # scale-out of the sharded stages under `bridgeflow run`
 
 

@@ -105,7 +105,7 @@ STAGES: tuple[Stage, ...] = (
         deps=("data", "backbone"),
         outs=("artifacts/features",),
         metrics=("metrics/features.json",),
-        code=("pipeline_lib.features", "pipeline_lib.store", "pipeline_lib.backbone"),
+        code=("pipeline_lib.features", "pipeline_lib.store", "pipeline_lib.shards", "pipeline_lib.backbone"),
     ),
     Stage(
         name="diagnose",
@@ -126,7 +126,7 @@ STAGES: tuple[Stage, ...] = (
         params=("fewshot.atol",),
         deps=("features",),
         outs=("artifacts/fewshot_bridge",),
-        code=("pipeline_lib.fewshot", "pipeline_lib.io"),
+        code=("pipeline_lib.fewshot", "pipeline_lib.io", "pipeline_lib.store"),
     ),
     Stage(
         name="fewshot_run",
@@ -136,7 +136,7 @@ STAGES: tuple[Stage, ...] = (
                 "fewshot.training", "fewshot.run_training"),
         deps=("features", "fewshot_bridge"),
         outs=("artifacts/fewshot_runs/k{shots}-s{seed}",),
-        code=("pipeline_lib.fewshot", "pipeline_lib.io", "pipeline_lib.parallel"),
+        code=("pipeline_lib.fewshot", "pipeline_lib.io", "pipeline_lib.store", "pipeline_lib.parallel"),
         matrix=(("shots", "fewshot.shots"), ("seed", "fewshot.seeds")),
     ),
     Stage(
@@ -168,7 +168,8 @@ STAGES: tuple[Stage, ...] = (
             Plot("plots/inversion_similarity.csv", "cosine", ("image_image", "text_image", "oti_image"),
                  "Similarity distributions of inverted features"),
         ),
-        code=("pipeline_lib.inversion", "pipeline_lib.retrieval", "pipeline_lib.backbone.hooks", "pipeline_lib.io"),
+        code=("pipeline_lib.inversion", "pipeline_lib.retrieval", "pipeline_lib.backbone.hooks", "pipeline_lib.io",
+              "pipeline_lib.store", "pipeline_lib.shards", "pipeline_lib.parallel"),
     ),
     Stage(
         name="czsl",

@@ -14,6 +14,7 @@ import zarr
 from model_fixtures import tiny_clip, tiny_tokenizer
 
 import pipeline_lib.backbone.load as backbone_load
+from pipeline_lib.config import RuntimeConfig
 from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.stage import query_subset, run_inversion, similarity_histogram
 
@@ -60,7 +61,7 @@ def _ctx(tmp_path: Path) -> SimpleNamespace:
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         return work / rel
 
-    return SimpleNamespace(cfg=SimpleNamespace(inversion=CFG), root=root, device=torch.device("cpu"), out=out,
+    return SimpleNamespace(cfg=SimpleNamespace(inversion=CFG, runtime=RuntimeConfig(processes=1)), root=root, device=torch.device("cpu"), out=out,
                            inp=lambda rel: root / rel, progress=lambda it, total=None, desc="": it)
 
 
@@ -122,3 +123,23 @@ def test_query_subset_and_histogram() -> None:
     b = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     dens = similarity_histogram(a, b, torch.linspace(-1, 1, 5))  # bins of width 0.5
     assert dens.tolist() == pytest.approx([0.5, 0.0, 1.0, 0.5])  # cos -1 | - | 0, 0 | 1
+
+
+def test_worker_processes_give_the_single_process_outputs(smoke_pipeline, tmp_path: Path) -> None:
+    """runtime.processes = 2 (the default) runs OTI/OVI shards in worker processes; one process gives the same bytes."""
+    import shutil
+
+    from pipeline_lib.artifacts import read_manifest
+    from pipeline_lib.config import effective_params, load_config
+    from pipeline_lib.runner import run_stage
+    from pipeline_lib.stages import get_stage, instances
+
+    root = tmp_path / "project"
+    shutil.copytree(smoke_pipeline.root, root, symlinks=True)
+    pooled = load_config(root)
+    assert pooled.runtime.processes == 2
+    (inst,) = instances(get_stage("inversion"), effective_params(pooled))
+    content = read_manifest(root, inst)["content"]
+    (result,) = run_stage(root, "inversion", load_config(root, overrides=("runtime.processes=1",)), force=True)
+    assert result.status == "ran"
+    assert read_manifest(root, inst)["content"] == content

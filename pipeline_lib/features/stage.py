@@ -86,7 +86,9 @@ class ImageGroup:
 class ExtractionRun:
     """Shared state of one stage run (or one shard worker): backbone, config, device, worker count, progress, stats."""
 
-    def __init__(self, backbone: Any, cfg: FeaturesConfig, device: torch.device, num_workers: int, progress: Any):
+    def __init__(self, backbone: Any, cfg: FeaturesConfig, device: torch.device, num_workers: int, progress: Any,
+                 root: Path | None = None):
+        self.root = root  # the project folder: sources under it are recorded relative to it
         self.backbone = backbone
         self.cfg = cfg
         self.device = device
@@ -254,7 +256,7 @@ def write_fewshot_store(run: ExtractionRun, store: Path, source: Path, root: Pat
             "prompt_padding": "text/prompt_* rows past text/prompt_count[c] are NaN",
             "logit_scale": "exp(logit_scale), the multiplier on cosines",
             "views": "train/views[:, 0] is the un-augmented image (= train/image); views 1.. are offline augmentations",
-            "provenance": _provenance(run, source=str(source)),
+            "provenance": _provenance(run, source),
         }
     )
     return out
@@ -304,7 +306,7 @@ def write_czsl_store(run: ExtractionRun, store: Path, source: Path) -> dict[str,
             "val_pairs": [list(p) for p in ds.val_pairs],
             "test_pairs": [list(p) for p in ds.test_pairs],
             "pair_index": "pair indexes attrs['pairs'] (closed world: sorted union of the three pair files)",
-            "provenance": _provenance(run, source=str(source)),
+            "provenance": _provenance(run, source),
         }
     )
     return out
@@ -358,18 +360,24 @@ def write_retrieval_text_store(run: ExtractionRun, store: Path, source: Path) ->
                 after_block(store.name, split, b)
         out[split] = {"rows": n, "seconds": round(time.perf_counter() - t0, 3)}
     top = zarr.open_group(str(store), mode="a")
-    top.attrs.update({"group_names": group_names, "provenance": _provenance(run, source=str(source))})
+    top.attrs.update({"group_names": group_names, "provenance": _provenance(run, source)})
     return out
 
 
 # --------------------------------------------------------------------------------------------------------- stage
 
 
-def _provenance(run: ExtractionRun, **extra: Any) -> dict[str, Any]:
+def _provenance(run: ExtractionRun, source: Path, **extra: Any) -> dict[str, Any]:
+    """Store attributes; a source inside the project is recorded relative to it, so the same data in another
+    checkout gives the same bytes (and downstream stages stay reusable)."""
     b = run.backbone
+    root = run.root.resolve() if run.root is not None else None
+    where = source.resolve()
+    label = where.relative_to(root).as_posix() if root is not None and where.is_relative_to(root) else str(where)
     return provenance(
         backbone={"name": b.name, "pretrained": b.pretrained, "fingerprint": b.fingerprint},
         features=run.cfg.model_dump(mode="json"),
+        source=label,
         **extra,
     )
 
@@ -394,7 +402,7 @@ def extraction_run(ctx: Any, num_workers: int | None = None) -> ExtractionRun:
     backbone = load_published_backbone(ctx.inp("artifacts/backbone"), device)
     backbone.model.eval()
     workers = ctx.cfg.runtime.num_workers if num_workers is None else num_workers
-    return ExtractionRun(backbone, ctx.cfg.features, device, workers, ctx.progress)
+    return ExtractionRun(backbone, ctx.cfg.features, device, workers, ctx.progress, Path(ctx.root))
 
 
 def image_groups(run: ExtractionRun, ctx: Any) -> list[ImageGroup]:

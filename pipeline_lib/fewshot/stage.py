@@ -140,7 +140,7 @@ def run_fewshot_seed(ctx: Any, shots: int | None = None, seed: int | None = None
     store = ctx.inp(FEATURES) / STORE
     fit = load_bridge(ctx.inp(BRIDGE_OUT))
     inp, idx = load_inputs(store, shots, seed, cfg.augment_epochs)
-    res = evaluate_seed(inp, fit, cfg, seed, getattr(ctx, "device", "cpu"))
+    res = evaluate_seed(inp, fit, cfg, seed, getattr(ctx, "device", "cpu"), ctx.cfg.runtime.processes)
     out = ctx.out(seed_out(shots, seed))
     out.mkdir(parents=True, exist_ok=True)
     record = {"shots": shots, "seed": seed, "support_shape": list(inp.support.shape), "train_indices": idx,

@@ -32,14 +32,16 @@ def _jobs(ctx: Any) -> tuple[dict[str, InversionJob], Path]:
 
 
 def plan_shards(ctx: Any, files_per_shard: int = 1) -> list[Shard]:
-    """Create (or resume) the OTI/OVI groups and return their pending blocks as shards of whole zarr shard files."""
+    """Create (or resume) the OTI/OVI groups and return their pending blocks as shards of whole zarr shard files,
+    largest first (blocks x optimisation steps), so a few workers finish together."""
     jobs, store = _jobs(ctx)
     store.parent.mkdir(parents=True, exist_ok=True)
-    shards: list[Shard] = []
+    sized: list[tuple[int, Shard]] = []
     for job in jobs.values():
         done = np.asarray(open_run(store, job.name, job.spec)["done"][...], dtype=bool)
-        shards += split_blocks(job.name, np.flatnonzero(~done), job.spec.blocks_per_shard, files_per_shard)
-    return shards
+        for shard in split_blocks(job.name, np.flatnonzero(~done), job.spec.blocks_per_shard, files_per_shard):
+            sized.append((len(shard.blocks) * job.spec.steps, shard))
+    return [shard for _, shard in sorted(sized, key=lambda pair: -pair[0])]
 
 
 def invert_shard(ctx: Any, shard: Shard) -> dict[str, Any]:

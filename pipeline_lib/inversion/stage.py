@@ -27,6 +27,7 @@ from pipeline_lib.inversion.oti import Tokenizer, run_oti
 from pipeline_lib.inversion.ovi import run_ovi
 from pipeline_lib.inversion.runner import BlockInverter, Progress, RunSpec, run_blocks, targets_digest
 from pipeline_lib.io import write_csv, write_json
+from pipeline_lib.parallel import run_shards_in_processes
 from pipeline_lib.retrieval import retrieval_metrics
 from pipeline_lib.store import lazy_array, open_store, read_array
 
@@ -312,6 +313,11 @@ def run_inversion(ctx: Context) -> dict[str, Any]:
     from pipeline_lib.backbone.load import load_published_backbone
 
     inputs = load_inputs(ctx.inp("artifacts/features"))  # cheap, so a missing store fails before the model loads
+    processes = ctx.cfg.runtime.processes
+    if processes > 1 and ctx.device.type == "cpu":  # OTI/OVI blocks of a small model: one core each beats threads
+        from pipeline_lib.inversion.shards import invert_shard, plan_shards
+
+        run_shards_in_processes(ctx, plan_shards, invert_shard, processes)
     backbone = load_published_backbone(ctx.inp("artifacts/backbone"), ctx.device)
     return invert_and_evaluate(
         backbone.model,
