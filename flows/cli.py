@@ -41,8 +41,8 @@ def main(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not verbose:  # one line per HTTP request to the Prefect API buries the stage logs
-        for noisy in ("httpx", "httpcore"):
+    if not verbose:  # per-request Prefect API and Dask scheduler chatter buries the stage logs
+        for noisy in ("httpx", "httpcore", "distributed"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
