@@ -154,7 +154,7 @@ def main() -> None:
             "total_s": round(t_maps + t_build + r.seconds, 2), "trials_process_cpu_s": round(trials_cpu, 2),
             "level_rows_per_trial": [round(x / args.trials, 1) for x in ev.level_rows], "best_val_acc": r.val_acc, "zero_shot_val_acc": zs,
             "full_rescore_fraction": round(r.full_rescore_fraction, 4),
-            "levels": [int(lev.cand.shape[1]) for lev in ev.levels],
+            "levels": [lev.width for lev in ev.levels],
         }
     out["load_average_1m_end"] = os.getloadavg()[0]  # other processes sharing the cores inflate wall times
     print(json.dumps(out, indent=2))

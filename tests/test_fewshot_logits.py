@@ -106,6 +106,26 @@ def test_pruned_predictions_equal_full_argmax_row_by_row():
         assert torch.equal(ev.predict(row), full)
 
 
+@pytest.mark.parametrize("subset", ["z1", "z3", "all"])
+def test_pruned_paths_break_exact_ties_like_argmax(subset):
+    """Duplicated classes tie exactly and all-zero lambdas tie everything: the smaller class id must win."""
+    maps, kl, labels = _maps(n=240, c=10, seed=7)
+    dup = lambda s: torch.cat([s[:, :6], s[:, 2:3], s[:, 7:]], dim=1)  # class 6 := class 2
+    maps = SimilarityMaps(dup(maps.s1), dup(maps.s2), dup(maps.s3), maps.s4)
+    kl = torch.cat([kl[:6], kl[2:3], kl[7:]])
+    labels = torch.where(torch.arange(labels.shape[0]) % 2 == 0, torch.full_like(labels, 6), labels)
+    params = torch.cat([_random_params(12, seed=2), torch.zeros(1, 7), torch.tensor([[0.5, 1, 1, 1, 0, 0, 0.0]])])
+    names = ["sigma", "alpha", "beta", "gamma", "lambda1", "lambda2", "lambda3"]
+    naive = torch.tensor([accuracy(blend_logits(maps, kl, BlendParams(**dict(zip(names, r.tolist()))), subset),
+                                   labels) for r in params], dtype=torch.float64)
+    for topk in ((1, 3), (2,)):
+        ev = BlendEvaluator(maps.s1, maps.s2, maps.s3, kl, labels, subset, topk=topk, kl_topk=1)
+        assert torch.equal(ev.accuracy(params), naive)
+        for r in params[-3:]:
+            full = blend_logits(maps, kl, BlendParams(**dict(zip(names, r.tolist()))), subset).argmax(1)
+            assert torch.equal(ev.predict(r), full)
+
+
 def test_search_is_seeded_and_keeps_first_strict_improvement():
     maps, kl, labels = _maps()
     cfg = SearchConfig(n_trials=12)

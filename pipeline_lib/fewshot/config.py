@@ -63,6 +63,10 @@ class SearchConfig(Section):
     """Optuna TPE search of the blend on the full val split (spec 4)."""
 
     n_trials: int = Field(1000, ge=1)  # HP_SEARCH.N_TRIALS of the official configs
+    # "tpe": fewshot.tpe, optuna 4.4's default TPE (the spec's TPESampler(seed)) reimplemented on numpy arrays: same
+    # rules and random stream, ~1/6 of the sampler time. "optuna_tpe": the installed Optuna's TPESampler(seed,
+    # multivariate=False, constant_liar=False), i.e. 4.4's flags on Optuna 5's kernels (bandwidths differ slightly).
+    sampler: Literal["tpe", "optuna_tpe"] = "tpe"
     sigma_range: tuple[float, float] = (0.0, 1.5)  # uniform, continuous (suggest_float without log)
     alpha_range: tuple[float, float] = (0.0, 10.0)
     beta_range: tuple[float, float] = (0.0, 10.0)
@@ -70,8 +74,12 @@ class SearchConfig(Section):
     lambda_range: tuple[float, float] = (0.0, 1.0)  # the same range for lambda1..3
     # Exact pruned evaluation (logits.BlendEvaluator): per query the top-k classes of each map plus the top KL classes;
     # rows the bounds cannot settle go to the next, wider level and finally to all classes, so these only trade speed.
-    prune_topk: tuple[int, ...] = (4, 16, 64)  # candidate widths of the successive pruning levels
-    prune_kl_topk: int = Field(2, ge=0)  # the classes with the largest KL weight join every candidate set
+    # Candidate widths of the successive pruning levels: a narrow first level (it sees every query every trial), and
+    # enough top-KL classes and a wide last level for the large-sigma blends TPE converges to, where the KL weight
+    # dominates. Over 100 parameter sets from a 1000-trial search at 1000 classes x 50k queries: 25-29 ms/trial,
+    # vs 46 ms for (2, 8, 64) + 2 KL classes (2.3% of rows rescored over all classes, vs 0.03%).
+    prune_topk: tuple[int, ...] = (2, 8, 64, 256)
+    prune_kl_topk: int = Field(8, ge=0)  # the classes with the largest KL weight join every candidate set
     chunk_queries: int = Field(8192, ge=1)  # queries per block in full (unpruned) evaluation, bounds memory
 
     @field_validator("sigma_range", "alpha_range", "beta_range", "gamma_range", "lambda_range")

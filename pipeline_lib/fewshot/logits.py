@@ -120,13 +120,31 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 @dataclass
 class _Level:
-    """Candidate classes of one pruning level, their gathered map values and the bounds of everything else."""
+    """Candidate classes of one pruning level, their gathered map values and the bounds of everything else.
 
-    cand: torch.Tensor  # (N, M) class ids, sorted
-    gathered: list  # per map (N, M) d values at the candidates (None for unused maps)
+    The first level sees every query each trial and is stored candidate-major (M, N): its per-query reductions over
+    the few candidates become elementwise passes over long rows. Later levels see a few scattered queries, picked
+    fastest from query-major (N, M) storage. `dim` is the candidate axis."""
+
+    dim: int  # 0: (M, N) storage, 1: (N, M) storage
+    cand: torch.Tensor  # class ids, sorted along the candidate axis
+    cand_flat: torch.Tensor  # int32 flat copy of cand, for the per-trial gather of class weights
+    gathered: list  # per map: d values at the candidates, cand's shape (None for unused maps)
     t: list  # per map (N,) max d outside the candidates (None for unused maps)
     kl_out: torch.Tensor  # (N,) max KL outside the candidates
-    is_label: torch.Tensor  # (N, M) candidate == the row's label
+    label_mask: torch.Tensor  # cand's shape: -inf where the candidate is the query's label, else 0
+
+    @property
+    def width(self) -> int:
+        return int(self.cand.shape[self.dim])
+
+    def rows(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The given queries (None = all) of a tensor stored in this level's layout."""
+        return x if rows is None else x.index_select(1 - self.dim, rows)
+
+    def per_query(self, v: torch.Tensor) -> torch.Tensor:
+        """A per-query vector (R,) shaped to broadcast against this level's (M, R) or (R, M) blocks."""
+        return v if self.dim == 0 else v[:, None]
 
 
 class BlendEvaluator:
@@ -140,6 +158,10 @@ class BlendEvaluator:
     non-decreasing in s_i and KL for non-negative parameters). For accuracy a row is settled as soon as a candidate
     beats its label (wrong) or its label beats every candidate and UB with a margin (right); the rest go to the next,
     wider level, and finally to all classes. Results therefore equal `accuracy_full`.
+
+    Speed (a trial is one pass over all N queries at the first level): candidates are stored candidate-major, the
+    label is masked additively, the per-query maximum is an `amax` over the short leading axis, and the first level
+    reuses preallocated buffers (fresh multi-MB temporaries cost page faults every trial).
     """
 
     def __init__(self, s1: torch.Tensor, s2: torch.Tensor, s3: torch.Tensor, kl: torch.Tensor,
@@ -165,10 +187,13 @@ class BlendEvaluator:
         kk = min(kl_topk, self.c) if use_kl else 0
         kl_sorted = self.kl.sort(descending=True)
         kl_bound = kl_sorted.values[kk] if kk < self.c else self.kl.min()
-        self.levels = [self._level(k, top, kl_sorted.indices[:kk], kl_bound) for k in ks]
+        self.levels = [self._level(k, top, kl_sorted.indices[:kk], kl_bound, 0 if i == 0 else 1)
+                       for i, k in enumerate(ks)]
         self.level_rows = [0] * len(self.levels)  # rows evaluated at each level (diagnostic)
+        width0 = self.levels[0].width if self.levels else 0
+        self._buf = [torch.empty(width0, self.n) for _ in range(3)]  # first-level work space (M0, N) each
 
-    def _level(self, k: int, top: list, kl_ids: torch.Tensor, kl_bound: torch.Tensor) -> _Level:
+    def _level(self, k: int, top: list, kl_ids: torch.Tensor, kl_bound: torch.Tensor, dim: int) -> _Level:
         n, c = self.n, self.c
         parts = [tp.indices[:, :k] for tp in top if tp is not None]
         if kl_ids.numel():
@@ -181,11 +206,17 @@ class BlendEvaluator:
         cand = torch.where(dup, c, cand).sort(dim=1).values  # (N, M0)
         width = int((cand < c).sum(dim=1).max())
         cand = cand[:, :width]
-        cand = torch.where(cand == c, cand[:, :1], cand).contiguous()  # (N, M)
-        gathered = [None if d is None else d.gather(1, cand) for d in self.d]  # (N, M) each
+        cand = torch.where(cand == c, cand[:, :1], cand)  # (N, M)
         t = [None if tp is None else tp.values[:, k].contiguous() for tp in top]  # (N,) each
         kl_out = kl_bound.expand(n).contiguous()  # (N,)
-        return _Level(cand, gathered, t, kl_out, cand == self.labels[:, None])
+        label_mask = torch.zeros(cand.shape).masked_fill_(cand == self.labels[:, None], float("-inf"))  # (N, M)
+
+        def layout(x: torch.Tensor) -> torch.Tensor:
+            return (x.T if dim == 0 else x).contiguous()
+
+        gathered = [None if d is None else layout(d.gather(1, cand)) for d in self.d]
+        cand = layout(cand)
+        return _Level(dim, cand, cand.reshape(-1).int(), gathered, t, kl_out, layout(label_mask))
 
     def accuracy_full(self, params: torch.Tensor) -> torch.Tensor:
         """Accuracy (%) per parameter row over all classes, queries in chunks. params (T, 7) -> (T,)."""
@@ -200,26 +231,76 @@ class BlendEvaluator:
                 correct[t] += (sc.argmax(dim=1) == self.labels[sl]).sum()
         return torch.tensor([percent(c, self.n) for c in correct], dtype=torch.float64)
 
-    def predict(self, params: torch.Tensor) -> torch.Tensor:
-        """Exact argmax class per query for one parameter row (7,)."""
+    def _row_params(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One (7,) row with unused lambdas zeroed, and the class weights w_c = exp(sigma KL_c) (C,)."""
         p = params_tensor(params, self.subset)[0]
         if bool((p < 0).any()):
             raise ValueError(f"blend parameters {p.tolist()} must be >= 0 for the pruned evaluation")
-        w_c = torch.exp(p[0] * self.kl)  # (C,)
+        return p, torch.exp(p[0] * self.kl)
+
+    def _candidate_scores(self, lev: _Level, rows: torch.Tensor | None, w_c: torch.Tensor,
+                          p: torch.Tensor) -> torch.Tensor:
+        """Blend scores of the level's candidates for `rows` (None = all rows, first level only: computed in the
+        preallocated buffers), in the level's layout. The operations and their order are `blend_score`'s."""
+        _sigma, a, b, g, l1, l2, l3 = p.unbind(-1)
+        use = self.use
+        if rows is None:
+            assert lev.dim == 0, "all-rows scoring is the first level's (candidate-major) path"
+            buf_a, buf_b, buf_w = (x[: lev.width] for x in self._buf)
+            d = lev.gathered
+            torch.index_select(w_c, 0, lev.cand_flat, out=buf_w.view(-1))
+            w = buf_w
+        else:
+            d = [None if x is None else lev.rows(x, rows) for x in lev.gathered]
+            buf_a = buf_b = None
+            cand = lev.rows(lev.cand, rows)
+            w = w_c.index_select(0, cand.reshape(-1)).view(cand.shape)
+
+        def term(x: torch.Tensor, sharp: torch.Tensor, lam: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+            return (torch.mul(x, sharp) if out is None else torch.mul(x, sharp, out=out)).exp_().mul_(lam)
+
+        out = None
+        if use[1] or use[2]:
+            inner = term(d[1], b, l2, buf_a) if use[1] else None
+            if use[2]:
+                e3 = term(d[2], g, l3, buf_b if use[1] else buf_a)
+                inner = e3 if inner is None else inner.add_(e3)
+            out = inner.mul_(w)
+        if use[0]:
+            z1 = term(d[0], a, l1, buf_b if out is not None else buf_a)
+            out = z1 if out is None else z1.add_(out)
+        return out
+
+    def _upper_bound(self, lev: _Level, rows: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor:
+        """Score bound (R,) of every class outside the level's candidates."""
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            return x if rows is None else x.index_select(0, rows)
+
+        t = [None if x is None else pick(x) for x in lev.t]
+        return blend_score(t[0], t[1], t[2], torch.exp(p[0] * pick(lev.kl_out)), p, self.use)  # (R,)
+
+    def _full_rows(self, rows: torch.Tensor, w_c: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Exact argmax over all classes for the given rows, in query chunks. (R,)"""
+        self.n_full_rows += rows.numel()
+        pred = torch.empty(rows.numel(), dtype=torch.long)
+        for lo in range(0, rows.numel(), self.chunk):
+            r = rows[lo: lo + self.chunk]
+            d = [None if x is None else x[r] for x in self.d]
+            pred[lo: lo + self.chunk] = blend_score(d[0], d[1], d[2], w_c, p, self.use).argmax(dim=1)
+        return pred
+
+    def predict(self, params: torch.Tensor) -> torch.Tensor:
+        """Exact argmax class per query for one parameter row (7,)."""
+        p, w_c = self._row_params(params)
         pred = torch.empty(self.n, dtype=torch.long)
-        rows = None  # None = all rows (avoids an index copy at the first level)
+        rows = None  # None = all rows
         self.n_rows += self.n
         for li, lev in enumerate(self.levels):
             self.level_rows[li] += self.n if rows is None else rows.numel()
-            cand = lev.cand if rows is None else lev.cand[rows]  # (R, M)
-            g = [None if x is None else (x if rows is None else x[rows]) for x in lev.gathered]
-            sc = blend_score(g[0], g[1], g[2], w_c[cand], p, self.use)  # (R, M)
-            best, arg = sc.max(dim=1)  # (R,)
-            t = [None if x is None else (x if rows is None else x[rows]) for x in lev.t]
-            kl_out = lev.kl_out if rows is None else lev.kl_out[rows]
-            ub = blend_score(t[0], t[1], t[2], torch.exp(p[0] * kl_out), p, self.use)  # (R,)
-            ok = best > ub * (1.0 + 1e-5) + 1e-30  # (R,)
-            chosen = cand.gather(1, arg[:, None]).squeeze(1)  # (R,)
+            sc = self._candidate_scores(lev, rows, w_c, p)  # (M, R) or (R, M)
+            best, arg = sc.max(dim=lev.dim)  # (R,) first maximum = smallest class id among ties
+            ok = best > self._upper_bound(lev, rows, p) * (1.0 + 1e-5) + 1e-30  # (R,)
+            chosen = lev.rows(lev.cand, rows).gather(lev.dim, arg.unsqueeze(lev.dim)).squeeze(lev.dim)  # (R,)
             if rows is None:
                 pred.copy_(chosen)  # unsettled rows are overwritten by a later level
                 rows = (~ok).nonzero().squeeze(1)
@@ -229,11 +310,7 @@ class BlendEvaluator:
             if rows.numel() == 0:
                 return pred
         rows = torch.arange(self.n) if rows is None else rows
-        self.n_full_rows += rows.numel()
-        for lo in range(0, rows.numel(), self.chunk):
-            r = rows[lo: lo + self.chunk]
-            d = [None if x is None else x[r] for x in self.d]
-            pred[r] = blend_score(d[0], d[1], d[2], w_c, p, self.use).argmax(dim=1)  # (r, C) -> (r,)
+        pred[rows] = self._full_rows(rows, w_c, p)
         return pred
 
     def n_correct(self, params: torch.Tensor) -> int:
@@ -243,44 +320,34 @@ class BlendEvaluator:
         tie rule: a tie with a smaller class id also beats it) -> wrong, or the label beats every candidate and the
         bound of all other classes -> right. Only rows whose label leads the candidates unresolved go further.
         """
-        p = params_tensor(params, self.subset)[0]
-        if bool((p < 0).any()):
-            raise ValueError(f"blend parameters {p.tolist()} must be >= 0 for the pruned evaluation")
-        w_c = torch.exp(p[0] * self.kl)  # (C,)
-        lab_score = blend_score(self.lab_d[0], self.lab_d[1], self.lab_d[2], w_c[self.labels], p, self.use)  # (N,)
-        neg = torch.tensor(float("-inf"))
+        p, w_c = self._row_params(params)
+        w_lab = w_c.index_select(0, self.labels)  # (N,)
+        lab_score = blend_score(self.lab_d[0], self.lab_d[1], self.lab_d[2], w_lab, p, self.use)  # (N,)
         correct = 0
         rows = None  # None = all rows
         self.n_rows += self.n
         for li, lev in enumerate(self.levels):
             self.level_rows[li] += self.n if rows is None else rows.numel()
-            def pick(x: torch.Tensor, rows: torch.Tensor | None = rows) -> torch.Tensor:
-                return x if rows is None else x[rows]
-
-            cand = pick(lev.cand)  # (R, M)
-            g = [None if x is None else pick(x) for x in lev.gathered]
-            sc = blend_score(g[0], g[1], g[2], w_c[cand], p, self.use)  # (R, M)
-            sc = torch.where(pick(lev.is_label), neg, sc)  # compare the label against the others only
-            best, arg = sc.max(dim=1)  # (R,)
-            lab_s, lab = pick(lab_score), pick(self.labels)
-            best_cls = cand.gather(1, arg[:, None]).squeeze(1)
-            beaten = (best > lab_s) | ((best == lab_s) & (best_cls < lab))  # (R,)
-            t = [None if x is None else pick(x) for x in lev.t]
-            ub = blend_score(t[0], t[1], t[2], torch.exp(p[0] * pick(lev.kl_out)), p, self.use)  # (R,)
-            right = ~beaten & (lab_s > ub * (1.0 + 1e-5) + 1e-30)
+            sc = self._candidate_scores(lev, rows, w_c, p)  # (M, R) or (R, M)
+            sc.add_(lev.rows(lev.label_mask, rows))  # the label never competes with itself
+            best = sc.amax(dim=lev.dim)  # (R,)
+            lab_s = lab_score if rows is None else lab_score.index_select(0, rows)
+            beaten = best > lab_s  # (R,)
+            tied = (best == lab_s).nonzero().squeeze(1)
+            if tied.numel():  # rare exact ties: the label loses to a tied candidate with a smaller class id
+                r = tied if rows is None else rows[tied]
+                lab = lev.per_query(self.labels[r])
+                tie_sc = sc.index_select(1 - lev.dim, tied)
+                earlier = (tie_sc == lev.per_query(lab_s[tied])) & (lev.rows(lev.cand, r) < lab)
+                beaten[tied] = earlier.any(dim=lev.dim)
+            right = ~beaten & (lab_s > self._upper_bound(lev, rows, p) * (1.0 + 1e-5) + 1e-30)
             correct += int(right.sum())
             open_ = ~beaten & ~right
             rows = open_.nonzero().squeeze(1) if rows is None else rows[open_]
             if rows.numel() == 0:
                 return correct
         rows = torch.arange(self.n) if rows is None else rows
-        self.n_full_rows += rows.numel()
-        for lo in range(0, rows.numel(), self.chunk):
-            r = rows[lo: lo + self.chunk]
-            d = [None if x is None else x[r] for x in self.d]
-            pred = blend_score(d[0], d[1], d[2], w_c, p, self.use).argmax(dim=1)  # (r,)
-            correct += int((pred == self.labels[r]).sum())
-        return correct
+        return correct + int((self._full_rows(rows, w_c, p) == self.labels[rows]).sum())
 
     def accuracy(self, params: torch.Tensor) -> torch.Tensor:
         """Accuracy (%) per parameter row via the pruned exact path. params (T, 7) -> (T,)."""
