@@ -105,7 +105,8 @@ STAGES: tuple[Stage, ...] = (
         deps=("data", "backbone"),
         outs=("artifacts/features",),
         metrics=("metrics/features.json",),
-        code=("pipeline_lib.features", "pipeline_lib.store", "pipeline_lib.shards", "pipeline_lib.backbone"),
+        code=("pipeline_lib.features", "pipeline_lib.store", "pipeline_lib.shards", "pipeline_lib.parallel",
+              "pipeline_lib.backbone"),
     ),
     Stage(
         name="diagnose",

@@ -11,9 +11,7 @@ resumed run computes every block with exactly the same batches as an uninterrupt
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
@@ -28,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline_lib.features.augment import augment_view
 from pipeline_lib.features.config import AugmentConfig
+from pipeline_lib.parallel import worker_start_method
 from pipeline_lib.store import BlockGroup
 
 log = logging.getLogger(__name__)
@@ -36,19 +35,6 @@ Progress = Callable[..., Iterable]
 # Workers overlap decoding with the forward pass only from the second batch on; for a group of a batch or two,
 # starting them costs more than it saves.
 MIN_BATCHES_FOR_WORKERS = 2
-def worker_start_method() -> str:
-    """fork when it is safe, else forkserver/spawn.
-
-    Workers only decode images (module docstring), so fork is safe in a single-threaded process. A process with other
-    threads (a Prefect flow run: its API log and event workers) can fork a child while one of them holds a lock, and
-    such children die; forkserver forks them from a clean server process instead.
-    """
-    methods = mp.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        return "fork"
-    return "forkserver" if "forkserver" in methods else "spawn"
-
-
 def quiet_progress() -> bool:
     """Progress bars are off under CI=true (logs stay readable in CI)."""
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
