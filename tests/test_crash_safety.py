@@ -220,7 +220,9 @@ def test_sigkill_during_oti_resumes_to_the_uninterrupted_result(produced: Path, 
     reference = read_manifest(produced, instance(produced, "inversion"))
     unpublish(project, "inversion")
     marker, log = tmp_path / "paused", tmp_path / "killed.log"
-    proc = start(project, "inversion", log=log, pause="oti", marker=marker)
+    # the pause hook patches the stage process, so OTI runs there (runtime.processes=1); the rerun resumes the killed
+    # store with the default worker processes, and both paths write blocks through the same resumable runner
+    proc = start(project, "inversion", "-S", "runtime.processes=1", log=log, pause="oti", marker=marker)
     wait_until(marker.exists, proc, log)
     (store,) = (project / ".bridgeflow/work/inversion").glob("*/artifacts/inversion/inversion.zarr")
     done = np.asarray(zarr.open_array(str(store / "oti/done"), mode="r")[...])
