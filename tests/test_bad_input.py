@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import copy_project
 from typer.testing import CliRunner
 
-from conftest import copy_project
 from flows.cli import app
 from pipeline_lib.config import load_config
 from pipeline_lib.runner import run_stage
@@ -48,7 +48,7 @@ def test_missing_dataset_folder(project: Path, tmp_path: Path) -> None:
 def test_corrupt_image_is_named(project: Path, tmp_path: Path) -> None:
     broken = tmp_path / "shapes"
     shutil.copytree(project / "artifacts/data/fewshot/shapes", broken)
-    victim = sorted((broken / "images").rglob("*.png"))[0]
+    victim = min((broken / "images").rglob("*.png"))
     victim.write_bytes(victim.read_bytes()[:40])  # a truncated PNG
     code, out = bridgeflow(project, "stage", "features", "-S", f"features.fewshot.root={broken}")
     assert code == 2 and victim.name in out, out

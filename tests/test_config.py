@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from pipeline_lib.config import Config, effective_params, load_config
 from pipeline_lib.params import ParamsError, load_params
 

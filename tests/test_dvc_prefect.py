@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
-
 BIN = Path(sys.executable).parent
 FOUNDATION = ["data", "backbone", "features", "diagnose"]
 
 
 def sh(cwd: Path, *args: str) -> str:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 

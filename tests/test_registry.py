@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 
 import yaml
-
 from conftest import REPO
+
 from pipeline_lib.config import effective_params, load_config
 from pipeline_lib.dvcfile import render
 from pipeline_lib.params import get_dotted

@@ -84,9 +84,8 @@ def test_missing_upstream_is_a_clear_error(smoke_project: Path) -> None:
 
 def test_concurrent_run_of_the_same_stage_fails_clearly(smoke_project: Path) -> None:
     root = smoke_project
-    with stage_lock(root, StageInstance(ALPHA)):
-        with pytest.raises(StageLockedError, match="being run by another process"):
-            run_instance(root, StageInstance(ALPHA), load_config(root))
+    with stage_lock(root, StageInstance(ALPHA)), pytest.raises(StageLockedError, match="being run by another process"):
+        run_instance(root, StageInstance(ALPHA), load_config(root))
     assert not (root / "artifacts/alpha").exists()
     assert os.listdir(root / ".bridgeflow/locks")
 
