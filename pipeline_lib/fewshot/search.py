@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import optuna
@@ -18,6 +19,7 @@ import torch
 from pipeline_lib.fewshot.config import PARAM_NAMES, BlendParams, SearchConfig
 from pipeline_lib.fewshot.logits import BlendEvaluator, subset_mask
 from pipeline_lib.fewshot.tpe import IndependentTPESampler
+from pipeline_lib.parallel import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +105,10 @@ def search_blend(evaluator: BlendEvaluator, cfg: SearchConfig, seed: int, thread
             best.update(acc=acc, trial=trial.number, values=values)
         return acc
 
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    try:
+    with torch_threads(threads) if threads else nullcontext():
         study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg.sampler, seed))
         study.optimize(objective, n_trials=cfg.n_trials, n_jobs=1)
-    finally:
-        torch.set_num_threads(before)
     seconds = time.perf_counter() - t0
     frac = evaluator.n_full_rows / max(evaluator.n_rows, 1)
     log.info("search %s: best val %.2f%% at trial %d of %d in %.1f s (objective %.1f s, %.1f%% rows rescored)",
