@@ -9,24 +9,33 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+#: Imported once by the forkserver, so each child it forks starts with them loaded; without this every DataLoader
+#: worker and pool process imports torch again (seconds each, paid again for every image group of a stage).
+FORKSERVER_PRELOAD = ("__main__", "numpy", "torch")
 
-def worker_start_method() -> str:
-    """fork when it is safe, else forkserver/spawn.
 
-    A process with other threads (a Prefect flow run: its API log and event workers) can fork a child while one of
-    them holds a lock, and such children die; forkserver forks them from a clean server process instead.
+def worker_start_method(preload: Sequence[str] = ()) -> str:
+    """fork when it is safe, else forkserver (with torch and `preload` imported once in the server) or spawn.
+
+    A process with other threads (a Prefect flow run: its API log and event workers; zarr's I/O loop once a store
+    was opened) can fork a child while one of them holds a lock, and such children die; forkserver forks them from
+    a clean server process instead. `preload` names the modules the children will need (only the first call that
+    starts the server counts).
     """
     methods = mp.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1:
         return "fork"
-    return "forkserver" if "forkserver" in methods else "spawn"
+    if "forkserver" in methods:
+        mp.set_forkserver_preload([*FORKSERVER_PRELOAD, *preload])  # no effect once the server runs: it already has them
+        return "forkserver"
+    return "spawn"
 
 
 def process_context() -> mp.context.BaseContext:

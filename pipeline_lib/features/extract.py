@@ -35,6 +35,8 @@ Progress = Callable[..., Iterable]
 # Workers overlap decoding with the forward pass only from the second batch on; for a group of a batch or two,
 # starting them costs more than it saves.
 MIN_BATCHES_FOR_WORKERS = 2
+#: What a worker imports to unpickle its dataset (preloaded once when workers come from a forkserver).
+WORKER_MODULES = ("PIL.Image", "torchvision.transforms", __name__)
 def quiet_progress() -> bool:
     """Progress bars are off under CI=true (logs stay readable in CI)."""
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -245,7 +247,7 @@ def extract_to_blocks(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
-        multiprocessing_context=(start_method or worker_start_method()) if num_workers > 0 else None,
+        multiprocessing_context=(start_method or worker_start_method(WORKER_MODULES)) if num_workers > 0 else None,
         pin_memory=device.type == "cuda",
     )
     t0 = time.perf_counter()
