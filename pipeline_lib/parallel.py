@@ -16,24 +16,22 @@ from typing import Any
 
 import torch
 
-#: Imported once by the forkserver, so each child it forks starts with them loaded; without this every DataLoader
-#: worker and pool process imports torch again (seconds each, paid again for every image group of a stage).
-FORKSERVER_PRELOAD = ("__main__", "numpy", "torch")
-
 
 def worker_start_method(preload: Sequence[str] = ()) -> str:
-    """fork when it is safe, else forkserver (with torch and `preload` imported once in the server) or spawn.
+    """fork when it is safe, else forkserver (with `preload` imported once in the server) or spawn.
 
     A process with other threads (a Prefect flow run: its API log and event workers; zarr's I/O loop once a store
     was opened) can fork a child while one of them holds a lock, and such children die; forkserver forks them from
-    a clean server process instead. `preload` names the modules the children will need (only the first call that
-    starts the server counts).
+    a clean server process instead. Starting a child waits for the server's preload, so `preload` pays off where a
+    stage starts children again and again (DataLoader workers per image group, which otherwise import torch each
+    time); a one-off child imports what it needs itself, beside the parent's work. Only the call that starts the
+    server sets its preload.
     """
     methods = mp.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1:
         return "fork"
     if "forkserver" in methods:
-        mp.set_forkserver_preload([*FORKSERVER_PRELOAD, *preload])  # no effect once the server runs: it already has them
+        mp.set_forkserver_preload(["__main__", *preload])  # __main__ is multiprocessing's default preload
         return "forkserver"
     return "spawn"
 

@@ -17,8 +17,6 @@ import torch
 
 from pipeline_lib import diagnostics as dg
 from pipeline_lib.backbone.config import BackboneConfig
-from pipeline_lib.backbone.load import create_backbone, model_fingerprint, save_published_backbone
-from pipeline_lib.backbone.pretrain import ATTRIBUTES, CHECKPOINT_FILE, init_tiny_backbone, load_corpus, pretrain
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +26,6 @@ BACKBONE_PLOT = "plots/backbone_loss.csv"
 DIAGNOSE_OUT = "artifacts/diagnose"
 GAP_METRICS = "metrics/gap.json"
 GAP_PLOT = "plots/gap_similarity.csv"
-LOSS_COLUMNS = ("step", "loss", "lr", "logit_scale", *(f"zs_{a}" for a in ATTRIBUTES))
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -46,6 +43,11 @@ def _write_csv(path: Path, columns: tuple[str, ...] | list[str], rows: list[dict
 
 def run_backbone(ctx: Any) -> dict[str, Any]:
     """Pretrain the tiny CLIP on the shapes corpus (model.pt + spec), or record a real backbone's spec + fingerprint."""
+    # Imported here, not at module level: `diagnose` shares this module and needs neither open_clip nor the model.
+    from pipeline_lib.backbone.load import create_backbone, model_fingerprint, save_published_backbone
+    from pipeline_lib.backbone.pretrain import ATTRIBUTES, CHECKPOINT_FILE, init_tiny_backbone, load_corpus, pretrain
+
+    loss_columns = ("step", "loss", "lr", "logit_scale", *(f"zs_{a}" for a in ATTRIBUTES))
     cfg: BackboneConfig = ctx.cfg.backbone
     device = torch.device(ctx.device)
     out_dir = ctx.out(BACKBONE_OUT)
@@ -63,7 +65,7 @@ def run_backbone(ctx: Any) -> dict[str, Any]:
             "trained": False,
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        _write_csv(ctx.out(BACKBONE_PLOT), LOSS_COLUMNS, [])
+        _write_csv(ctx.out(BACKBONE_PLOT), loss_columns, [])
         _write_json(ctx.out(BACKBONE_METRICS), summary)
         return summary
 
@@ -100,7 +102,7 @@ def run_backbone(ctx: Any) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 2),
         "device": device.type,
     }
-    _write_csv(ctx.out(BACKBONE_PLOT), LOSS_COLUMNS, result.rows)
+    _write_csv(ctx.out(BACKBONE_PLOT), loss_columns, result.rows)
     _write_json(ctx.out(BACKBONE_METRICS), summary)
     logger.info("backbone pretrained: zero-shot %s (chance %s)", summary["zero_shot"], summary["chance"])
     return summary

@@ -36,7 +36,7 @@ Progress = Callable[..., Iterable]
 # starting them costs more than it saves.
 MIN_BATCHES_FOR_WORKERS = 2
 #: What a worker imports to unpickle its dataset (preloaded once when workers come from a forkserver).
-WORKER_MODULES = ("PIL.Image", "torchvision.transforms", __name__)
+WORKER_MODULES = ("torch", "PIL.Image", "torchvision.transforms", __name__)
 def quiet_progress() -> bool:
     """Progress bars are off under CI=true (logs stay readable in CI)."""
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
