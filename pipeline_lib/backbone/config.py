@@ -45,7 +45,7 @@ class PretrainConfig(Section):
     # A loss-curve row every this many steps.
     log_every: int = Field(20, ge=1)
     # Zero-shot accuracies on held-out images every this many steps (0 = only at the end).
-    eval_every: int = Field(200, ge=0)
+    eval_every: int = Field(400, ge=0)
     # A resumable checkpoint every this many steps (0 = never; a killed run then restarts from scratch).
     checkpoint_every: int = Field(200, ge=0)
     # Gradient-norm clip (0 = off); guards the early steps when the logit scale moves fast.

@@ -67,7 +67,9 @@ class DataConfig(Section):
 
     # Text retrieval: each meaning (shape, colour, pattern, size) gets several paraphrases; a query must find the
     # gallery paraphrases of its own meaning.
-    retrieval_meanings: int = Field(200, ge=2)  # distinct meanings (at most the number of factor combinations)
+    # Distinct meanings (at most the number of factor combinations). 128 = two OVI batches of 64: each OVI batch is
+    # 1000 image-tower steps, the costliest part of the inversion stage.
+    retrieval_meanings: int = Field(128, ge=2)
     retrieval_queries_per_meaning: int = Field(1, ge=1)  # paraphrases used as queries
     retrieval_gallery_per_meaning: int = Field(4, ge=1)  # paraphrases in the gallery
 
