@@ -13,6 +13,7 @@ from backbone_fixtures import SMALL_TRAIN, make_corpus
 from pipeline_lib.backbone.config import PretrainConfig
 from pipeline_lib.backbone.pretrain import (
     BatchSampler,
+    CachedTokenizer,
     Corpus,
     init_tiny_backbone,
     load_corpus,
@@ -37,6 +38,18 @@ def test_lr_schedule_warms_up_then_decays_to_floor() -> None:
     assert lr_at(55, cfg) == pytest.approx(0.55)
     assert lr_at(100, cfg) == pytest.approx(0.1)
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
+
+
+def test_cached_tokenizer_returns_the_tokenizers_rows() -> None:
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer(TINY)
+    cached = CachedTokenizer(tokenizer)
+    first = ["a red circle", "a small blue square", "a red circle"]
+    second = ["a small blue square", "a striped green star", "a red circle"]
+    assert torch.equal(cached(first), tokenizer(first))
+    assert torch.equal(cached(second), tokenizer(second))
+    assert len(cached.rows) == 3
 
 
 def test_split_keeps_groups_whole_and_is_seeded() -> None:

@@ -86,9 +86,9 @@ class InversionConfig(Section):
     # Invert at most this many queries per direction (None = all); the smoke profile keeps the stage to seconds.
     max_queries: int | None = Field(None, ge=1)
     # Blocks per zarr shard: one block per chunk keeps resumption exact, many per shard keeps the file count low. A
-    # shard is also the unit of work of a worker process (runtime.processes) or Dask task, so 2 lets the three heavy
-    # OVI blocks of the default run spread over two workers.
-    blocks_per_shard: int = Field(2, ge=1)
+    # shard is also the unit of work of a worker process (runtime.processes) or Dask task, so 1 lets the two heavy
+    # OVI blocks of the default run (128 texts, batch 64) go to two workers side by side.
+    blocks_per_shard: int = Field(1, ge=1)
     # Queries ranked at once by the retrieval metrics (bounds the (chunk, gallery) similarity matrix in memory).
     query_chunk: int = Field(1024, ge=1)
     # OTI snapshot steps whose similarity distributions are plotted next to image-image and text-image (must be
