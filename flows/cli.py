@@ -46,6 +46,13 @@ def main(
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def print_error(err: BaseException) -> None:
+    """One error line on stderr: never folded inside a word (paths stay copyable), brackets printed as they are."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+
+
 def friendly_errors(fn: F) -> F:
     """Turn expected user errors (bad params, missing inputs, bad data) into a one-screen message and exit code 2."""
 
@@ -56,7 +63,7 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except user_errors() as err:
-            console.print(f"[bold red]error:[/] {err}")
+            print_error(err)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -275,7 +282,7 @@ def czsl_eval(
     try:
         result = evaluate_scores_file(root, split, world, scores, feasibility_path=feasibility, threshold=threshold)
     except ValueError as err:  # a scores/feasibility file of the wrong shape or dtype, or a bad option
-        console.print(f"[bold red]error:[/] {err}")
+        print_error(err)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2))
 
