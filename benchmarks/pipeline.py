@@ -5,6 +5,8 @@ outputs and an empty DVC cache, exactly as a user's first run. Stage seconds com
 
     python benchmarks/pipeline.py --scratch /tmp/bridgeflow-bench      # clones HEAD of this checkout there
     python benchmarks/pipeline.py --scratch DIR --keep                  # leave the clone for inspection
+
+A failed step stops the benchmark and keeps the clone, with its logs (install.log, run.log, rerun.log).
 """
 
 from __future__ import annotations
@@ -48,15 +50,14 @@ def main() -> None:
         raise SystemExit(f"{args.scratch} exists: choose a new folder (the benchmark needs a fresh clone)")
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(args.scratch)], check=True)
     project = args.scratch
-    try:
-        install_s, _ = timed(["make", "--no-print-directory", "install"], project, project / "install.log")
-        full_s, full_cpu = timed(["./run.sh"], project, project / "run.log")
-        stages = {e["id"]: e["seconds"] for e in read_events(project) if e["status"] == "ran"}
-        noop_s, _ = timed(["./run.sh"], project, project / "rerun.log")
-        reran = [e["id"] for e in read_events(project) if e["status"] == "ran" and e["id"] not in stages]
-    finally:
-        if not args.keep:
-            shutil.rmtree(project, ignore_errors=True)
+    # A failed command leaves the clone (and the log its message names) in place.
+    install_s, _ = timed(["make", "--no-print-directory", "install"], project, project / "install.log")
+    full_s, full_cpu = timed(["./run.sh"], project, project / "run.log")
+    stages = {e["id"]: e["seconds"] for e in read_events(project) if e["status"] == "ran"}
+    noop_s, _ = timed(["./run.sh"], project, project / "rerun.log")
+    reran = [e["id"] for e in read_events(project) if e["status"] == "ran" and e["id"] not in stages]
+    if not args.keep:
+        shutil.rmtree(project, ignore_errors=True)
     print(json.dumps({
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "install_s": install_s,
