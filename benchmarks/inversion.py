@@ -3,8 +3,8 @@
 OTI / OVI run exactly as the stage does (hooked native forward, AdamW, snapshots, loss curves, fp32 recompute of the
 final features; fp16 autocast + GradScaler on CUDA). The bare loop runs the same number of forward+backward passes of
 the same encoder on the same batch with a plain leaf input and the same cosine loss, and nothing else: for the text
-tower the input token embeddings of the prompt (through `text_features_from_embeddings`), for the image tower the
-pixels (through `encode_image`). Prints one JSON object; `overhead` = bare samples/s / inversion samples/s
+tower the input token embeddings of the prompt up to its EOS (through `text_features_from_embeddings`, the positions
+OTI runs: `hooks.pooled_length`), for the image tower the pixels (through `encode_image`). Prints one JSON object; `overhead` = bare samples/s / inversion samples/s
 (1.0 = the inversion costs nothing beyond the encoder; the target is <= 1.15), from process CPU time on a CPU (a
 shared machine's load barely moves it; `overhead_wall` is the wall-clock ratio) and from wall time on CUDA.
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline_lib.backbone.hooks import text_features_from_embeddings
+from pipeline_lib.backbone.hooks import pooled_length, text_features_from_embeddings
 from pipeline_lib.backbone.tiny import register_tiny_models
 from pipeline_lib.inversion.config import OtiConfig, OviConfig
 from pipeline_lib.inversion.oti import prompt_ids, run_oti
@@ -104,7 +104,7 @@ def main() -> None:
                         snapshot_steps=snaps(args.ovi_steps, OviConfig().snapshot_steps, 1000))
 
     ids, _ = prompt_ids(tokenizer, oti_cfg, b)
-    ids = ids.to(device)
+    ids = ids[:, : pooled_length(model, ids)].to(device)  # (B, L'): the prompt up to its EOS, as OTI runs it
     with torch.no_grad():
         prompt_embeddings = model.token_embedding(ids)  # (B, L, W)
     t = timed({
@@ -134,6 +134,7 @@ def main() -> None:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
         "batch_size": b,
+        "oti_prompt_positions": f"{ids.shape[1]} of {model.context_length}",
         "clock": clock,
         "amp": amp and device.type == "cuda",
         "oti": entry(t["oti"], t["oti_bare"], oti_cfg),

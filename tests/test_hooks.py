@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -16,7 +17,10 @@ from pipeline_lib.backbone.hooks import (
     UnsupportedBackbone,
     image_features_from_patch_embeddings,
     image_token_features,
+    placeholder_positions,
+    pooled_length,
     text_eos_features,
+    text_features_at_positions,
     text_features_from_embeddings,
     text_features_from_token_embeddings,
 )
@@ -82,6 +86,33 @@ def test_full_embeddings_equal_encode_text_also_for_a_shorter_context(text_model
     short = 8  # positions after EOS cannot change the EOS token under the causal mask
     assert int(ids.argmax(dim=1).max()) < short < text_model.context_length
     assert_close(text_features_from_embeddings(text_model, emb[:, :short], ids[:, :short]), want, **TOL)
+
+
+def test_pseudo_token_prompts_stop_at_their_eos_with_the_full_forwards_features_and_gradients(
+    text_model: CLIP,
+) -> None:
+    # in float64, so that what is left of a difference is rounding, not a position the short forward misses
+    model = copy.deepcopy(text_model).double()
+    ids = _ids(model, ["a photo of  £ ", "a large photo of  £ "])
+    length = pooled_length(model, ids)
+    assert length == int(ids.argmax(dim=1).max()) + 1 < model.context_length
+    positions = placeholder_positions(ids, PLACEHOLDER, 1)
+    pseudo = (0.02 * torch.randn(2, 1, model.transformer.width, dtype=torch.float64)).requires_grad_()
+    full = text_features_at_positions(model, ids, positions, pseudo)  # native full-length forward
+    (grad_full,) = torch.autograd.grad(full.square().sum(), pseudo)
+    short = text_features_at_positions(model, ids, positions, pseudo, length)
+    (grad_short,) = torch.autograd.grad(short.square().sum(), pseudo)
+    assert_close(short, full, rtol=1e-10, atol=1e-10)
+    assert_close(grad_short, grad_full, rtol=1e-10, atol=1e-10)
+
+
+def test_towers_without_a_causal_mask_or_eos_pooling_keep_every_position() -> None:
+    ids = _ids(_model("bf-tiny-vit-32"), ["a photo of  £ "])
+    assert pooled_length(tiny_clip(), ids) == int(ids.argmax()) + 1
+    unmasked = CLIP(**{**TINY_CFG, "text_cfg": {**TINY_CFG["text_cfg"], "no_causal_mask": True}})
+    assert pooled_length(unmasked, ids) is None
+    last = CLIP(**{**TINY_CFG, "text_cfg": {**TINY_CFG["text_cfg"], "pool_type": "last"}})
+    assert pooled_length(last, ids) is None
 
 
 @torch.no_grad()

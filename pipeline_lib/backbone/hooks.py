@@ -5,7 +5,9 @@ pixels, or to read something other than the pooled feature. Wherever possible th
 temporary forward hook swaps one intermediate tensor (token embeddings after `token_embedding`, patch embeddings after
 `visual.conv1`), so masks, pooling, norms and projections stay exactly the library's. Only
 `text_features_from_embeddings` re-runs the text tower by hand, because its sequence length may differ from the
-model's context (the native path always adds the full positional table).
+model's context (the native path always adds the full positional table). Pseudo-token prompts use it to stop at the
+last EOS (`pooled_length`): under CLIP's causal mask the padding after it never reaches the pooled token, and "a photo
+of £" is 6 of ViT-B/32's 77 positions.
 
 Supported: `open_clip.model.CLIP` with its built-in text transformer, and `open_clip.transformer.VisionTransformer`
 image towers. Anything else (timm trunks, HF text towers, `CustomTextCLIP`/SigLIP, CoCa) raises `UnsupportedBackbone`.
@@ -31,6 +33,7 @@ __all__ = [
     "image_features_from_patch_embeddings",
     "image_token_features",
     "placeholder_positions",
+    "pooled_length",
     "text_eos_features",
     "text_features_at_positions",
     "text_features_from_embeddings",
@@ -110,8 +113,9 @@ def text_features_from_token_embeddings(
 
     `pseudo_tokens` (B, R, W) or (1, R, W) (broadcast to every row) lives in the input token-embedding space, before
     positional embeddings. The placeholder's own embedding is overwritten, not shifted: sequence length, positional
-    embeddings, causal mask and EOS pooling are those of `token_ids`. With `pseudo_tokens=None` this is exactly
-    `model.encode_text(token_ids)`. Gradients flow to `pseudo_tokens`; the model is never put into no-grad mode here.
+    embeddings, causal mask and EOS pooling are those of `token_ids` (positions after the last EOS are skipped, see
+    `pooled_length`). With `pseudo_tokens=None` this is exactly `model.encode_text(token_ids)`. Gradients flow to
+    `pseudo_tokens`; the model is never put into no-grad mode here.
     """
     check_text_tower(model)
     if pseudo_tokens is None:
@@ -128,7 +132,7 @@ def text_features_from_token_embeddings(
     if bsz not in (1, token_ids.shape[0]):
         raise ValueError(f"pseudo_tokens batch {bsz} must be 1 or match token_ids batch {token_ids.shape[0]}")
     positions = placeholder_positions(token_ids, placeholder_id, n_pseudo)
-    return text_features_at_positions(model, token_ids, positions, pseudo_tokens)
+    return text_features_at_positions(model, token_ids, positions, pseudo_tokens, pooled_length(model, token_ids))
 
 
 def placeholder_positions(token_ids: Tensor, placeholder_id: int, n_pseudo: int) -> tuple[Tensor, Tensor]:
@@ -141,13 +145,42 @@ def placeholder_positions(token_ids: Tensor, placeholder_id: int, n_pseudo: int)
     return rows, cols
 
 
+def pooled_length(model: CLIP, token_ids: Tensor) -> int | None:
+    """Length of the shortest prefix of `token_ids` (B, L) with the same text features, or None when every position
+    counts.
+
+    With a causal mask and EOS pooling (CLIP's text tower) the pooled token attends only to positions up to its own,
+    so everything after the last row's EOS can be dropped: the result is the full-length forward's up to float
+    rounding. A tower without a causal mask or pooling another position keeps the whole sequence.
+    """
+    if getattr(model, "attn_mask", None) is None:
+        return None
+    pool = getattr(model, "text_pool_type", None)
+    if pool == "argmax":
+        eos = token_ids.argmax(dim=-1)  # (B,) EOT has the largest id in CLIP's BPE vocabulary
+    elif pool == "eos":
+        eos = (token_ids == model.text_eos_id).int().argmax(dim=-1)  # (B,) first EOS, as text_global_pool
+    else:
+        return None
+    return int(eos.max()) + 1
+
+
 def text_features_at_positions(
-    model: CLIP, token_ids: Tensor, positions: tuple[Tensor, Tensor], pseudo_tokens: Tensor
+    model: CLIP, token_ids: Tensor, positions: tuple[Tensor, Tensor], pseudo_tokens: Tensor,
+    length: int | None = None,
 ) -> Tensor:
-    """`text_features_from_token_embeddings` with precomputed `placeholder_positions` (no checks, no host sync)."""
+    """`text_features_from_token_embeddings` with precomputed `placeholder_positions` (no checks, no host sync).
+
+    `length` (from `pooled_length`, computed once per prompt batch) runs only the first `length` positions; None runs
+    the model's native full-length forward.
+    """
     rows, cols = positions
     width = pseudo_tokens.shape[-1]
     values = pseudo_tokens.expand(token_ids.shape[0], -1, -1).reshape(-1, width)  # (B * R, W), row-major like rows
+    if length is not None:
+        ids = token_ids[:, :length]  # (B, length): the placeholders sit before the EOS, so all are kept
+        embeddings = model.token_embedding(ids).index_put((rows, cols), values.to(model.token_embedding.weight.dtype))
+        return text_features_from_embeddings(model, embeddings, ids)
 
     def replace(_module: nn.Module, _inputs: tuple, out: Tensor) -> Tensor:
         return out.index_put((rows, cols), values.to(out.dtype))  # (B, L, W), placeholders overwritten

@@ -16,6 +16,7 @@ from torch import Tensor
 from pipeline_lib.backbone.hooks import (
     check_text_tower,
     placeholder_positions,
+    pooled_length,
     text_features_at_positions,
     text_features_from_token_embeddings,
 )
@@ -57,7 +58,8 @@ def prompt_ids(tokenizer: Tokenizer, cfg: OtiConfig, n: int) -> tuple[Tensor, in
 def oti_encoder(model: CLIP, ids: Tensor, placeholder_id: int, num_tokens: int) -> Encoder:
     """pseudo-tokens (B, R, W) -> text features (B, D) of the prompt `ids` (B, L) with the tokens injected."""
     positions = placeholder_positions(ids, placeholder_id, num_tokens)  # checked once, not every step
-    return lambda pseudo: text_features_at_positions(model, ids, positions, pseudo)
+    length = pooled_length(model, ids)  # the prompt's positions up to its EOS: the padding after it is never run
+    return lambda pseudo: text_features_at_positions(model, ids, positions, pseudo, length)
 
 
 def run_oti(
