@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline_lib.fewshot.bridge import bridged_prototypes, image_prototypes, truncated_pinv
+from pipeline_lib.fewshot.closed_form import semobridge_t_step
 from pipeline_lib.fewshot.config import TrainingConfig
 from pipeline_lib.fewshot.logits import kl_bits
 from pipeline_lib.fewshot.train import (
@@ -150,3 +151,59 @@ def test_fused_ops_equal_pytorch_forms_and_gradients():
     t = torch.tensor([0, 3, 1, 1, 2, 0])
     assert torch.autograd.gradcheck(lambda a: cross_entropy_mean(a, t), (z,))
     assert torch.allclose(cross_entropy_mean(z, t), F.cross_entropy(z, t))
+
+
+@pytest.mark.parametrize("variant", ["img", "img+txt", "img+txt+cons", "all"])
+@pytest.mark.parametrize("bias_scale", [None, 0.0, 0.3])  # no class bias; the zero init; a trained bias
+def test_closed_form_step_equals_autograd_of_the_loss(variant, bias_scale):
+    g = torch.Generator().manual_seed(1)
+    c, k, d = 5, 4, 8
+    support = torch.randn(c, k, d, dtype=torch.float64, generator=g)
+    w_txt = torch.randn(d, d, dtype=torch.float64, generator=g) / 3
+    text = F.normalize(torch.randn(c, d, dtype=torch.float64, generator=g), dim=-1)
+    eos = F.normalize(torch.randn(c, d, dtype=torch.float64, generator=g), dim=-1)
+    pinv = torch.randn(d, d, dtype=torch.float64, generator=g).requires_grad_()
+    bias = (None if bias_scale is None
+            else (bias_scale * torch.randn(c, d, dtype=torch.float64, generator=g)).requires_grad_())
+    w = loss_weights(TrainingConfig(loss_variant=variant, use_class_bias=bias is not None), bias is not None)
+    p_hat, u_hat, g_hat, _ = bridged_prototypes(support, pinv, w_txt, 1.7, bias)
+    want = semobridge_t_losses(F.normalize(support, dim=-1), p_hat, u_hat, g_hat, text, eos, bias, w, 100.0)
+    params = [pinv] + ([bias] if bias is not None else [])
+    grads = torch.autograd.grad(want["total"], params, allow_unused=True)
+    got = semobridge_t_step(support, F.normalize(support, dim=-1), pinv.detach(),
+                            None if bias is None else bias.detach(), w_txt, 1.7, text, eos, w, 100.0)
+    assert sorted(got.terms) == sorted(want)
+    for name, value in want.items():
+        assert got.terms[name].item() == pytest.approx(value.item(), rel=1e-12, abs=1e-12)
+    torch.testing.assert_close(got.p_hat, p_hat.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.grad_pinv, grads[0], rtol=1e-10, atol=1e-12)
+    if bias is not None:
+        want_bias = torch.zeros_like(bias) if grads[1] is None else grads[1]
+        torch.testing.assert_close(got.grad_bias, want_bias, rtol=1e-10, atol=1e-12)
+    else:
+        assert got.grad_bias is None
+
+
+def test_training_equals_autograd_with_torch_adamw():
+    """The loop as it reads in the spec (autograd of the loss, torch.optim.AdamW) ends where the closed-form loop
+    ends, up to float rounding."""
+    cfg = TrainingConfig(steps=40, warmup_steps=5)
+    support, w_txt, text, eos, _, _ = _problem(3)
+    pinv = truncated_pinv(w_txt, 0.3)
+    res = train_semobridge_t(support, w_txt, pinv, 1.7, text, eos, cfg.model_copy(update={"final_model": "last_step"}))
+    inv_text = pinv.clone().requires_grad_()
+    bias = torch.zeros(support.shape[0], w_txt.shape[0], requires_grad=True)
+    opt = torch.optim.AdamW([inv_text, bias], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    w = loss_weights(cfg, True)
+    for step in range(cfg.steps):
+        p_hat, u_hat, g_hat, _ = bridged_prototypes(support, inv_text, w_txt, 1.7, bias)
+        total = semobridge_t_losses(F.normalize(support, dim=-1), p_hat, u_hat, g_hat, text, eos, bias, w,
+                                    cfg.logit_scale)["total"]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    torch.testing.assert_close(res.pinv_last, inv_text.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(res.bias_last, bias.detach(), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(res.pinv_last, pinv, atol=1e-4)  # the weights did move

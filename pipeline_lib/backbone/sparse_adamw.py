@@ -5,7 +5,8 @@ Dense AdamW reads and writes the whole table, both moments and the gradient ever
 pretraining step on two CPU cores). A row that has never had a non-zero gradient has zero moments, so AdamW only
 decays it (p *= 1 - lr * weight_decay). This optimiser applies the decay to the table in one pass and the rest of the
 update to the rows that have ever had a gradient, with the element-wise arithmetic of torch's single-tensor AdamW (the
-CPU default), so the parameters equal `torch.optim.AdamW`'s bit for bit (tests/test_backbone_pretrain.py).
+CPU default; pipeline_lib.adamw), so the parameters equal `torch.optim.AdamW`'s bit for bit
+(tests/test_backbone_sparse_adamw.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
+
+from pipeline_lib.adamw import adamw_update_
 
 
 class RowSparseAdamW(torch.optim.Optimizer):
@@ -71,13 +74,7 @@ def _nonzero_rows(grad: Tensor) -> Tensor:
 
 def _adam_rows(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, step: float,
                lr: float, beta1: float, beta2: float, eps: float) -> None:
-    """The moment and parameter update of torch's `_single_tensor_adam` (after the decay), on `rows` only."""
+    """AdamW's moment and parameter update (after the decay) on `rows` only."""
     g, m, v, x = grad[rows], exp_avg[rows], exp_avg_sq[rows], p[rows]  # (n, W) copies
-    m.lerp_(g, 1 - beta1)
-    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    denom = (v.sqrt() / bias_correction2**0.5).add_(eps)
-    x.addcdiv_(m, denom, value=-step_size)
+    adamw_update_(x, g, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0)
     exp_avg[rows], exp_avg_sq[rows], p[rows] = m, v, x

@@ -1,7 +1,9 @@
 """SeMoBridge-T (spec 5): learn the inverse projection and per-class EOS biases on cached support features.
 
 Full-batch AdamW, one step per "epoch", Dassl's warm-up schedule, per-step validation with the INIT blend and
-best-val selection. Pure tensors in, tensors and curves out; CPU-deterministic (no sampling anywhere).
+best-val selection. Pure tensors in, tensors and curves out; CPU-deterministic (no sampling anywhere). The loss is
+defined with autograd in `semobridge_t_losses`; the loop steps with its closed-form gradients (closed_form.py), which
+cost half as much per step at few-shot sizes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from pipeline_lib.adamw import adamw_update_
 from pipeline_lib.fewshot.bridge import bridged_prototypes
+from pipeline_lib.fewshot.closed_form import semobridge_t_step
 from pipeline_lib.fewshot.config import LOSS_VARIANTS, BlendParams, TrainingConfig
 from pipeline_lib.fewshot.logits import blend_score, percent, subset_mask
 from pipeline_lib.fewshot.ops import cross_entropy_mean, l2_normalize
@@ -164,6 +168,7 @@ class TrainResult:
         return self.pinv_best, self.bias_best, self.pinv_best
 
 
+@torch.no_grad()
 def train_semobridge_t(
     support: torch.Tensor,
     w_txt: torch.Tensor,
@@ -175,7 +180,8 @@ def train_semobridge_t(
     validator: InitValidator | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train inv_text (init W+) and class_bias (init 0) for cfg.steps full-batch AdamW steps.
+    """Train inv_text (init W+) and class_bias (init 0) for cfg.steps full-batch AdamW steps (torch.optim.AdamW's
+    arithmetic, pipeline_lib.adamw).
 
     support (C, K', D_p) raw; validation (if a validator is given) runs after every step on the updated weights.
     The forward pass of step t+1 uses exactly those weights, so its detached prototypes serve the validation of
@@ -186,11 +192,11 @@ def train_semobridge_t(
     t0 = time.perf_counter()
     c = support.shape[0]
     dev = support.device  # everything follows the support tensor (CPU by default, CUDA when the caller moved it)
-    inv_text = pinv_init.detach().clone().float().to(dev).requires_grad_(True)  # (D_p, D_t)
-    class_bias = (torch.zeros(c, w_txt.shape[0], device=dev, requires_grad=True)
-                  if cfg.use_class_bias else None)  # (C, D_t)
+    # plain tensors: closed_form.semobridge_t_step computes their gradients, no autograd graph is built
+    inv_text = pinv_init.detach().clone().float().to(dev)  # (D_p, D_t)
+    class_bias = torch.zeros(c, w_txt.shape[0], device=dev) if cfg.use_class_bias else None  # (C, D_t)
     params = [inv_text] + ([class_bias] if class_bias is not None else [])
-    opt = torch.optim.AdamW(params, lr=lr_at(0, cfg), betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]  # AdamW's exp_avg, exp_avg_sq
     weights = loss_weights(cfg, class_bias is not None)
     support = support.float()
     support_n = F.normalize(support, dim=-1)  # (C, K', D_p), constant
@@ -206,28 +212,23 @@ def train_semobridge_t(
                         bias=None if class_bias is None else class_bias.detach().clone())
 
     for step in range(cfg.steps):
-        p_hat, u_hat, g_hat, _ = bridged_prototypes(support, inv_text, w_txt, scale, class_bias)
+        out = semobridge_t_step(support, support_n, inv_text, class_bias, w_txt, scale, text_proj, text_eos, weights,
+                                cfg.logit_scale)
         if validator is not None and step > 0:
-            validate(step - 1, p_hat)
-        terms = semobridge_t_losses(support_n, p_hat, u_hat, g_hat, text_proj, text_eos, class_bias, weights,
-                                    cfg.logit_scale)
+            validate(step - 1, out.p_hat)
         lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        opt.step()
+        for param, grad, (exp_avg, exp_avg_sq) in zip(params, (out.grad_pinv, out.grad_bias), moments):
+            adamw_update_(param, grad, exp_avg, exp_avg_sq, step + 1, lr, *cfg.betas, cfg.eps, cfg.weight_decay)
         curves["step"].append(step)
         curves["lr"].append(lr)
+        values = dict(zip(out.terms, torch.stack(list(out.terms.values())).tolist()))  # one host read per step
         for name in ("total", *LOSS_TERMS):
-            curves[name].append(float(terms[name].detach()) if name in terms else float("nan"))
+            curves[name].append(values.get(name, float("nan")))
         curves["val_acc"].append(float("nan"))
         if on_step is not None:
             on_step(step)
     if validator is not None:
-        with torch.no_grad():
-            p_hat = bridged_prototypes(support, inv_text, w_txt, scale, class_bias)[0]
-        validate(cfg.steps - 1, p_hat)
+        validate(cfg.steps - 1, bridged_prototypes(support, inv_text, w_txt, scale, class_bias)[0])
     seconds = time.perf_counter() - t0
     log.info("SeMoBridge-T: %d steps in %.1f s, best val %.2f%% after step %d", cfg.steps, seconds, best["acc"],
              best["step"])
