@@ -76,6 +76,13 @@ def params_tensor(params: BlendParams | torch.Tensor | list, subset: str) -> tor
     return p
 
 
+def _broadcasts_into(shape: torch.Size, target: torch.Size) -> bool:
+    """True when a tensor of `shape` broadcasts to `target` unchanged (an in-place op on `target` is possible).
+
+    Plain Python: torch.broadcast_shapes costs ~0.5 ms per call, a fifth of a search trial at few-shot sizes."""
+    return len(shape) <= len(target) and all(a in (1, b) for a, b in zip(reversed(shape), reversed(target)))
+
+
 def blend_score(d1, d2, d3, w, p, use) -> torch.Tensor:
     """The shared blend expression, built with in-place ops on fresh buffers (large temporaries dominate otherwise).
 
@@ -91,7 +98,7 @@ def blend_score(d1, d2, d3, w, p, use) -> torch.Tensor:
         if use[2]:
             e3 = torch.mul(d3, g).exp_().mul_(l3)
             inner = e3 if inner is None else inner.add_(e3)
-        out = inner.mul_(w) if inner.shape == torch.broadcast_shapes(inner.shape, w.shape) else inner * w
+        out = inner.mul_(w) if _broadcasts_into(w.shape, inner.shape) else inner * w
     if use[0]:
         z1 = torch.mul(d1, a).exp_().mul_(l1)
         out = z1 if out is None else (z1.add_(out) if z1.shape == out.shape else z1 + out)
