@@ -33,11 +33,15 @@ def _train(table: torch.nn.Embedding, optimizer: torch.optim.Optimizer, batches:
         optimizer.step()
 
 
+def _twin_tables(seed: int) -> tuple[torch.nn.Embedding, torch.nn.Embedding, torch.Tensor]:
+    """Two equal 64-row tables and a fixed head that turns looked-up rows into a loss."""
+    torch.manual_seed(seed)
+    table = torch.nn.Embedding(64, 16)
+    return table, copy.deepcopy(table), torch.randn(16, 3)
+
+
 def test_equals_torch_adamw_bit_for_bit() -> None:
-    torch.manual_seed(0)
-    dense = torch.nn.Embedding(64, 16)
-    sparse = copy.deepcopy(dense)
-    head = torch.randn(16, 3)
+    dense, sparse, head = _twin_tables(0)
     batches = _batches(24, 64)
     _train(dense, torch.optim.AdamW(dense.parameters(), lr=1e-2, **SETTINGS), batches, head)
     optimizer = RowSparseAdamW(sparse.parameters(), lr=1e-2, **SETTINGS)
@@ -48,10 +52,7 @@ def test_equals_torch_adamw_bit_for_bit() -> None:
 
 
 def test_resumes_from_its_state_dict_exactly() -> None:
-    torch.manual_seed(1)
-    whole = torch.nn.Embedding(64, 16)
-    resumed = copy.deepcopy(whole)
-    head = torch.randn(16, 3)
+    whole, resumed, head = _twin_tables(1)
     batches = _batches(20, 64)
     _train(whole, RowSparseAdamW(whole.parameters(), lr=1e-2, **SETTINGS), batches, head)
     first = RowSparseAdamW(resumed.parameters(), lr=1e-2, **SETTINGS)
