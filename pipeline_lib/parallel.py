@@ -52,6 +52,19 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def started_pool(workers: int, initializer: Callable[[], None] | None = None) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers start now, for a stage to open before it reads a zarr store.
+
+    zarr's I/O threads make fork unsafe (worker_start_method), and a forkserver or spawned child imports torch again
+    (~3 s on a 2-core machine) before its first task; a worker forked before the store is opened shares the
+    parent's imports. ProcessPoolExecutor forks all its workers at the first submit, so a no-op starts them here.
+    """
+    with ProcessPoolExecutor(workers, mp_context=process_context(), initializer=initializer) as pool:
+        pool.submit(int).result()
+        yield pool
+
+
 def _single_threaded() -> None:
     """Pool initializer: each worker process takes one core."""
     torch.set_num_threads(1)
@@ -64,9 +77,8 @@ def run_shards_in_processes(ctx: Any, plan: Callable[[Any, int], list], work: Ca
     The stage function that follows finds every block done and only assembles, exactly as after a Dask run; shards
     go out in the planner's order (largest first), each worker single-threaded. Returns the workers' summaries.
     """
-    shards = plan(ctx, 1)
-    if len(shards) < 2:
-        return []
-    with ProcessPoolExecutor(min(processes, len(shards)), mp_context=process_context(),
-                             initializer=_single_threaded) as pool:
+    with started_pool(processes, _single_threaded) as pool:  # before the planner opens the store
+        shards = plan(ctx, 1)
+        if len(shards) < 2:
+            return []
         return list(pool.map(work, [ctx] * len(shards), shards))

@@ -12,7 +12,7 @@ Methods (each a registry entry, spec 4-6 plus controls):
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -30,7 +30,7 @@ from pipeline_lib.fewshot.logits import (
 )
 from pipeline_lib.fewshot.search import SearchResult, search_blend
 from pipeline_lib.fewshot.train import InitValidator, TrainResult, train_semobridge_t
-from pipeline_lib.parallel import process_context, torch_threads
+from pipeline_lib.parallel import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -127,24 +127,23 @@ def trained(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: int,
 
 
 def evaluate_seed(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: int,
-                  device: torch.device | str = "cpu", processes: int = 1) -> SeedResult:
+                  device: torch.device | str = "cpu", pool: Executor | None = None) -> SeedResult:
     """Every method for one (shots, seed): training-free, then SeMoBridge-T if cfg.run_training.
 
-    With processes > 1 the training-free searches run in a child process while SeMoBridge-T trains here (the two
-    share nothing; the searches give the same results either way). `device` runs the training (matmul-bound) there; the searches
-    and evaluation stay on CPU.
+    With a `pool` (a worker process) the training-free searches run there while SeMoBridge-T trains here (the two
+    share nothing; the searches give the same results either way). `device` runs the training (matmul-bound) there;
+    the searches and evaluation stay on CPU.
     """
     if not cfg.run_training:
         return training_free(inp, fit, cfg, seed)
-    if processes <= 1:
+    if pool is None:
         free = training_free(inp, fit, cfg, seed)
         t_part = trained(inp, fit, cfg, seed, device)
     else:
-        with ProcessPoolExecutor(1, mp_context=process_context()) as pool:
-            future = pool.submit(training_free, inp, fit, cfg, seed)
-            with torch_threads(torch.get_num_threads() - 1):
-                t_part = trained(inp, fit, cfg, seed, device)
-            free = future.result()
+        future = pool.submit(training_free, inp, fit, cfg, seed)
+        with torch_threads(torch.get_num_threads() - 1):
+            t_part = trained(inp, fit, cfg, seed, device)
+        free = future.result()
     free.methods.update(t_part.methods)
     free.searches.update(t_part.searches)
     free.train = t_part.train

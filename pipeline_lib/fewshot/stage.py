@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pipeline_lib.fewshot.config import FewshotConfig
 from pipeline_lib.fewshot.evaluate import FewshotInputs, SeedResult, aggregate, evaluate_seed, paired_differences
 from pipeline_lib.fewshot.sampling import build_support, sample_fewshot_indices
 from pipeline_lib.io import write_csv, write_json
+from pipeline_lib.parallel import started_pool
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +140,11 @@ def run_fewshot_seed(ctx: Any, shots: int | None = None, seed: int | None = None
     seed = int(item["seed"] if seed is None else seed)
     cfg: FewshotConfig = ctx.cfg.fewshot
     store = ctx.inp(FEATURES) / STORE
-    fit = load_bridge(ctx.inp(BRIDGE_OUT))
-    inp, idx = load_inputs(store, shots, seed, cfg.augment_epochs)
-    res = evaluate_seed(inp, fit, cfg, seed, getattr(ctx, "device", "cpu"), ctx.cfg.runtime.processes)
+    parallel = ctx.cfg.runtime.processes > 1 and cfg.run_training
+    with started_pool(1) if parallel else nullcontext() as pool:  # its worker starts before the store is opened
+        fit = load_bridge(ctx.inp(BRIDGE_OUT))
+        inp, idx = load_inputs(store, shots, seed, cfg.augment_epochs)
+        res = evaluate_seed(inp, fit, cfg, seed, getattr(ctx, "device", "cpu"), pool)
     out = ctx.out(seed_out(shots, seed))
     out.mkdir(parents=True, exist_ok=True)
     record = {"shots": shots, "seed": seed, "support_shape": list(inp.support.shape), "train_indices": idx,
