@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from pipeline_lib.events import read_events
+from pipeline_lib.engine.events import read_events
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_FULL_S = 25 * 60

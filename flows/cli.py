@@ -58,7 +58,7 @@ def friendly_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pipeline_lib.errors import user_errors
+        from pipeline_lib.engine.errors import user_errors
 
         try:
             return fn(*args, **kwargs)
@@ -82,9 +82,9 @@ def stage(
     ] = -1.0,
 ) -> None:
     """Run one stage instance directly, without Prefect (this is each dvc.yaml stage's cmd)."""
-    from pipeline_lib.config import effective_params, load_config
-    from pipeline_lib.runner import run_instance
-    from pipeline_lib.stages import parse_instance_id
+    from pipeline_lib.engine.config import effective_params, load_config
+    from pipeline_lib.engine.runner import run_instance
+    from pipeline_lib.engine.stages import parse_instance_id
 
     cfg = load_config(root, profile, tuple(set_ or ()))
     inst = parse_instance_id(instance, effective_params(cfg))
@@ -105,7 +105,7 @@ def run(
 
     configure_prefect_env(root)
     from flows.pipeline import pipeline_flow
-    from pipeline_lib.stages import get_stage
+    from pipeline_lib.engine.stages import get_stage
 
     for name in stage_names or []:
         get_stage(name)
@@ -131,9 +131,9 @@ def sweep(
     only_changed: Annotated[bool, typer.Option("--only-changed/--all-columns", help="Show only metrics that differ between points (prefect).")] = True,
 ) -> None:
     """Run every point of a params grid without clobbering results, then print a table of the headline metrics."""
-    from pipeline_lib.params import ParamsError
-    from pipeline_lib.stages import get_stage
-    from pipeline_lib.sweep import grid_points, parse_grid, validate_points
+    from pipeline_lib.engine.params import ParamsError
+    from pipeline_lib.engine.stages import get_stage
+    from pipeline_lib.engine.sweep import grid_points, parse_grid, validate_points
 
     for name in stage_names or []:
         get_stage(name)
@@ -167,7 +167,7 @@ def sweep(
 @friendly_errors
 def params(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt = None) -> None:
     """Print the validated params (params.yaml + profile + overrides, defaults filled in) as YAML."""
-    from pipeline_lib.config import effective_params, load_config
+    from pipeline_lib.engine.config import effective_params, load_config
 
     cfg = load_config(root, profile, tuple(set_ or ()))
     typer.echo(yaml.safe_dump(effective_params(cfg), sort_keys=False, width=120), nl=False)
@@ -179,8 +179,8 @@ def dvc_yaml(
     write: Annotated[bool, typer.Option("--write", help="Write dvc.yaml instead of printing it.")] = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 when dvc.yaml differs from the registry.")] = False,
 ) -> None:
-    """Render dvc.yaml from the stage registry (pipeline_lib/stages.py)."""
-    from pipeline_lib.dvcfile import render
+    """Render dvc.yaml from the stage registry (pipeline_lib/engine/stages.py)."""
+    from pipeline_lib.engine.dvcfile import render
 
     text = render(root)
     path = root / "dvc.yaml"
@@ -199,11 +199,11 @@ def dvc_yaml(
 @friendly_errors
 def status(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt = None) -> None:
     """Which stage instances are published with the fingerprint the current params and code give."""
-    from pipeline_lib.artifacts import is_published, read_manifest
-    from pipeline_lib.config import effective_params, load_config
-    from pipeline_lib.errors import MissingUpstreamError
-    from pipeline_lib.runner import instance_fingerprint
-    from pipeline_lib.stages import STAGES, instances
+    from pipeline_lib.engine.artifacts import is_published, read_manifest
+    from pipeline_lib.engine.config import effective_params, load_config
+    from pipeline_lib.engine.errors import MissingUpstreamError
+    from pipeline_lib.engine.runner import instance_fingerprint
+    from pipeline_lib.engine.stages import STAGES, instances
 
     cfg = load_config(root, profile, tuple(set_ or ()))
     table = Table(title="bridgeflow status")
@@ -228,7 +228,7 @@ def summary(root: RootOpt = Path(".")) -> None:
 
 
 def _print_summary(root: Path) -> None:
-    from pipeline_lib.summary import summary_rows
+    from pipeline_lib.engine.summary import summary_rows
 
     rows = summary_rows(root)
     if not rows:
@@ -246,8 +246,8 @@ def _print_summary(root: Path) -> None:
 @friendly_errors
 def report(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt = None) -> None:
     """Write reports/index.html (static, offline) from the latest results; same as `bridgeflow stage report`."""
-    from pipeline_lib.config import load_config
-    from pipeline_lib.runner import run_stage
+    from pipeline_lib.engine.config import load_config
+    from pipeline_lib.engine.runner import run_stage
 
     for result in run_stage(root.resolve(), "report", load_config(root, profile, tuple(set_ or ()))):
         console.print(f"{result.id}: {result.status} -> {root / 'reports' / 'index.html'}")

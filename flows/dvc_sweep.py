@@ -16,8 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline_lib.params import ParamsError
-from pipeline_lib.sweep import headline_column_regex, validate_points
+from pipeline_lib.engine.params import ParamsError
+from pipeline_lib.engine.sweep import headline_column_regex, validate_points
 
 
 def _dvc(root: Path, *args: str) -> str:

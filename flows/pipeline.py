@@ -9,10 +9,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.scaleout import run_shards
-from pipeline_lib.config import effective_params, load_config
-from pipeline_lib.events import record_event
-from pipeline_lib.runner import instance_fingerprint
-from pipeline_lib.stages import STAGES, instances, upstream_closure
+from pipeline_lib.engine.config import effective_params, load_config
+from pipeline_lib.engine.events import record_event
+from pipeline_lib.engine.runner import instance_fingerprint
+from pipeline_lib.engine.stages import STAGES, instances, upstream_closure
 from tasks.stage_tasks import stage_task
 
 

@@ -21,13 +21,14 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline_lib.artifacts import is_complete_in_scratch, is_published, scratch_dir, stage_lock
-from pipeline_lib.config import Config, DaskConfig, effective_params, validate_params
-from pipeline_lib.runner import StageContext, load_function
-from pipeline_lib.shards import Shard
-from pipeline_lib.stages import StageInstance, parse_instance_id
+from pipeline_lib.engine.artifacts import is_complete_in_scratch, is_published, scratch_dir, stage_lock
+from pipeline_lib.engine.config import Config, DaskConfig, effective_params, validate_params
+from pipeline_lib.engine.context import StageContext
+from pipeline_lib.engine.runner import load_function
+from pipeline_lib.engine.shards import Shard
+from pipeline_lib.engine.stages import StageInstance, parse_instance_id
 
-#: stage name -> (shard planner, shard worker); both take a StageContext, see pipeline_lib.shards
+#: stage name -> (shard planner, shard worker); both take a StageContext, see pipeline_lib.engine.shards
 SHARDED: dict[str, tuple[str, str]] = {
     "features": ("pipeline_lib.features.shards:plan_shards", "pipeline_lib.features.shards:extract_shard"),
     "inversion": ("pipeline_lib.inversion.shards:plan_shards", "pipeline_lib.inversion.shards:invert_shard"),
@@ -64,7 +65,7 @@ def task_runner(dask: DaskConfig) -> Any:
 
 def stage_context(root: Path, inst: StageInstance, cfg: Config, fp: str) -> StageContext:
     """The context the stage function gets in run_instance: same scratch folder, so shards fill the stage's store."""
-    return StageContext(cfg=cfg, root=root, work=scratch_dir(root, inst, fp), item=dict(inst.item))
+    return StageContext(cfg=cfg, root=root, work=scratch_dir(root, inst, fp), inst=inst)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)

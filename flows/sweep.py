@@ -18,8 +18,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.pipeline import pipeline_flow
-from pipeline_lib.stages import get_stage
-from pipeline_lib.sweep import SWEEPS_DIR, comparison, grid_points, keep_point, point_name, validate_points
+from pipeline_lib.engine.stages import get_stage
+from pipeline_lib.engine.sweep import SWEEPS_DIR, comparison, grid_points, keep_point, point_name, validate_points
 
 
 def new_sweep_dir(root: Path) -> Path:

@@ -17,11 +17,11 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import CachePolicy
 
-from pipeline_lib.artifacts import is_published
-from pipeline_lib.config import effective_params, load_config
-from pipeline_lib.runner import run_instance
-from pipeline_lib.stages import Stage, parse_instance_id
-from pipeline_lib.summary import headline_rows
+from pipeline_lib.engine.artifacts import is_published
+from pipeline_lib.engine.config import effective_params, load_config
+from pipeline_lib.engine.runner import run_instance
+from pipeline_lib.engine.stages import Stage, parse_instance_id
+from pipeline_lib.engine.summary import headline_rows
 
 
 @dataclass

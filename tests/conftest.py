@@ -7,8 +7,13 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from pipeline_lib.engine.config import Config
+    from pipeline_lib.engine.context import StageContext
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,11 +39,24 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
+def stage_context(root: Path, stage: str, cfg: Config | None = None, work: Path | None = None, **item: Any) -> StageContext:
+    """The real context of one registry stage instance: inputs published under `root`, outputs into `work`.
+
+    Every test that calls a stage function directly builds its context here, so tests exercise the same path
+    resolution (`ctx.input`, `ctx.output`, `ctx.metrics`, `ctx.plot`) as the runner.
+    """
+    from pipeline_lib.engine.config import Config
+    from pipeline_lib.engine.context import StageContext
+    from pipeline_lib.engine.stages import StageInstance, get_stage
+
+    return StageContext(cfg=cfg or Config(), root=root, work=work or root / "work", inst=StageInstance(get_stage(stage), item))
+
+
 def copy_project(dest: Path, profile: str | None = "smoke") -> Path:
     """A fresh project folder with the repo's pipeline files and params (the smoke profile merged in)."""
     import yaml
 
-    from pipeline_lib.config import effective_params, load_config
+    from pipeline_lib.engine.config import effective_params, load_config
 
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
@@ -69,9 +87,9 @@ class SmokePipeline:
 @pytest.fixture(scope="session")
 def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory) -> SmokePipeline:
     """The whole pipeline run once per session, shared by the tests that read a finished project."""
-    from pipeline_lib.config import load_config
-    from pipeline_lib.runner import run_stage
-    from pipeline_lib.stages import STAGES
+    from pipeline_lib.engine.config import load_config
+    from pipeline_lib.engine.runner import run_stage
+    from pipeline_lib.engine.stages import STAGES
 
     root = copy_project(tmp_path_factory.mktemp("smoke-pipeline") / "project")
     cfg = load_config(root)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.config import Config, RuntimeConfig
+from conftest import stage_context
+
 from pipeline_lib.data.config import DataConfig
-from pipeline_lib.runner import StageContext
+from pipeline_lib.engine.config import Config, RuntimeConfig
+from pipeline_lib.engine.context import StageContext
 
 
 def tiny_data_config(**overrides: Any) -> DataConfig:
@@ -37,4 +39,4 @@ def tiny_data_config(**overrides: Any) -> DataConfig:
 def fake_stage_context(cfg: DataConfig, work: Path) -> StageContext:
     """A real StageContext around a data config (one rendering process), writing into `work`."""
     config = Config(data=cfg, runtime=RuntimeConfig(num_workers=1, progress=False))
-    return StageContext(cfg=config, root=work, work=work)
+    return stage_context(work, "data", config, work)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline_lib.runner import StageContext
+from pipeline_lib.engine.context import StageContext
 
 
 def _count(ctx: StageContext, name: str) -> None:
@@ -15,19 +15,17 @@ def _count(ctx: StageContext, name: str) -> None:
 
 def run_alpha(ctx: StageContext) -> dict:
     _count(ctx, "alpha")
-    out = ctx.out("artifacts/alpha")
-    out.mkdir(parents=True, exist_ok=True)
+    out = ctx.output()
     (out / "value.txt").write_text(str(ctx.cfg.data.seed * 10))
     if os.environ.get("FAKE_STAGE_CRASH") == "alpha":
         raise RuntimeError("simulated crash after a partial write")
-    ctx.out("metrics/alpha.json").write_text(json.dumps({"value": ctx.cfg.data.seed * 10}))
+    ctx.metrics().write_text(json.dumps({"value": ctx.cfg.data.seed * 10}))
     return {"value": ctx.cfg.data.seed * 10}
 
 
 def run_beta(ctx: StageContext) -> dict:
     _count(ctx, "beta")
-    value = int((ctx.inp("artifacts/alpha") / "value.txt").read_text())
-    out = ctx.out("artifacts/beta")
-    out.mkdir(parents=True, exist_ok=True)
+    value = int((ctx.input("alpha") / "value.txt").read_text())
+    out = ctx.output()
     (out / "double.txt").write_text(str(2 * value))
     return {"double": 2 * value}

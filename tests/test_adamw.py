@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline_lib.adamw import adamw_update_
+from pipeline_lib.optim.adamw import adamw_update_
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])

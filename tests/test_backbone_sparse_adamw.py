@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from pipeline_lib.backbone.sparse_adamw import RowSparseAdamW
+from pipeline_lib.optim.sparse_adamw import RowSparseAdamW
 
 SETTINGS = {"betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.05}
 

@@ -1,46 +1,38 @@
-"""The backbone and diagnose stages through their entry points, with a fake stage context in tmp."""
+"""The backbone and diagnose stages through their entry points, with a real stage context in tmp."""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import zarr
 from backbone_fixtures import SMALL_TRAIN, make_corpus, write_corpus
+from conftest import stage_context
 
 from pipeline_lib.backbone import stage
 from pipeline_lib.backbone.config import BackboneConfig
 from pipeline_lib.backbone.load import load_published_backbone
 from pipeline_lib.backbone.pretrain import init_tiny_backbone
-from pipeline_lib.config import Config
-from pipeline_lib.store import write_whole
+from pipeline_lib.diagnose.stage import run_diagnose
+from pipeline_lib.engine.config import Config, RuntimeConfig
+from pipeline_lib.engine.context import StageContext
+from pipeline_lib.engine.store import write_whole
 
 SMOKE_TRAIN = {**SMALL_TRAIN, "batch_size": 16}
 
 
-def fake_ctx(root: Path, work: Path, backbone: BackboneConfig) -> SimpleNamespace:
-    def out(rel: str) -> Path:
-        (work / rel).parent.mkdir(parents=True, exist_ok=True)
-        return work / rel
-
-    return SimpleNamespace(
-        cfg=Config(backbone=backbone),
-        root=root,
-        device=torch.device("cpu"),
-        out=out,
-        inp=lambda rel: root / rel,
-        progress=lambda iterable, total=None, desc="": iter(iterable),
-    )
+def backbone_ctx(root: Path, work: Path, backbone: BackboneConfig, stage_name: str = "backbone") -> StageContext:
+    cfg = Config(backbone=backbone, runtime=RuntimeConfig(device="cpu", progress=False))
+    return stage_context(root, stage_name, cfg, work)
 
 
 def test_backbone_stage_trains_and_publishes(tmp_path: Path) -> None:
     write_corpus(tmp_path / "artifacts" / "data", make_corpus())
-    ctx = fake_ctx(tmp_path, tmp_path / "work", BackboneConfig(train=SMOKE_TRAIN))
+    ctx = backbone_ctx(tmp_path, tmp_path / "work", BackboneConfig(train=SMOKE_TRAIN))
     summary = stage.run_backbone(ctx)
 
     out = tmp_path / "work" / "artifacts" / "backbone"
@@ -58,7 +50,7 @@ def test_backbone_stage_trains_and_publishes(tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert [r["step"] for r in rows] == ["1", "2", "3", "4"] and rows[1]["zs_shape"] != "" and rows[0]["zs_shape"] == ""
 
-    again = stage.run_backbone(fake_ctx(tmp_path, tmp_path / "again", BackboneConfig(train=SMOKE_TRAIN)))
+    again = stage.run_backbone(backbone_ctx(tmp_path, tmp_path / "again", BackboneConfig(train=SMOKE_TRAIN)))
     assert again["fingerprint"] == summary["fingerprint"]  # same params + seed => same weights on CPU
 
 
@@ -66,7 +58,7 @@ def test_backbone_stage_records_given_weights_without_training(tmp_path: Path) -
     weights = tmp_path / "tiny.pt"
     source = init_tiny_backbone("bf-tiny-vit-32", seed=5)
     torch.save(source.model.state_dict(), weights)
-    summary = stage.run_backbone(fake_ctx(tmp_path, tmp_path / "work", BackboneConfig(pretrained=str(weights))))
+    summary = stage.run_backbone(backbone_ctx(tmp_path, tmp_path / "work", BackboneConfig(pretrained=str(weights))))
     assert summary["trained"] is False and summary["fingerprint"] == source.fingerprint
     out = tmp_path / "work" / "artifacts" / "backbone"
     assert sorted(p.name for p in out.iterdir()) == ["backbone.json"]
@@ -75,7 +67,7 @@ def test_backbone_stage_records_given_weights_without_training(tmp_path: Path) -
 
 def test_backbone_stage_names_a_missing_corpus(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run the data stage"):
-        stage.run_backbone(fake_ctx(tmp_path, tmp_path / "work", BackboneConfig(train=SMOKE_TRAIN)))
+        stage.run_backbone(backbone_ctx(tmp_path, tmp_path / "work", BackboneConfig(train=SMOKE_TRAIN)))
 
 
 def write_store(path: Path, rng: np.random.Generator) -> None:
@@ -95,7 +87,7 @@ def write_store(path: Path, rng: np.random.Generator) -> None:
 def test_diagnose_stage_writes_gap_metrics(tmp_path: Path) -> None:
     write_store(tmp_path / "artifacts" / "features" / "fewshot.zarr", np.random.default_rng(0))
     cfg = BackboneConfig(diagnose={"shots": [1, 4, 64], "seeds": 2, "bins": 10})
-    metrics = stage.run_diagnose(fake_ctx(tmp_path, tmp_path / "work", cfg))
+    metrics = run_diagnose(backbone_ctx(tmp_path, tmp_path / "work", cfg, "diagnose"))
     assert metrics["zero_shot_accuracy"] == 1.0 and metrics["retrieval_map"]["class_text_to_image"] == 1.0
     assert set(metrics["prototype_accuracy"]) == {"1_shot", "4_shot"}  # 64 shots > 10 train images per class
     assert metrics["text_projection"]["weak_count"] == 1 and metrics["energy"]["outside_row_space"] > 0.2
@@ -110,4 +102,4 @@ def test_diagnose_stage_writes_gap_metrics(tmp_path: Path) -> None:
 
 def test_diagnose_names_a_missing_store(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="features stage"):
-        stage.run_diagnose(fake_ctx(tmp_path, tmp_path / "work", BackboneConfig()))
+        run_diagnose(backbone_ctx(tmp_path, tmp_path / "work", BackboneConfig(), "diagnose"))

@@ -10,8 +10,8 @@ from conftest import copy_project
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline_lib.config import load_config
-from pipeline_lib.runner import run_stage
+from pipeline_lib.engine.config import load_config
+from pipeline_lib.engine.runner import run_stage
 
 
 @pytest.fixture(scope="module")

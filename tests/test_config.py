@@ -8,8 +8,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from pipeline_lib.config import Config, effective_params, load_config
-from pipeline_lib.params import ParamsError, load_params
+from pipeline_lib.engine.config import Config, effective_params, load_config
+from pipeline_lib.engine.params import ParamsError, load_params
 
 
 def test_shipped_params_and_profiles_validate() -> None:

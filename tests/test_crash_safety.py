@@ -28,10 +28,10 @@ from conftest import copy_project
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline_lib.artifacts import is_published, publish, read_manifest, scratch_dir
-from pipeline_lib.config import effective_params, load_config
-from pipeline_lib.runner import run_instance, run_stage
-from pipeline_lib.stages import StageInstance, parse_instance_id
+from pipeline_lib.engine.artifacts import is_published, publish, read_manifest, scratch_dir
+from pipeline_lib.engine.config import effective_params, load_config
+from pipeline_lib.engine.runner import run_instance, run_stage
+from pipeline_lib.engine.stages import StageInstance, parse_instance_id
 
 BRIDGEFLOW = Path(sys.executable).with_name("bridgeflow")  # the console script of this environment
 PAUSED_CLI = Path(__file__).with_name("paused_cli.py")

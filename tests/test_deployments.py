@@ -37,8 +37,8 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The stages run in this process (no per-stage interpreter start) and `dvc commit` records them, as `dvc repro`
     would have.
     """
-    from pipeline_lib.config import load_config
-    from pipeline_lib.runner import run_stage
+    from pipeline_lib.engine.config import load_config
+    from pipeline_lib.engine.runner import run_stage
 
     root = copy_project(tmp_path_factory.mktemp("deploy") / "project")
     shutil.copy2(REPO / "prefect.yaml", root / "prefect.yaml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline_lib import diagnostics as dg
+from pipeline_lib.diagnose import gap as dg
 
 
 def test_average_precision_by_hand() -> None:

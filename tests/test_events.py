@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline_lib.events import events_path, latest_status, outcome_counts, read_events, record_event
+from pipeline_lib.engine.events import events_path, latest_status, outcome_counts, read_events, record_event
 
 
 def test_outcomes_are_counted_per_instance(tmp_path: Path) -> None:

@@ -17,11 +17,11 @@ from model_fixtures import TINY_CONTEXT, TINY_IMAGE_SIZE, tiny_clip, tiny_tokeni
 from PIL import Image, ImageDraw
 
 from pipeline_lib.backbone.load import Backbone
-from pipeline_lib.config import Config, RuntimeConfig
+from pipeline_lib.engine.config import Config, RuntimeConfig
 from pipeline_lib.features import stage
 from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.extract import ImageViewsDataset, extract_to_blocks, image_encoder
-from pipeline_lib.store import ArraySpec, BlockGroup, read_array
+from pipeline_lib.engine.store import ArraySpec, BlockGroup, read_array
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
 SHAPES = ("circle", "square")

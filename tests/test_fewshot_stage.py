@@ -11,7 +11,7 @@ import pytest
 import torch
 import zarr
 
-from pipeline_lib.config import RuntimeConfig
+from pipeline_lib.engine.config import RuntimeConfig
 from pipeline_lib.fewshot.config import SMOKE_OVERRIDES, FewshotConfig
 from pipeline_lib.fewshot.stage import run_fewshot_fit, run_fewshot_report, run_fewshot_seed
 

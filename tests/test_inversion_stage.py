@@ -14,7 +14,7 @@ import zarr
 from model_fixtures import tiny_clip, tiny_tokenizer
 
 import pipeline_lib.backbone.load as backbone_load
-from pipeline_lib.config import RuntimeConfig
+from pipeline_lib.engine.config import RuntimeConfig
 from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.stage import query_subset, run_inversion, similarity_histogram
 
@@ -129,10 +129,10 @@ def test_worker_processes_give_the_single_process_outputs(smoke_pipeline, tmp_pa
     """runtime.processes = 2 (the default) runs OTI/OVI shards in worker processes; one process gives the same bytes."""
     import shutil
 
-    from pipeline_lib.artifacts import read_manifest
-    from pipeline_lib.config import effective_params, load_config
-    from pipeline_lib.runner import run_stage
-    from pipeline_lib.stages import get_stage, instances
+    from pipeline_lib.engine.artifacts import read_manifest
+    from pipeline_lib.engine.config import effective_params, load_config
+    from pipeline_lib.engine.runner import run_stage
+    from pipeline_lib.engine.stages import get_stage, instances
 
     root = tmp_path / "project"
     shutil.copytree(smoke_pipeline.root, root, symlinks=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_lib.io import write_csv, write_json
+from pipeline_lib.engine.io import write_csv, write_json
 
 
 def test_write_json_creates_parents_and_formats(tmp_path: Path) -> None:

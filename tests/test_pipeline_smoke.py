@@ -6,11 +6,11 @@ import json
 
 from conftest import SmokePipeline
 
-from pipeline_lib.artifacts import read_manifest
-from pipeline_lib.config import effective_params, load_config
-from pipeline_lib.events import outcome_counts, read_events
-from pipeline_lib.runner import run_stage
-from pipeline_lib.stages import STAGES, instances
+from pipeline_lib.engine.artifacts import read_manifest
+from pipeline_lib.engine.config import effective_params, load_config
+from pipeline_lib.engine.events import outcome_counts, read_events
+from pipeline_lib.engine.runner import run_stage
+from pipeline_lib.engine.stages import STAGES, instances
 
 
 def test_every_stage_runs_and_publishes(smoke_pipeline: SmokePipeline) -> None:

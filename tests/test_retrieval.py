@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_lib.retrieval import ranking, retrieval_metrics
+from pipeline_lib.diagnose.retrieval import ranking, retrieval_metrics
 
 
 def _unit(*degrees: float) -> torch.Tensor:

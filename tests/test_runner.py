@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_lib import stages
-from pipeline_lib.artifacts import read_manifest, stage_lock
-from pipeline_lib.config import load_config
-from pipeline_lib.errors import MissingUpstreamError, StageLockedError
-from pipeline_lib.runner import run_instance
-from pipeline_lib.stages import Stage, StageInstance
+from pipeline_lib.engine import stages
+from pipeline_lib.engine.artifacts import read_manifest, stage_lock
+from pipeline_lib.engine.config import load_config
+from pipeline_lib.engine.errors import MissingUpstreamError, StageLockedError
+from pipeline_lib.engine.runner import run_instance
+from pipeline_lib.engine.stages import Stage, StageInstance
 
 ALPHA = Stage("alpha", "fake_stages:run_alpha", "test stage", params=("data.seed",), outs=("artifacts/alpha",),
-              metrics=("metrics/alpha.json",), code=("fake_stages",))
+              metrics=("metrics/alpha.json",))
 BETA = Stage("beta", "fake_stages:run_beta", "test stage", params=("features.batch_size",), deps=("alpha",),
-             outs=("artifacts/beta",), code=("fake_stages",))
+             outs=("artifacts/beta",))
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +93,7 @@ def test_concurrent_run_of_the_same_stage_fails_clearly(smoke_project: Path) -> 
 def test_upstream_rerun_with_identical_bytes_keeps_downstream(smoke_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Downstream keys on the upstream's content: a param that changes nothing it writes reruns only the upstream."""
     noisy_alpha = Stage("alpha", "fake_stages:run_alpha", "test stage", params=("data.seed", "data.image_size"),
-                        outs=("artifacts/alpha",), metrics=("metrics/alpha.json",), code=("fake_stages",))
+                        outs=("artifacts/alpha",), metrics=("metrics/alpha.json",))
     monkeypatch.setattr(stages, "STAGES", (noisy_alpha, BETA))
     root = smoke_project
     cfg = load_config(root)

@@ -14,16 +14,16 @@ import yaml
 import zarr
 from model_fixtures import tiny_clip, tiny_tokenizer
 
-from pipeline_lib.artifacts import fingerprint, read_manifest
-from pipeline_lib.config import effective_params, load_config
+from pipeline_lib.engine.artifacts import fingerprint, read_manifest
+from pipeline_lib.engine.config import effective_params, load_config
 from pipeline_lib.inversion.config import OtiConfig
 from pipeline_lib.inversion.oti import run_oti
 from pipeline_lib.inversion.runner import ARRAYS, RunSpec, open_run, run_blocks, targets_digest
-from pipeline_lib.params import ParamsError
-from pipeline_lib.runner import run_stage
-from pipeline_lib.shards import Shard, split_blocks
-from pipeline_lib.stages import get_stage, instances
-from pipeline_lib.store import ArraySpec, BlockGroup
+from pipeline_lib.engine.params import ParamsError
+from pipeline_lib.engine.runner import run_stage
+from pipeline_lib.engine.shards import Shard, split_blocks
+from pipeline_lib.engine.stages import get_stage, instances
+from pipeline_lib.engine.store import ArraySpec, BlockGroup
 
 # Threads of the test process: process workers each import torch, open_clip and prefect, which took ~40 s on this
 # 2-core machine under load; the shard code path (plan, Prefect tasks on Dask, zarr writes from workers) is the same.

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline_lib.store import (
+from pipeline_lib.engine.store import (
     ArraySpec,
     BlockGroup,
     chunk_layout,

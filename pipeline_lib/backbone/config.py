@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline_lib.configbase import Section
+from pipeline_lib.engine.configbase import Section
 
 #: The default backbone: the tiny ViT registered by pipeline_lib.backbone.tiny (kept here as a plain string so the
 #: config module does not import torch or open_clip).

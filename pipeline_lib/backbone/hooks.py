@@ -24,6 +24,8 @@ from open_clip.model import CLIP
 from open_clip.transformer import VisionTransformer, text_global_pool
 from torch import Tensor, nn
 
+from pipeline_lib.engine.errors import UserInputError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 
-class UnsupportedBackbone(Exception):
+class UnsupportedBackbone(UserInputError):
     """The model's tower has no hook here (e.g. a timm trunk, an HF text tower, SigLIP's CustomTextCLIP)."""
 
 

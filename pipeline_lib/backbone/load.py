@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from pipeline_lib.backbone.tiny import register_tiny_models
+from pipeline_lib.engine.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ class Backbone:
         return self.tokenizer(list(texts)).to(self.device)
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserInputError, ValueError):
     """The model name is neither an open_clip architecture nor a tiny shapes-world model."""
 
 
-class UnknownPretrainedError(ValueError):
+class UnknownPretrainedError(UserInputError, ValueError):
     """`pretrained` is neither a tag open_clip knows for this model nor an existing weights file."""
 
 

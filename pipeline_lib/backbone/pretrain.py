@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from pipeline_lib.backbone.config import PretrainConfig
 from pipeline_lib.backbone.load import Backbone, create_backbone
-from pipeline_lib.backbone.sparse_adamw import RowSparseAdamW
+from pipeline_lib.optim.sparse_adamw import RowSparseAdamW
 from pipeline_lib.data import captions as data_captions
 
 logger = logging.getLogger(__name__)

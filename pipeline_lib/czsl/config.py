@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline_lib.configbase import Section
+from pipeline_lib.engine.configbase import Section
 
 
 class CzslConfig(Section):

@@ -58,7 +58,7 @@ from pipeline_lib.czsl.train import (
     seed_everything,
     train_model,
 )
-from pipeline_lib.io import write_csv, write_json
+from pipeline_lib.engine.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def load_splits(store: Path, ds: CzslDataset, mode: str) -> dict[str, SplitData]
     The store's rows must follow the loader's split order: its attr/obj arrays are checked against the loader's.
     Token 0 is replaced by the store's global image embedding (see `TokenSource`).
     """
-    from pipeline_lib.store import read_array
+    from pipeline_lib.engine.store import read_array
 
     out = {}
     for split in ("train", "val", "test"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline_lib.engine.errors import UserInputError
 
-class DatasetError(Exception):
+
+class DatasetError(UserInputError):
     """A dataset on disk is missing, unreadable or malformed; the message names the file and what was expected."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.data.world import write_shapes_world
-from pipeline_lib.io import write_json
+from pipeline_lib.engine.io import write_json
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline_lib.features.augment import augment_view
 from pipeline_lib.features.config import AugmentConfig
-from pipeline_lib.parallel import worker_start_method
-from pipeline_lib.store import BlockGroup
+from pipeline_lib.engine.parallel import worker_start_method
+from pipeline_lib.engine.store import BlockGroup
 
 log = logging.getLogger(__name__)
 

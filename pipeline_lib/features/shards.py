@@ -14,7 +14,7 @@ import multiprocessing as mp
 from typing import Any
 
 from pipeline_lib.features.stage import ExtractionRun, ImageGroup, extraction_run, image_groups
-from pipeline_lib.shards import Shard, per_thread, split_blocks
+from pipeline_lib.engine.shards import Shard, per_thread, split_blocks
 
 log = logging.getLogger(__name__)
 

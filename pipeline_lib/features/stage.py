@@ -1,6 +1,6 @@
 """The `features` stage: every CLIP feature later stages need, extracted once into zarr stores.
 
-Stores (under artifacts/features/, layout in pipeline_lib.store):
+Stores (under artifacts/features/, layout in pipeline_lib.engine.store):
   fewshot.zarr         {train,val,test}/image|label|index, train/views, text/*, clip/*
   czsl.zarr            {train,val,test}/image|attr|obj|pair[|tokens]
   retrieval_text.zarr  {query,gallery}/text|group
@@ -41,7 +41,7 @@ from pipeline_lib.features.text import (
     logit_scale,
     text_projection,
 )
-from pipeline_lib.store import ArraySpec, BlockGroup, file_count, provenance, write_whole
+from pipeline_lib.engine.store import ArraySpec, BlockGroup, file_count, provenance, write_whole
 
 log = logging.getLogger(__name__)
 

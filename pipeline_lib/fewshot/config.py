@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline_lib.configbase import Section
+from pipeline_lib.engine.configbase import Section
 
 # Logit subsets: which of z1 (zero-shot), z2 (query vs bridged prototypes), z3 (bridged query vs image prototypes)
 # enter the blend (spec 4, cfg.LOGITS). Variants are data: one entry per name.

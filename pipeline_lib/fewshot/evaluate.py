@@ -30,7 +30,7 @@ from pipeline_lib.fewshot.logits import (
 )
 from pipeline_lib.fewshot.search import SearchResult, search_blend
 from pipeline_lib.fewshot.train import InitValidator, TrainResult, train_semobridge_t
-from pipeline_lib.parallel import torch_threads
+from pipeline_lib.engine.parallel import torch_threads
 
 log = logging.getLogger(__name__)
 

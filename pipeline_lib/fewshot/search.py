@@ -19,7 +19,7 @@ import torch
 from pipeline_lib.fewshot.config import PARAM_NAMES, BlendParams, SearchConfig
 from pipeline_lib.fewshot.logits import BlendEvaluator, subset_mask
 from pipeline_lib.fewshot.tpe import IndependentTPESampler
-from pipeline_lib.parallel import torch_threads
+from pipeline_lib.engine.parallel import torch_threads
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Few-shot stage functions (stage contract): bridge fit, one (shots, seed) run, report over all runs.
 
 Outputs (repo-relative):
-(paths as declared in the stage registry, pipeline_lib/stages.py)
+(paths as declared in the stage registry, pipeline_lib/engine/stages.py)
 - fewshot_bridge: artifacts/fewshot_bridge/   bridge.pt (W+, L), bridge.json (spectrum, rank)
 - fewshot_run:    artifacts/fewshot_runs/k{shots}-s{seed}/  results.json, curves.csv, search.csv, bias_norms.csv,
                   semobridge_t.pt (last and best weights)
@@ -27,8 +27,8 @@ from pipeline_lib.fewshot.bridge import BridgeFit, fit_bridge
 from pipeline_lib.fewshot.config import FewshotConfig
 from pipeline_lib.fewshot.evaluate import FewshotInputs, SeedResult, aggregate, evaluate_seed, paired_differences
 from pipeline_lib.fewshot.sampling import build_support, sample_fewshot_indices
-from pipeline_lib.io import write_csv, write_json
-from pipeline_lib.parallel import started_pool
+from pipeline_lib.engine.io import write_csv, write_json
+from pipeline_lib.engine.parallel import started_pool
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def seed_out(shots: int, seed: int) -> str:
 
 def read_store_array(store: Path, name: str, shape: tuple[int | None, ...] | None = None) -> np.ndarray:
     """One whole array of the feature store, checked against the `shape` the caller expects (None: any length)."""
-    from pipeline_lib.store import read_array
+    from pipeline_lib.engine.store import read_array
 
     return read_array(store, name, shape)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pipeline_lib.adamw import adamw_update_
+from pipeline_lib.optim.adamw import adamw_update_
 from pipeline_lib.fewshot.bridge import bridged_prototypes
 from pipeline_lib.fewshot.closed_form import semobridge_t_step
 from pipeline_lib.fewshot.config import LOSS_VARIANTS, BlendParams, TrainingConfig
@@ -181,7 +181,7 @@ def train_semobridge_t(
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train inv_text (init W+) and class_bias (init 0) for cfg.steps full-batch AdamW steps (torch.optim.AdamW's
-    arithmetic, pipeline_lib.adamw).
+    arithmetic, pipeline_lib.optim.adamw).
 
     support (C, K', D_p) raw; validation (if a validator is given) runs after every step on the updated weights.
     The forward pass of step t+1 uses exactly those weights, so its detached prototypes serve the validation of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline_lib.configbase import Section
+from pipeline_lib.engine.configbase import Section
 
 
 class OptimConfig(Section):

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline_lib.inversion.runner import open_run, run_blocks
 from pipeline_lib.inversion.stage import OUT_DIR, STORE, InversionJob, inversion_jobs, load_inputs, prepare_model
-from pipeline_lib.shards import Shard, per_thread, split_blocks
+from pipeline_lib.engine.shards import Shard, per_thread, split_blocks
 
 
 def _jobs(ctx: Any) -> tuple[dict[str, InversionJob], Path]:

@@ -26,10 +26,10 @@ from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.oti import Tokenizer, run_oti
 from pipeline_lib.inversion.ovi import run_ovi
 from pipeline_lib.inversion.runner import BlockInverter, Progress, RunSpec, run_blocks, targets_digest
-from pipeline_lib.io import write_csv, write_json
-from pipeline_lib.parallel import run_shards_in_processes
-from pipeline_lib.retrieval import retrieval_metrics
-from pipeline_lib.store import lazy_array, open_store, read_array
+from pipeline_lib.engine.io import write_csv, write_json
+from pipeline_lib.engine.parallel import run_shards_in_processes
+from pipeline_lib.diagnose.retrieval import retrieval_metrics
+from pipeline_lib.engine.store import lazy_array, open_store, read_array
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class RetrievalInputs:
 def load_inputs(features_dir: Path) -> RetrievalInputs:
     """Read the few-shot store (and the retrieval-text store when present) from the published features.
 
-    `pipeline_lib.store.read_array` refuses half-written groups, so a crashed features run is never evaluated, and
+    `pipeline_lib.engine.store.read_array` refuses half-written groups, so a crashed features run is never evaluated, and
     checks every feature array against the width D of the store's clip/text_projection (W, D) (of test/image in a
     store without one).
     """

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.artifacts import SCRATCH_DIR
+from pipeline_lib.engine.artifacts import SCRATCH_DIR
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline_lib.errors import StoreError
+from pipeline_lib.engine.errors import StoreError
 
 log = logging.getLogger(__name__)
 

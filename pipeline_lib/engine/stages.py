@@ -2,8 +2,9 @@
 
 `dvc.yaml` is generated from it (`bridgeflow dvc-yaml`, and a test fails when the committed file differs), the
 Prefect flow walks it, and `bridgeflow stage NAME` looks stages up here. A stage is data: its name, the dotted params
-keys it reads, the stages it consumes, the outputs it writes, the code that versions it, and the plain function that
-computes it (`module:function`, imported only when the stage runs, so reading the registry stays cheap).
+keys it reads, the stages it consumes, the outputs it writes, and the plain function that computes it (`module:function`, imported only when the
+stage runs, so reading the registry stays cheap). The code that versions a stage is derived from that function's
+import closure (`engine.closure`), never listed by hand.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline_lib.params import get_dotted
+from pipeline_lib.engine.params import get_dotted
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,6 @@ class Stage:
     outs: tuple[str, ...] = ()  # outputs cached by DVC; the first one is a directory holding manifest.json
     metrics: tuple[str, ...] = ()  # small JSON metrics (git-tracked, `dvc metrics show`)
     plots: tuple[Plot, ...] = ()  # CSV plot data (git-tracked, `dvc plots show`)
-    code: tuple[str, ...] = ()  # modules/packages whose source versions the stage (also DVC deps)
     matrix: tuple[tuple[str, str], ...] = ()  # (item variable, params key holding its list of values)
 
     @property
@@ -84,7 +84,6 @@ STAGES: tuple[Stage, ...] = (
         params=("data",),
         outs=("artifacts/data",),
         metrics=("metrics/data.json",),
-        code=("pipeline_lib.data", "pipeline_lib.io"),
     ),
     Stage(
         name="backbone",
@@ -95,7 +94,6 @@ STAGES: tuple[Stage, ...] = (
         outs=("artifacts/backbone",),
         metrics=("metrics/backbone.json",),
         plots=(Plot("plots/backbone_loss.csv", "step", ("loss",), "Tiny CLIP pretraining loss"),),
-        code=("pipeline_lib.backbone",),
     ),
     Stage(
         name="features",
@@ -105,12 +103,10 @@ STAGES: tuple[Stage, ...] = (
         deps=("data", "backbone"),
         outs=("artifacts/features",),
         metrics=("metrics/features.json",),
-        code=("pipeline_lib.features", "pipeline_lib.store", "pipeline_lib.shards", "pipeline_lib.parallel",
-              "pipeline_lib.backbone"),
     ),
     Stage(
         name="diagnose",
-        func="pipeline_lib.backbone.stage:run_diagnose",
+        func="pipeline_lib.diagnose.stage:run_diagnose",
         description="Measure the backbone's modality gap and intra-modal misalignment on the cached features.",
         params=("backbone.diagnose",),
         deps=("features",),
@@ -118,7 +114,6 @@ STAGES: tuple[Stage, ...] = (
         metrics=("metrics/gap.json",),
         plots=(Plot("plots/gap_similarity.csv", "cosine", ("image_text", "image_image", "text_text"),
                     "Modality gap: cosine similarity histograms"),),
-        code=("pipeline_lib.diagnostics", "pipeline_lib.retrieval"),
     ),
     Stage(
         name="fewshot_bridge",
@@ -127,7 +122,6 @@ STAGES: tuple[Stage, ...] = (
         params=("fewshot.atol",),
         deps=("features",),
         outs=("artifacts/fewshot_bridge",),
-        code=("pipeline_lib.fewshot", "pipeline_lib.io", "pipeline_lib.store"),
     ),
     Stage(
         name="fewshot_run",
@@ -137,7 +131,6 @@ STAGES: tuple[Stage, ...] = (
                 "fewshot.training", "fewshot.run_training"),
         deps=("features", "fewshot_bridge"),
         outs=("artifacts/fewshot_runs/k{shots}-s{seed}",),
-        code=("pipeline_lib.fewshot", "pipeline_lib.io", "pipeline_lib.store", "pipeline_lib.parallel"),
         matrix=(("shots", "fewshot.shots"), ("seed", "fewshot.seeds")),
     ),
     Stage(
@@ -153,7 +146,6 @@ STAGES: tuple[Stage, ...] = (
             Plot("plots/fewshot_train_curve.csv", "step", ("total", "val_acc"), "SeMoBridge-T loss and val accuracy"),
             Plot("plots/fewshot_bias_norms.csv", "class", ("norm",), "SeMoBridge-T class-bias norms", "bar_horizontal"),
         ),
-        code=("pipeline_lib.fewshot", "pipeline_lib.io"),
     ),
     Stage(
         name="inversion",
@@ -169,8 +161,6 @@ STAGES: tuple[Stage, ...] = (
             Plot("plots/inversion_similarity.csv", "cosine", ("image_image", "text_image", "oti_image"),
                  "Similarity distributions of inverted features"),
         ),
-        code=("pipeline_lib.inversion", "pipeline_lib.retrieval", "pipeline_lib.backbone.hooks", "pipeline_lib.io",
-              "pipeline_lib.store", "pipeline_lib.shards", "pipeline_lib.parallel"),
     ),
     Stage(
         name="czsl",
@@ -184,16 +174,14 @@ STAGES: tuple[Stage, ...] = (
             Plot("plots/czsl_curve.csv", "unseen", ("seen",), "CZSL seen/unseen trade-off", "scatter"),
             Plot("plots/czsl_loss.csv", "step", ("loss",), "CZSL training loss"),
         ),
-        code=("pipeline_lib.czsl", "pipeline_lib.backbone.hooks", "pipeline_lib.io"),
     ),
     Stage(
         name="report",
-        func="pipeline_lib.report:run_report",
+        func="pipeline_lib.report.page:run_report",
         description="Static HTML report with PNG plots: modality gap, few-shot, inversion, CZSL, stage timings, cache hits.",
         params=(),
         deps=("diagnose", "fewshot_report", "inversion", "czsl"),
         outs=("reports",),
-        code=("pipeline_lib.report",),
     ),
 )
 
@@ -206,7 +194,7 @@ def get_stage(name: str) -> Stage:
     for stage in STAGES:
         if stage.name == name:
             return stage
-    from pipeline_lib.errors import UnknownStageError
+    from pipeline_lib.engine.errors import UnknownStageError
 
     raise UnknownStageError(f"unknown stage {name!r} (known: {', '.join(stage_names())})")
 
@@ -242,15 +230,10 @@ def parse_instance_id(text: str, params: dict[str, Any]) -> StageInstance:
     for inst in instances(stage, params):
         if inst.id == text or (not stage.matrix and text == name):
             return inst
-    from pipeline_lib.errors import UnknownStageError
+    from pipeline_lib.engine.errors import UnknownStageError
 
     known = ", ".join(i.id for i in instances(stage, params))
     raise UnknownStageError(f"no instance {text!r} of stage {name!r} under these params (known: {known})")
-
-
-def module_path(module: str) -> str:
-    """Repo-relative source path of a dotted module or package name (a package maps to its folder)."""
-    return module.replace(".", "/")
 
 
 def dvc_template(path: str) -> str:

@@ -5,7 +5,7 @@ Dense AdamW reads and writes the whole table, both moments and the gradient ever
 pretraining step on two CPU cores). A row that has never had a non-zero gradient has zero moments, so AdamW only
 decays it (p *= 1 - lr * weight_decay). This optimiser applies the decay to the table in one pass and the rest of the
 update to the rows that have ever had a gradient, with the element-wise arithmetic of torch's single-tensor AdamW (the
-CPU default; pipeline_lib.adamw), so the parameters equal `torch.optim.AdamW`'s bit for bit
+CPU default; pipeline_lib.optim.adamw), so the parameters equal `torch.optim.AdamW`'s bit for bit
 (tests/test_backbone_sparse_adamw.py).
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from pipeline_lib.adamw import adamw_update_
+from pipeline_lib.optim.adamw import adamw_update_
 
 
 class RowSparseAdamW(torch.optim.Optimizer):

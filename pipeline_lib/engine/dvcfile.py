@@ -7,28 +7,15 @@ reruns only when its own keys change.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline_lib.stages import STAGES, Stage, dvc_template, get_stage
+from pipeline_lib.engine.closure import code_paths
+from pipeline_lib.engine.stages import STAGES, Stage, dvc_template, get_stage
 
-HEADER = "# Generated from pipeline_lib/stages.py by `bridgeflow dvc-yaml --write`: edit the registry, not this file.\n"
-
-
-def code_path(module: str, root: Path) -> str:
-    """Repo-relative path of a module (`x/y.py`) or package (`x/y`) for DVC's deps."""
-    base = module.replace(".", "/")
-    if (root / base).is_dir():
-        return base
-    if (root / f"{base}.py").is_file():
-        return f"{base}.py"
-    spec = importlib.util.find_spec(module)
-    if spec is not None and spec.submodule_search_locations:
-        return base
-    return f"{base}.py"
+HEADER = "# Generated from pipeline_lib/engine/stages.py by `bridgeflow dvc-yaml --write`: edit the registry, not this file.\n"
 
 
 def upstream_outs(stage: Stage) -> list[str]:
@@ -50,7 +37,7 @@ def stage_entry(stage: Stage, root: Path) -> dict[str, Any]:
         entry["matrix"] = {var: f"${{{key}}}" for var, key in stage.matrix}
     entry["desc"] = stage.description
     entry["cmd"] = cmd
-    entry["deps"] = [code_path(m, root) for m in stage.code] + upstream_outs(stage)
+    entry["deps"] = code_paths(stage.func) + upstream_outs(stage)
     entry["params"] = list(stage.params)
     entry["outs"] = [dvc_template(p) for p in stage.outs]
     if stage.metrics:

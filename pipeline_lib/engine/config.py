@@ -13,13 +13,13 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from pipeline_lib.backbone.config import BackboneConfig
-from pipeline_lib.configbase import Section
 from pipeline_lib.czsl.config import CzslConfig
 from pipeline_lib.data.config import DataConfig
+from pipeline_lib.engine.configbase import Section
+from pipeline_lib.engine.params import ParamsError, get_dotted, load_params
 from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.fewshot.config import FewshotConfig
 from pipeline_lib.inversion.config import InversionConfig
-from pipeline_lib.params import ParamsError, get_dotted, load_params
 
 
 class DaskConfig(Section):

@@ -19,10 +19,10 @@ from typing import Any
 
 import polars as pl
 
-from pipeline_lib.artifacts import read_manifest
-from pipeline_lib.events import latest_status, outcome_counts, read_events
-from pipeline_lib.params import get_dotted
-from pipeline_lib.stages import STAGES, Plot, Stage, instances
+from pipeline_lib.engine.artifacts import read_manifest
+from pipeline_lib.engine.events import latest_status, outcome_counts, read_events
+from pipeline_lib.engine.params import get_dotted
+from pipeline_lib.engine.stages import STAGES, Plot, Stage, instances
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +322,6 @@ def write_report(root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str,
 
 def run_report(ctx: Any) -> dict[str, Any]:
     """The `report` stage: reports/index.html with every plot and metrics table published so far."""
-    from pipeline_lib.config import effective_params
+    from pipeline_lib.engine.config import effective_params
 
     return write_report(ctx.root, ctx.out("reports"), effective_params(ctx.cfg))

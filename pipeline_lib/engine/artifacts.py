@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import glob
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -25,9 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.errors import StageLockedError
-from pipeline_lib.params import get_dotted
-from pipeline_lib.stages import StageInstance
+from pipeline_lib.engine.errors import StageLockedError
+from pipeline_lib.engine.params import get_dotted
+from pipeline_lib.engine.stages import StageInstance
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +34,6 @@ SCRATCH_DIR = ".bridgeflow"
 MANIFEST = "manifest.json"
 COMPLETE = "complete.json"
 FINGERPRINT_VERSION = 1  # bump to invalidate every stage at once (e.g. after a change of manifest layout)
-
-
-def module_source_files(module: str) -> list[Path]:
-    """The .py files of a module or package, found through the import system (works installed or editable)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(f"stage code module {module!r} cannot be imported")
-    origin = Path(spec.origin)
-    if spec.submodule_search_locations:
-        return sorted(p for loc in spec.submodule_search_locations for p in Path(loc).rglob("*.py"))
-    return [origin]
-
-
-def code_digest(modules: tuple[str, ...]) -> str:
-    """sha256 over the source text of the given modules (helpers included, unlike Prefect's TASK_SOURCE)."""
-    h = hashlib.sha256()
-    for module in sorted(modules):
-        h.update(module.encode())
-        for path in module_source_files(module):
-            h.update(path.name.encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def canonical_json(value: Any) -> str:

@@ -72,7 +72,7 @@ def _single_threaded() -> None:
 
 def run_shards_in_processes(ctx: Any, plan: Callable[[Any, int], list], work: Callable[[Any, Any], dict],
                             processes: int) -> list[dict]:
-    """Compute a sharded stage's pending shards (pipeline_lib.shards) on `processes` local worker processes.
+    """Compute a sharded stage's pending shards (pipeline_lib.engine.shards) on `processes` local worker processes.
 
     The stage function that follows finds every block done and only assembles, exactly as after a Dask run; shards
     go out in the planner's order (largest first), each worker single-threaded. Returns the workers' summaries.

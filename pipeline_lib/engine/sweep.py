@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.params import ParamsError, parse_override
-from pipeline_lib.stages import stage_names, upstream_closure
-from pipeline_lib.summary import HEADLINES, headline_rows
+from pipeline_lib.engine.params import ParamsError, parse_override
+from pipeline_lib.engine.stages import stage_names, upstream_closure
+from pipeline_lib.engine.summary import HEADLINES, headline_rows
 
 SWEEPS_DIR = Path(".bridgeflow") / "sweeps"
 POINT_FILE = "point.json"
@@ -83,7 +83,7 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[list[str]]:
 
 def validate_points(root: Path, profile: str | None, points: Sequence[Sequence[str]]) -> None:
     """Validate every point's params up front, so a bad key or value fails before the first point runs."""
-    from pipeline_lib.config import load_config  # imports every section model (and torch): only when sweeping
+    from pipeline_lib.engine.config import load_config  # imports every section model (and torch): only when sweeping
 
     for point in points:
         load_config(root, profile, tuple(point))

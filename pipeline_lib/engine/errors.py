@@ -5,7 +5,7 @@ Entry points print these as one clear message instead of a traceback; anything e
 
 from __future__ import annotations
 
-from pipeline_lib.params import ParamsError
+from pipeline_lib.engine.params import ParamsError
 
 
 class StageLockedError(RuntimeError):
@@ -27,12 +27,12 @@ class UnknownStageError(KeyError):
         return str(self.args[0])
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Every error class that means "the input is wrong", across the areas (imported lazily: they pull in torch)."""
-    from pipeline_lib.backbone.hooks import UnsupportedBackbone
-    from pipeline_lib.backbone.load import UnknownModelError, UnknownPretrainedError
-    from pipeline_lib.data.errors import DatasetError
+class UserInputError(Exception):
+    """Base of the errors a method raises for bad user input (a dataset, a model name): entry points print them."""
 
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Every error class that means "the input is wrong"; method packages subclass `UserInputError`."""
     return (
         ParamsError,
         MissingUpstreamError,
@@ -40,8 +40,5 @@ def user_errors() -> tuple[type[BaseException], ...]:
         StoreError,
         UnknownStageError,
         FileNotFoundError,
-        DatasetError,
-        UnknownModelError,
-        UnknownPretrainedError,
-        UnsupportedBackbone,
+        UserInputError,
     )

@@ -9,19 +9,17 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
-import os
 import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline_lib import __version__
-from pipeline_lib.artifacts import (
-    code_digest,
+from pipeline_lib.engine.artifacts import (
     content_digest,
     finalize_scratch,
     fingerprint,
@@ -33,58 +31,15 @@ from pipeline_lib.artifacts import (
     scratch_dir,
     stage_lock,
 )
-from pipeline_lib.config import Config, effective_params
-from pipeline_lib.errors import MissingUpstreamError
-from pipeline_lib.events import record_event
-from pipeline_lib.stages import StageInstance, get_stage, instances
+from pipeline_lib.engine.closure import code_digest
+from pipeline_lib.engine.config import Config, effective_params
+from pipeline_lib.engine.context import StageContext
+from pipeline_lib.engine.errors import MissingUpstreamError
+from pipeline_lib.engine.events import record_event
+from pipeline_lib.engine.stages import StageInstance, get_stage, instances
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def progress_enabled(cfg: Config) -> bool:
-    """Progress bars unless disabled in params or running under CI."""
-    return cfg.runtime.progress and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
-
-
-def resolve_device(cfg: Config) -> Any:
-    import torch
-
-    if cfg.runtime.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device = 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    if cfg.runtime.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-@dataclass
-class StageContext:
-    """Everything a stage function may use: validated config, where to read inputs and where to write outputs."""
-
-    cfg: Config
-    root: Path
-    work: Path
-    item: dict[str, Any] = field(default_factory=dict)
-
-    def out(self, rel: str) -> Path:
-        """Where to write the declared output `rel` (inside the fingerprint-keyed scratch folder)."""
-        path = self.work / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def inp(self, rel: str) -> Path:
-        """A published upstream output."""
-        return self.root / rel
-
-    @property
-    def device(self) -> Any:
-        return resolve_device(self.cfg)
-
-    def progress(self, iterable: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
-        """tqdm over `iterable`, silent under CI=true or runtime.progress = false."""
-        from tqdm.auto import tqdm
-
-        return iter(tqdm(iterable, total=total, desc=desc, disable=not progress_enabled(self.cfg), leave=False))
 
 
 @dataclass(frozen=True)
@@ -118,7 +73,7 @@ def upstream_fingerprints(root: Path, inst: StageInstance, params: dict[str, Any
 
 def instance_fingerprint(root: Path, inst: StageInstance, cfg: Config) -> str:
     params = effective_params(cfg)
-    return fingerprint(inst, params, upstream_fingerprints(root, inst, params), code_digest(inst.stage.code))
+    return fingerprint(inst, params, upstream_fingerprints(root, inst, params), code_digest(inst.stage.func))
 
 
 def load_function(spec: str) -> Callable[..., dict[str, Any]]:
@@ -157,7 +112,7 @@ def _compute_or_reuse(
     start = time.perf_counter()
     params = effective_params(cfg)
     upstream = upstream_fingerprints(root, inst, params)
-    fp = fingerprint(inst, params, upstream, code_digest(inst.stage.code))
+    fp = fingerprint(inst, params, upstream, code_digest(inst.stage.func))
     with stage_lock(root, inst, wait_seconds=lock_wait):
         if not force and is_published(root, inst, fp):
             summary = (read_manifest(root, inst) or {}).get("summary", {})
@@ -172,7 +127,7 @@ def _compute_or_reuse(
         (work / "complete.json").unlink(missing_ok=True)
         work.mkdir(parents=True, exist_ok=True)
         log.info("running stage %s (fingerprint %s)", inst.id, fp)
-        ctx = StageContext(cfg=cfg, root=root, work=work, item=dict(inst.item))
+        ctx = StageContext(cfg=cfg, root=root, work=work, inst=inst)
         summary = load_function(inst.stage.func)(ctx, **inst.item) if inst.item else load_function(inst.stage.func)(ctx)
         seconds = time.perf_counter() - start
         manifest = {

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.report import flatten_metrics
+from pipeline_lib.report.page import flatten_metrics
 
 # The headline numbers per metrics file (fnmatch patterns over dotted keys); without a match, the first numbers.
 HEADLINES: dict[str, tuple[str, ...]] = {

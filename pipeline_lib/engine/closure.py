@@ -1,0 +1,113 @@
+"""A stage's code, derived from the source: the import closure of its function's module inside `pipeline_lib`.
+
+The closure versions the stage (fingerprint) and lists its DVC code deps. It is read statically from the import
+statements of each module, lazy imports inside functions included, so a hand-kept list can never drift from what the
+stage runs. A module counts with every parent package (their `__init__` runs on import).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+PACKAGE = "pipeline_lib"
+
+
+@cache
+def package_dir() -> Path:
+    """The folder of the `pipeline_lib` package that this process imports (a checkout or an installed copy)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"{PACKAGE} cannot be imported")
+    return Path(spec.origin).parent
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of a dotted module (a package's `__init__.py`), or None when there is none.
+
+    `pipeline_lib` modules are found without importing anything; a stage function outside the package (a test's
+    stage) is found through the import system and versions the stage by its own file only.
+    """
+    if module.split(".")[0] != PACKAGE:
+        spec = importlib.util.find_spec(module)
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        return origin if origin is not None and origin.suffix == ".py" else None
+    base = package_dir().parent.joinpath(*module.split("."))
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return None
+
+
+def _with_parents(names: set[str]) -> set[str]:
+    parts = (name.split(".") for name in names)
+    return {".".join(p[:i]) for p in parts for i in range(1, len(p) + 1)}
+
+
+@cache
+def direct_imports(module: str) -> frozenset[str]:
+    """The `pipeline_lib` modules one module imports anywhere in its source (with their parent packages)."""
+    path = module_file(module)
+    if path is None:
+        return frozenset()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{anchor}.{node.module}" if node.module else anchor
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
+    inside = {m for m in _with_parents(found) if m.split(".")[0] == PACKAGE}
+    return frozenset(m for m in inside if module_file(m) is not None)
+
+
+@cache
+def import_closure(module: str) -> tuple[str, ...]:
+    """`module` and every `pipeline_lib` module it imports, directly or not, sorted."""
+    seen: set[str] = set()
+    todo = [module, *_with_parents({module})]
+    while todo:
+        name = todo.pop()
+        if name not in seen and module_file(name) is not None:
+            seen.add(name)
+            todo.extend(direct_imports(name) - seen)
+    return tuple(sorted(seen))
+
+
+def function_module(func: str) -> str:
+    """`package.module:function` -> `package.module`."""
+    return func.partition(":")[0]
+
+
+def code_files(func: str) -> list[Path]:
+    """Source files of a stage function's import closure, sorted (the root package's `__init__` excluded)."""
+    files = {module_file(m) for m in import_closure(function_module(func)) if m != PACKAGE}
+    return sorted(f for f in files if f is not None)
+
+
+def code_paths(func: str) -> list[str]:
+    """The closure as `pipeline_lib/...` paths, as DVC lists them."""
+    root = package_dir().parent
+    return [f.relative_to(root).as_posix() if f.is_relative_to(root) else str(f) for f in code_files(func)]
+
+
+@cache
+def code_digest(func: str) -> str:
+    """sha256 over the closure's paths and source bytes: the code version in a stage's fingerprint."""
+    root = package_dir().parent
+    h = hashlib.sha256()
+    for path in code_files(func):
+        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+        h.update(name.encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
