@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install browser test lint pipeline smoke clean-scratch
+.PHONY: install browser test test-fast lint typecheck pipeline smoke clean-scratch
 
 install: $(STAMP)
 
@@ -27,11 +27,19 @@ browser:
 	    || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; \
 	else echo "chromium is missing: install the Debian package 'chromium' (the report browser test needs it)"; fi
 
-test: install browser
+# What CI runs: style, types, then the whole test suite.
+test: install browser lint typecheck
 	$(BIN)/python -m pytest
+
+# The inner loop: lint, types and every test not marked slow (no subprocess DVC/Prefect runs, kills, Dask, Chromium).
+test-fast: install lint typecheck
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check pipeline_lib flows tasks tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
 
 pipeline: install
 	$(BIN)/dvc repro

@@ -197,7 +197,12 @@ def dvc_yaml(
 
 @app.command()
 @friendly_errors
-def status(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt = None) -> None:
+def status(
+    root: RootOpt = Path("."),
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per instance on stdout.")] = False,
+) -> None:
     """Which stage instances are published with the fingerprint the current params and code give."""
     from pipeline_lib.engine.artifacts import is_published, read_manifest
     from pipeline_lib.engine.config import effective_params, load_config
@@ -206,9 +211,7 @@ def status(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt =
     from pipeline_lib.engine.stages import STAGES, instances
 
     cfg = load_config(root, profile, tuple(set_ or ()))
-    table = Table(title="bridgeflow status")
-    for column in ("stage", "state", "published fingerprint"):
-        table.add_column(column)
+    rows = []
     for st in STAGES:
         for inst in instances(st, effective_params(cfg)):
             manifest = read_manifest(root, inst) or {}
@@ -217,7 +220,15 @@ def status(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt =
                 state = "up to date" if is_published(root, inst, fp) else ("stale" if manifest else "missing")
             except MissingUpstreamError:
                 state = "waiting for upstream"
-            table.add_row(inst.id, state, manifest.get("fingerprint", "-"))
+            rows.append({"stage": inst.id, "state": state, "published_fingerprint": manifest.get("fingerprint")})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    table = Table(title="bridgeflow status")
+    for column in ("stage", "state", "published fingerprint"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["stage"], row["state"], row["published_fingerprint"] or "-")
     Console().print(table)
 
 

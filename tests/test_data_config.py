@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 from pydantic import ValidationError
 
 from pipeline_lib.data.config import DataConfig
+from pipeline_lib.engine.config import load_config
 
 
-def test_defaults_match_the_design() -> None:
-    cfg = DataConfig()
-    assert cfg.image_size == 32
-    assert cfg.shapes == ("circle", "square", "triangle", "star", "cross", "ring")
-    assert len(cfg.colours) == 8 and cfg.patterns == ("solid", "striped", "dotted")
-    assert cfg.sizes == ("medium", "large")
-    assert cfg.backgrounds == ("flat", "gradient", "blotches", "blocks")
+def test_code_defaults_are_the_shipped_world() -> None:
+    """A params.yaml without a `data` section generates the same world as the shipped one."""
+    assert DataConfig() == load_config(REPO).data
 
 
 @pytest.mark.parametrize(

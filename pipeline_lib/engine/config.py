@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from pipeline_lib.backbone.config import BackboneConfig
 from pipeline_lib.czsl.config import CzslConfig
@@ -74,7 +75,7 @@ class Config(Section):
     runtime: RuntimeConfig = RuntimeConfig()
 
 
-def _describe_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
+def _describe_error(err: ErrorDetails, raw: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key (remove it or check its spelling)"

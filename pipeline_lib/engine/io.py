@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _atomic_write(path: Path | str, write: Callable[[IO[str]], None]) -> None:
+def _atomic_write(path: Path | str, write: Callable[[IO[str]], object]) -> None:
     """Create the parents, write a temporary sibling with `write`, then replace `path` with it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

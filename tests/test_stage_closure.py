@@ -1,0 +1,97 @@
+"""A stage's code is its function's import closure: editing a module makes exactly the stages that import it stale.
+
+The fast tests check the static closure itself. The slow test edits modules in a copy of a finished smoke project and
+asks both DVC (`dvc status`, from dvc.yaml's deps) and bridgeflow (`bridgeflow status`, from the fingerprints) which
+stages are stale: a hand-kept code list that misses a module fails it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, SmokePipeline
+
+from pipeline_lib.engine.closure import code_paths, direct_imports, import_closure
+from pipeline_lib.engine.stages import STAGES
+
+BIN = Path(sys.executable).parent
+FEWSHOT = {"fewshot_bridge", "fewshot_run", "fewshot_report"}
+
+#: module edited -> the stages whose code it is (directly; downstream stages key on upstream content instead)
+EXPECTED_STALE: dict[str, set[str]] = {
+    "pipeline_lib/data/world.py": {"data"},
+    "pipeline_lib/backbone/pretrain.py": {"backbone"},
+    "pipeline_lib/features/extract.py": {"features"},
+    "pipeline_lib/diagnose/gap.py": {"diagnose"},
+    "pipeline_lib/fewshot/train.py": FEWSHOT,
+    "pipeline_lib/optim/adamw.py": {"backbone"} | FEWSHOT,
+    "pipeline_lib/inversion/oti.py": {"inversion"},
+    "pipeline_lib/czsl/vac.py": {"czsl"},
+    "pipeline_lib/report/page.py": {"report"},
+    "pipeline_lib/engine/sweep.py": set(),  # engine code no stage imports
+}
+
+
+def test_closure_follows_lazy_imports_and_parent_packages() -> None:
+    closure = import_closure("pipeline_lib.backbone.stage")
+    assert "pipeline_lib.backbone" in closure and "pipeline_lib" in closure  # parents run their __init__
+    assert "pipeline_lib.optim.adamw" in closure  # imported by pretrain, two hops away
+    # a lazy import inside a function counts: the engine's report reads config only when it runs
+    assert "pipeline_lib.engine.config" in direct_imports("pipeline_lib.report.page")
+
+
+def test_every_stage_lists_its_closure_as_dvc_deps() -> None:
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in STAGES:
+        deps = set(dvc[stage.name]["deps"])
+        missing = set(code_paths(stage.func)) - deps
+        assert not missing, f"{stage.name}: {sorted(missing)}"
+        assert f"{stage.func.partition(':')[0].replace('.', '/')}.py" in deps
+
+
+def _run(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd)}
+    proc = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _dvc_stale(root: Path) -> set[str]:
+    return {name.split("@")[0] for name in json.loads(_run(root, "dvc", "status", "--json"))}
+
+
+def _bridgeflow_stale(root: Path) -> set[str]:
+    rows = json.loads(_run(root, "bridgeflow", "status", "--json"))
+    assert all(r["state"] in ("up to date", "stale") for r in rows), rows
+    return {r["stage"].split("@")[0] for r in rows if r["state"] == "stale"}
+
+
+@pytest.fixture(scope="module")
+def recorded_project(smoke_pipeline: SmokePipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the finished smoke project, under Git and with every stage recorded in dvc.lock."""
+    root = tmp_path_factory.mktemp("closure") / "project"
+    shutil.copytree(smoke_pipeline.root, root, symlinks=True)
+    for args in (("git", "init", "-q"), ("dvc", "init", "-q"), ("dvc", "commit", "-f", "-q")):
+        _run(root, *args)
+    assert _dvc_stale(root) == set() and _bridgeflow_stale(root) == set()
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", sorted(EXPECTED_STALE))
+def test_editing_a_module_makes_exactly_its_stages_stale(recorded_project: Path, module: str) -> None:
+    path = recorded_project / module
+    original = path.read_bytes()
+    path.write_bytes(original + b"\n# an edit\n")
+    try:
+        assert _dvc_stale(recorded_project) == EXPECTED_STALE[module]
+        assert _bridgeflow_stale(recorded_project) == EXPECTED_STALE[module]
+    finally:
+        path.write_bytes(original)
