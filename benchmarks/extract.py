@@ -24,8 +24,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline_lib.backbone.tiny import register_tiny_models
-from pipeline_lib.features.extract import ImageViewsDataset, extract_to_blocks, image_encoder
 from pipeline_lib.engine.store import ArraySpec, BlockGroup
+from pipeline_lib.features.extract import ImageViewsDataset, extract_to_blocks, image_encoder
 
 
 def render_pngs(folder: Path, n: int, size: int, seed: int = 0) -> list[str]:

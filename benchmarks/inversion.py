@@ -4,7 +4,8 @@ OTI / OVI run exactly as the stage does (hooked native forward, AdamW, snapshots
 final features; fp16 autocast + GradScaler on CUDA). The bare loop runs the same number of forward+backward passes of
 the same encoder on the same batch with a plain leaf input and the same cosine loss, and nothing else: for the text
 tower the input token embeddings of the prompt up to its EOS (through `text_features_from_embeddings`, the positions
-OTI runs: `hooks.pooled_length`), for the image tower the pixels (through `encode_image`). Prints one JSON object; `overhead` = bare samples/s / inversion samples/s
+OTI runs: `hooks.pooled_length`), for the image tower the pixels (through `encode_image`). Prints one JSON object;
+`overhead` = bare samples/s / inversion samples/s
 (1.0 = the inversion costs nothing beyond the encoder; the target is <= 1.15), from process CPU time on a CPU (a
 shared machine's load barely moves it; `overhead_wall` is the wall-clock ratio) and from wall time on CUDA.
 
@@ -98,22 +99,33 @@ def main() -> None:
     def snaps(steps: int, default: tuple[int, ...], default_steps: int) -> tuple[int, ...]:
         return tuple(sorted({max(1, round(s * steps / default_steps)) for s in default}))
 
-    oti_cfg = OtiConfig(steps=args.oti_steps, batch_size=b,
-                        snapshot_steps=snaps(args.oti_steps, OtiConfig().snapshot_steps, 150))
-    ovi_cfg = OviConfig(steps=args.ovi_steps, batch_size=b,
-                        snapshot_steps=snaps(args.ovi_steps, OviConfig().snapshot_steps, 1000))
+    oti_cfg = OtiConfig(
+        steps=args.oti_steps, batch_size=b, snapshot_steps=snaps(args.oti_steps, OtiConfig().snapshot_steps, 150)
+    )
+    ovi_cfg = OviConfig(
+        steps=args.ovi_steps, batch_size=b, snapshot_steps=snaps(args.ovi_steps, OviConfig().snapshot_steps, 1000)
+    )
 
     ids, _ = prompt_ids(tokenizer, oti_cfg, b)
     ids = ids[:, : pooled_length(model, ids)].to(device)  # (B, L'): the prompt up to its EOS, as OTI runs it
     with torch.no_grad():
         prompt_embeddings = model.token_embedding(ids)  # (B, L, W)
-    t = timed({
-        "oti": lambda: run_oti(model, tokenizer, image_targets, oti_cfg, seed=0, amp=amp),
-        "oti_bare": lambda: bare_loop(lambda x: text_features_from_embeddings(model, x, ids), prompt_embeddings,
-                                      image_targets, args.oti_steps, amp),
-        "ovi": lambda: run_ovi(model, text_targets, ovi_cfg, seed=0, amp=amp),
-        "ovi_bare": lambda: bare_loop(model.encode_image, images, text_targets, args.ovi_steps, amp),
-    }, device, args.repeats)
+    t = timed(
+        {
+            "oti": lambda: run_oti(model, tokenizer, image_targets, oti_cfg, seed=0, amp=amp),
+            "oti_bare": lambda: bare_loop(
+                lambda x: text_features_from_embeddings(model, x, ids),
+                prompt_embeddings,
+                image_targets,
+                args.oti_steps,
+                amp,
+            ),
+            "ovi": lambda: run_ovi(model, text_targets, ovi_cfg, seed=0, amp=amp),
+            "ovi_bare": lambda: bare_loop(model.encode_image, images, text_targets, args.ovi_steps, amp),
+        },
+        device,
+        args.repeats,
+    )
 
     clock = "cpu" if device.type == "cpu" else "wall"
 
@@ -129,17 +141,22 @@ def main() -> None:
             "overhead_wall": round(inv["wall"] / bare["wall"], 4),
         }
 
-    print(json.dumps({
-        "model": args.model,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(),
-        "batch_size": b,
-        "oti_prompt_positions": f"{ids.shape[1]} of {model.context_length}",
-        "clock": clock,
-        "amp": amp and device.type == "cuda",
-        "oti": entry(t["oti"], t["oti_bare"], oti_cfg),
-        "ovi": entry(t["ovi"], t["ovi_bare"], ovi_cfg),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+                "threads": torch.get_num_threads(),
+                "batch_size": b,
+                "oti_prompt_positions": f"{ids.shape[1]} of {model.context_length}",
+                "clock": clock,
+                "amp": amp and device.type == "cuda",
+                "oti": entry(t["oti"], t["oti_bare"], oti_cfg),
+                "ovi": entry(t["ovi"], t["ovi_bare"], ovi_cfg),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def measure_peak_gflops(n: int = 2048, seconds: float = 3.0) -> float:
         t0 = time.perf_counter()
         for _ in range(4):
             torch.matmul(a, b, out=out)
-        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return best
 
 
@@ -61,15 +61,28 @@ def make_features(c: int, k: int, v: int, d: int, n_val: int, seed: int = 0) -> 
     val_labels = torch.arange(n_val) % c
     w_txt = torch.randn(d, d, generator=g) / math.sqrt(d)  # singular values spread over ~[0, 2]
     eos_raw = 25.0 * F.normalize(torch.randn(c, d, generator=g), dim=-1)
-    return {"support": support, "text_proj": text, "text_eos": F.normalize(eos_raw, dim=-1), "eos_raw": eos_raw,
-            "w_txt": w_txt, "val": images(val_labels), "val_labels": val_labels}
+    return {
+        "support": support,
+        "text_proj": text,
+        "text_eos": F.normalize(eos_raw, dim=-1),
+        "eos_raw": eos_raw,
+        "w_txt": w_txt,
+        "val": images(val_labels),
+        "val_labels": val_labels,
+    }
 
 
 def train_flops(c: int, kp: int, dp: int, dt: int, n_val: int, validate: bool) -> float:
     """Matmul FLOPs of one training step (forward + backward) plus its validation."""
     m = c * kp
-    fwd = {"fw": 2 * m * dp * dt, "uw": 2 * m * dt * dp, "img": 2 * m * dp * c, "cons": 2 * m * dp * c,
-           "txte": 2 * c * dt * c, "txtp": 2 * c * dp * c}
+    fwd = {
+        "fw": 2 * m * dp * dt,
+        "uw": 2 * m * dt * dp,
+        "img": 2 * m * dp * c,
+        "cons": 2 * m * dp * c,
+        "txte": 2 * c * dt * c,
+        "txtp": 2 * c * dp * c,
+    }
     # backward: F @ W+ only needs dW+; u~ @ W_txt only du~; img/txte/txtp one trainable side; cons both sides
     bwd = {"fw": 1, "uw": 1, "img": 1, "cons": 2, "txte": 1, "txtp": 1}
     total = sum(f * (1 + bwd[n]) for n, f in fwd.items())
@@ -95,10 +108,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    out: dict = {"device": "cpu", "threads": torch.get_num_threads(), "machine": platform.processor() or
-                 platform.machine(), "torch": torch.__version__, "shape": {
-                     "classes": args.classes, "shots": args.shots, "views": args.views, "dim": args.dim,
-                     "val_per_step": args.val, "search_val": args.search_val}}
+    out: dict = {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "shape": {
+            "classes": args.classes,
+            "shots": args.shots,
+            "views": args.views,
+            "dim": args.dim,
+            "val_per_step": args.val,
+            "search_val": args.search_val,
+        },
+    }
     n_val = max(args.val, args.search_val)
     feats = make_features(args.classes, args.shots, args.views, args.dim, n_val)
     fit = fit_bridge(feats["w_txt"], feats["eos_raw"], 0.3)
@@ -112,8 +135,9 @@ def main() -> None:
         val, val_y = feats["val"][: args.val], feats["val_labels"][: args.val]
         validator = InitValidator(val, val_y, feats["text_proj"], proto, kl, cfg.init)
         t0, c0 = time.perf_counter(), time.process_time()
-        res = train_semobridge_t(feats["support"], feats["w_txt"], fit.pinv, fit.scale, feats["text_proj"],
-                                 feats["text_eos"], cfg, validator)
+        res = train_semobridge_t(
+            feats["support"], feats["w_txt"], fit.pinv, fit.scale, feats["text_proj"], feats["text_eos"], cfg, validator
+        )
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak_after = measure_peak_gflops()
         peak = max(peak_before, peak_after)
@@ -123,13 +147,18 @@ def main() -> None:
         flops += 2 * (2 * args.classes * kp * args.dim * args.dim)
         gflops = flops / wall / 1e9
         out["train"] = {
-            "steps": args.steps, "wall_s": round(wall, 2), "process_cpu_s": round(cpu, 2),
+            "steps": args.steps,
+            "wall_s": round(wall, 2),
+            "process_cpu_s": round(cpu, 2),
             "s_per_step": round(wall / args.steps, 4),
-            "gflop_total": round(flops / 1e9, 1), "achieved_gflops": round(gflops, 2),
-            "peak_gflops_before": round(peak_before, 2), "peak_gflops_after": round(peak_after, 2),
+            "gflop_total": round(flops / 1e9, 1),
+            "achieved_gflops": round(gflops, 2),
+            "peak_gflops_before": round(peak_before, 2),
+            "peak_gflops_after": round(peak_after, 2),
             "ratio_to_peak": round(gflops / peak, 3),
             "projected_5000_steps_s": round(wall / args.steps * 5000, 1),
-            "best_val_init_acc": res.best_val_acc, "best_step": res.best_step,
+            "best_val_init_acc": res.best_val_acc,
+            "best_step": res.best_step,
             "final_loss": res.curves["total"][-1],
         }
 
@@ -141,18 +170,26 @@ def main() -> None:
         t_maps = time.perf_counter() - t0
         s_cfg = SearchConfig(n_trials=args.trials)
         t0 = time.perf_counter()
-        ev = BlendEvaluator(maps.s1, maps.s2, maps.s3, kl, sy, "all", tuple(s_cfg.prune_topk), s_cfg.prune_kl_topk,
-                            s_cfg.chunk_queries)
+        ev = BlendEvaluator(
+            maps.s1, maps.s2, maps.s3, kl, sy, "all", tuple(s_cfg.prune_topk), s_cfg.prune_kl_topk, s_cfg.chunk_queries
+        )
         t_build = time.perf_counter() - t0
         c0 = time.process_time()
         r = search_blend(ev, s_cfg, seed=1)
         trials_cpu = time.process_time() - c0
         zs = float((maps.s1.argmax(1) == sy).float().mean() * 100)
         out["search"] = {
-            "trials": args.trials, "queries": args.search_val, "classes": args.classes,
-            "maps_s": round(t_maps, 2), "evaluator_build_s": round(t_build, 2), "trials_s": round(r.seconds, 2),
-            "total_s": round(t_maps + t_build + r.seconds, 2), "trials_process_cpu_s": round(trials_cpu, 2),
-            "level_rows_per_trial": [round(x / args.trials, 1) for x in ev.level_rows], "best_val_acc": r.val_acc, "zero_shot_val_acc": zs,
+            "trials": args.trials,
+            "queries": args.search_val,
+            "classes": args.classes,
+            "maps_s": round(t_maps, 2),
+            "evaluator_build_s": round(t_build, 2),
+            "trials_s": round(r.seconds, 2),
+            "total_s": round(t_maps + t_build + r.seconds, 2),
+            "trials_process_cpu_s": round(trials_cpu, 2),
+            "level_rows_per_trial": [round(x / args.trials, 1) for x in ev.level_rows],
+            "best_val_acc": r.val_acc,
+            "zero_shot_val_acc": zs,
             "full_rescore_fraction": round(r.full_rescore_fraction, 4),
             "levels": [lev.width for lev in ev.levels],
         }

@@ -17,13 +17,19 @@ from rich.table import Table
 
 from pipeline_lib import __version__
 
-app = typer.Typer(help="Adapt CLIP models across the modality gap: a cached, reproducible pipeline.", no_args_is_help=True)
+app = typer.Typer(
+    help="Adapt CLIP models across the modality gap: a cached, reproducible pipeline.", no_args_is_help=True
+)
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 RootOpt = Annotated[Path, typer.Option("--root", help="Project folder holding params.yaml.")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Params profile merged over params.yaml (e.g. smoke).")]
-SetOpt = Annotated[list[str] | None, typer.Option("-S", "--set", help="Override a params key: -S key=value (repeatable).")]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", help="Params profile merged over params.yaml (e.g. smoke).")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("-S", "--set", help="Override a params key: -S key=value (repeatable).")
+]
 
 
 def _version(value: bool) -> None:
@@ -34,7 +40,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False,
 ) -> None:
     """bridgeflow: SeMoBridge, OTI/OVI and SAM-CZSL on any open_clip backbone."""
@@ -89,13 +97,17 @@ def stage(
     cfg = load_config(root, profile, tuple(set_ or ()))
     inst = parse_instance_id(instance, effective_params(cfg))
     result = run_instance(root.resolve(), inst, cfg, force=force, lock_wait=None if lock_wait < 0 else lock_wait)
-    console.print(f"[green]{result.id}[/]: {result.status} in {result.seconds:.1f} s (fingerprint {result.fingerprint})")
+    console.print(
+        f"[green]{result.id}[/]: {result.status} in {result.seconds:.1f} s (fingerprint {result.fingerprint})"
+    )
 
 
 @app.command()
 @friendly_errors
 def run(
-    stage_names: Annotated[list[str] | None, typer.Option("--stage", help="Run this stage and what it needs (repeatable).")] = None,
+    stage_names: Annotated[
+        list[str] | None, typer.Option("--stage", help="Run this stage and what it needs (repeatable).")
+    ] = None,
     root: RootOpt = Path("."),
     profile: ProfileOpt = None,
     set_: SetOpt = None,
@@ -122,13 +134,29 @@ def run(
 @app.command()
 @friendly_errors
 def sweep(
-    axes: Annotated[list[str], typer.Option("-S", "--set", help="A grid axis: -S key=v1,v2 (commas inside [] {} or quotes belong to a value; repeatable).")],
-    stage_names: Annotated[list[str] | None, typer.Option("--stage", help="Run this stage and what it needs (repeatable).")] = None,
+    axes: Annotated[
+        list[str],
+        typer.Option(
+            "-S",
+            "--set",
+            help="A grid axis: -S key=v1,v2 (commas inside [] {} or quotes belong to a value; repeatable).",
+        ),
+    ],
+    stage_names: Annotated[
+        list[str] | None, typer.Option("--stage", help="Run this stage and what it needs (repeatable).")
+    ] = None,
     root: RootOpt = Path("."),
     profile: ProfileOpt = None,
-    via: Annotated[str, typer.Option(help="prefect: subflows of one flow run; dvc: `dvc exp run` experiments.")] = "prefect",
-    jobs: Annotated[int, typer.Option(help="Points run at once (dvc queue workers); the Prefect sweep runs one at a time.")] = 1,
-    only_changed: Annotated[bool, typer.Option("--only-changed/--all-columns", help="Show only metrics that differ between points (prefect).")] = True,
+    via: Annotated[
+        str, typer.Option(help="prefect: subflows of one flow run; dvc: `dvc exp run` experiments.")
+    ] = "prefect",
+    jobs: Annotated[
+        int, typer.Option(help="Points run at once (dvc queue workers); the Prefect sweep runs one at a time.")
+    ] = 1,
+    only_changed: Annotated[
+        bool,
+        typer.Option("--only-changed/--all-columns", help="Show only metrics that differ between points (prefect)."),
+    ] = True,
 ) -> None:
     """Run every point of a params grid without clobbering results, then print a table of the headline metrics."""
     from pipeline_lib.engine.params import ParamsError
@@ -153,7 +181,9 @@ def sweep(
     configure_prefect_env(root)
     from flows.sweep import sweep_flow
 
-    result = sweep_flow(grid=grid, root=str(root.resolve()), stages=stage_names, profile=profile, only_changed=only_changed)
+    result = sweep_flow(
+        grid=grid, root=str(root.resolve()), stages=stage_names, profile=profile, only_changed=only_changed
+    )
     table = Table(title="bridgeflow sweep")
     for column in result["columns"]:
         table.add_column(column)

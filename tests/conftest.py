@@ -39,7 +39,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
-def stage_context(root: Path, stage: str, cfg: Config | None = None, work: Path | None = None, **item: Any) -> StageContext:
+def stage_context(
+    root: Path, stage: str, cfg: Config | None = None, work: Path | None = None, **item: Any
+) -> StageContext:
     """The real context of one registry stage instance: inputs published under `root`, outputs into `work`.
 
     Every test that calls a stage function directly builds its context here, so tests exercise the same path
@@ -49,7 +51,9 @@ def stage_context(root: Path, stage: str, cfg: Config | None = None, work: Path 
     from pipeline_lib.engine.context import StageContext
     from pipeline_lib.engine.stages import StageInstance, get_stage
 
-    return StageContext(cfg=cfg or Config(), root=root, work=work or root / "work", inst=StageInstance(get_stage(stage), item))
+    return StageContext(
+        cfg=cfg or Config(), root=root, work=work or root / "work", inst=StageInstance(get_stage(stage), item)
+    )
 
 
 def copy_project(dest: Path, profile: str | None = "smoke") -> Path:
@@ -64,8 +68,9 @@ def copy_project(dest: Path, profile: str | None = "smoke") -> Path:
             shutil.copy2(REPO / name, dest / name)
     shutil.copytree(REPO / "profiles", dest / "profiles", dirs_exist_ok=True)
     for package in ("pipeline_lib", "tasks", "flows"):  # DVC tracks the stages' code as deps
-        shutil.copytree(REPO / package, dest / package, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO / package, dest / package, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
     params = effective_params(load_config(REPO, profile))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest

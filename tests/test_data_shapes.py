@@ -46,7 +46,9 @@ def test_shape_contrast_group_differs_only_in_shape() -> None:
 
 def test_every_known_shape_pattern_and_background_renders_visibly() -> None:
     settings = RenderSettings(image_size=32, supersample=4, pixel_noise=0.0)
-    for i, (shape, pattern, background) in enumerate(zip(KNOWN_SHAPES, KNOWN_PATTERNS * 3, KNOWN_BACKGROUNDS * 2)):
+    for i, (shape, pattern, background) in enumerate(
+        zip(KNOWN_SHAPES, KNOWN_PATTERNS * 3, KNOWN_BACKGROUNDS * 2, strict=False)
+    ):
         cfg = CFG.model_copy(update={"backgrounds": (background,), "max_distractors": 0})
         spec = sample_spec(cfg, (0, 9, i), shape=shape, pattern=pattern, colour="yellow")
         image = render(spec, settings).astype(int)

@@ -14,10 +14,22 @@ from pipeline_lib.engine.errors import MissingUpstreamError, StageLockedError
 from pipeline_lib.engine.runner import run_instance
 from pipeline_lib.engine.stages import Stage, StageInstance
 
-ALPHA = Stage("alpha", "fake_stages:run_alpha", "test stage", params=("data.seed",), outs=("artifacts/alpha",),
-              metrics=("metrics/alpha.json",))
-BETA = Stage("beta", "fake_stages:run_beta", "test stage", params=("features.batch_size",), deps=("alpha",),
-             outs=("artifacts/beta",))
+ALPHA = Stage(
+    "alpha",
+    "fake_stages:run_alpha",
+    "test stage",
+    params=("data.seed",),
+    outs=("artifacts/alpha",),
+    metrics=("metrics/alpha.json",),
+)
+BETA = Stage(
+    "beta",
+    "fake_stages:run_beta",
+    "test stage",
+    params=("features.batch_size",),
+    deps=("alpha",),
+    outs=("artifacts/beta",),
+)
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +75,9 @@ def test_deleted_outputs_are_republished_from_scratch_without_recomputing(smoke_
     assert read_manifest(root, StageInstance(ALPHA))["fingerprint"] == first.fingerprint
 
 
-def test_crash_publishes_nothing_and_keeps_previous_outputs(smoke_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_publishes_nothing_and_keeps_previous_outputs(
+    smoke_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = smoke_project
     run_instance(root, StageInstance(ALPHA), load_config(root))
     before = read_manifest(root, StageInstance(ALPHA))
@@ -90,10 +104,18 @@ def test_concurrent_run_of_the_same_stage_fails_clearly(smoke_project: Path) -> 
     assert os.listdir(root / ".bridgeflow/locks")
 
 
-def test_upstream_rerun_with_identical_bytes_keeps_downstream(smoke_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upstream_rerun_with_identical_bytes_keeps_downstream(
+    smoke_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Downstream keys on the upstream's content: a param that changes nothing it writes reruns only the upstream."""
-    noisy_alpha = Stage("alpha", "fake_stages:run_alpha", "test stage", params=("data.seed", "data.image_size"),
-                        outs=("artifacts/alpha",), metrics=("metrics/alpha.json",))
+    noisy_alpha = Stage(
+        "alpha",
+        "fake_stages:run_alpha",
+        "test stage",
+        params=("data.seed", "data.image_size"),
+        outs=("artifacts/alpha",),
+        metrics=("metrics/alpha.json",),
+    )
     monkeypatch.setattr(stages, "STAGES", (noisy_alpha, BETA))
     root = smoke_project
     cfg = load_config(root)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from pipeline_lib.backbone.config import PretrainConfig
 from pipeline_lib.backbone.load import Backbone, create_backbone
-from pipeline_lib.optim.sparse_adamw import RowSparseAdamW
 from pipeline_lib.data import captions as data_captions
+from pipeline_lib.optim.sparse_adamw import RowSparseAdamW
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class BatchSampler:
             group = corpus.labels["group"].fill_null(-1).to_numpy()[self.train_idx]
             order = np.argsort(group, kind="stable")
             ids, starts = np.unique(group[order], return_index=True)
-            for gid, members in zip(ids, np.split(order, starts[1:])):
+            for gid, members in zip(ids, np.split(order, starts[1:]), strict=True):
                 if gid >= 0 and len(members) > 1:
                     self.groups.append(self.train_idx[members])
 
@@ -269,7 +269,7 @@ class CachedTokenizer:
     def __call__(self, texts: list[str]) -> torch.Tensor:
         new = list(dict.fromkeys(t for t in texts if t not in self.rows))
         if new:
-            self.rows.update(zip(new, self.tokenizer(new)))
+            self.rows.update(zip(new, self.tokenizer(new), strict=True))
         return torch.stack([self.rows[t] for t in texts])  # (B, L)
 
 

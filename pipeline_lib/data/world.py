@@ -183,8 +183,8 @@ def czsl_pairs(cfg: DataConfig) -> CzslPairs:
     """Choose unseen pairs spread over colours and shapes, keeping at least one training pair for each.
 
     One random pair per colour and one per shape is protected; unseen pairs are then taken greedily, each time the
-    candidate whose colour and shape keep the largest share of their pairs seen (random tie-break). Val and test unseen pairs are
-    disjoint; the seen pairs listed in val/test are random training pairs.
+    candidate whose colour and shape keep the largest share of their pairs seen (random tie-break).
+    Val and test unseen pairs are disjoint; the seen pairs listed in val/test are random training pairs.
     """
     attrs, objs = cfg.colours, cfg.shapes
     rng = np.random.default_rng([cfg.seed, STREAM_CZSL_PAIRS])

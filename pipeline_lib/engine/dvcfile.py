@@ -15,7 +15,10 @@ import yaml
 from pipeline_lib.engine.closure import code_paths
 from pipeline_lib.engine.stages import STAGES, Stage, dvc_template, get_stage
 
-HEADER = "# Generated from pipeline_lib/engine/stages.py by `bridgeflow dvc-yaml --write`: edit the registry, not this file.\n"
+HEADER = (
+    "# Generated from pipeline_lib/engine/stages.py by `bridgeflow dvc-yaml --write`:"
+    " edit the registry, not this file.\n"
+)
 
 
 def upstream_outs(stage: Stage) -> list[str]:

@@ -78,7 +78,10 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[list[str]]:
     if not grid or any(not list(values) for values in grid.values()):
         raise ParamsError(f"sweep grid {dict(grid)!r}: every key needs at least one value")
     keys = list(grid)
-    return [[f"{k}={value_text(v)}" for k, v in zip(keys, combo)] for combo in itertools.product(*grid.values())]
+    return [
+        [f"{k}={value_text(v)}" for k, v in zip(keys, combo, strict=True)]
+        for combo in itertools.product(*grid.values())
+    ]
 
 
 def validate_points(root: Path, profile: str | None, points: Sequence[Sequence[str]]) -> None:
@@ -101,8 +104,9 @@ def result_paths(stages: Sequence[str] | None) -> list[str]:
     return [path for stage in closure for path in stage.metrics + tuple(p.path for p in stage.plots)]
 
 
-def keep_point(root: Path, dest: Path, overrides: Sequence[str], stages: Sequence[str] | None,
-               rows: Sequence[Mapping[str, Any]]) -> Path:
+def keep_point(
+    root: Path, dest: Path, overrides: Sequence[str], stages: Sequence[str] | None, rows: Sequence[Mapping[str, Any]]
+) -> Path:
     """Copy the point's published metrics and plots into `dest` (before the next point republishes them)."""
     dest.mkdir(parents=True, exist_ok=True)
     for rel in result_paths(stages):
@@ -114,7 +118,9 @@ def keep_point(root: Path, dest: Path, overrides: Sequence[str], stages: Sequenc
     return dest
 
 
-def comparison(points: Sequence[tuple[Sequence[str], Path]], only_changed: bool = False) -> tuple[list[str], list[dict[str, str]]]:
+def comparison(
+    points: Sequence[tuple[Sequence[str], Path]], only_changed: bool = False
+) -> tuple[list[str], list[dict[str, str]]]:
     """One row per point: its override values, then the headline metrics found under its folder's `metrics/`.
 
     Metric columns are `file:metric` (e.g. `gap:energy.weak`); `only_changed` drops columns equal across points.

@@ -22,11 +22,19 @@ from pipeline_lib.optim.adamw import adamw_update_
 class RowSparseAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay, no amsgrad) for 2-D parameters updated row by row; see the module docstring."""
 
-    def __init__(self, params: Iterable[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
         params = list(params)
         if any(p.ndim != 2 for p in params):
-            raise ValueError(f"RowSparseAdamW needs 2-D parameters (rows x width), got {[tuple(p.shape) for p in params]}")
+            raise ValueError(
+                f"RowSparseAdamW needs 2-D parameters (rows x width), got {[tuple(p.shape) for p in params]}"
+            )
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -61,8 +69,9 @@ class RowSparseAdamW(torch.optim.Optimizer):
                 state["step"] += 1
                 rows = seen.nonzero().squeeze(1)  # (n,)
                 p.mul_(1 - lr * wd)
-                _adam_rows(p, p.grad, state["exp_avg"], state["exp_avg_sq"], rows, float(state["step"]),
-                           lr, beta1, beta2, eps)
+                _adam_rows(
+                    p, p.grad, state["exp_avg"], state["exp_avg_sq"], rows, float(state["step"]), lr, beta1, beta2, eps
+                )
         return loss
 
 
@@ -72,8 +81,18 @@ def _nonzero_rows(grad: Tensor) -> Tensor:
     return (torch.amax(grad, dim=1) != 0) | (torch.amin(grad, dim=1) != 0)
 
 
-def _adam_rows(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, step: float,
-               lr: float, beta1: float, beta2: float, eps: float) -> None:
+def _adam_rows(
+    p: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    rows: Tensor,
+    step: float,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
     """AdamW's moment and parameter update (after the decay) on `rows` only."""
     g, m, v, x = grad[rows], exp_avg[rows], exp_avg_sq[rows], p[rows]  # (n, W) copies
     adamw_update_(x, g, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0)

@@ -139,18 +139,28 @@ def bars_png(bars: Bars, title: str, png_path: Path, value_label: str = "", hori
 
 def gap_bars(gap: dict[str, Any]) -> Bars | None:
     """The backbone's modality gap: mean cosines within and across modalities, and the centroid distance."""
-    keys = {"matched image-text": "matched_image_text", "unmatched image-text": "unmatched_image_text",
-            "image-image": "image_image", "text-text": "text_text", "centroid distance": "centroid_distance"}
+    keys = {
+        "matched image-text": "matched_image_text",
+        "unmatched image-text": "unmatched_image_text",
+        "image-image": "image_image",
+        "text-text": "text_text",
+        "centroid distance": "centroid_distance",
+    }
     found = {label: gap[key] for label, key in keys.items() if isinstance(gap.get(key), (int, float))}
     return (list(found), {"backbone": list(found.values())}) if found else None
 
 
 def inversion_bars(inv: dict[str, Any]) -> Bars | None:
     """Retrieval mAP of intra-modal queries vs the same queries inverted into the other modality."""
-    pairs = {"image queries (OTI)": ("image", "image_to_image", "oti_to_image"),
-             "text queries (OVI)": ("text", "text_to_text", "ovi_to_text")}
-    found = {label: inv[side] for label, (side, intra, inverted) in pairs.items()
-             if intra in inv.get(side, {}) and inverted in inv.get(side, {})}
+    pairs = {
+        "image queries (OTI)": ("image", "image_to_image", "oti_to_image"),
+        "text queries (OVI)": ("text", "text_to_text", "ovi_to_text"),
+    }
+    found = {
+        label: inv[side]
+        for label, (side, intra, inverted) in pairs.items()
+        if intra in inv.get(side, {}) and inverted in inv.get(side, {})
+    }
     if not found:
         return None
     intra = [inv[pairs[label][0]][pairs[label][1]]["map"] for label in found]
@@ -165,8 +175,11 @@ def czsl_bars(czsl: dict[str, Any]) -> Bars | None:
     worlds = [w for w in czsl.get("worlds", ("closed", "open")) if all(w in r for r in rows.values())]
     if not rows or not worlds:
         return None
-    series = {f"{world} {metric.upper()}": [row[world][metric] for row in rows.values()]
-              for world in worlds for metric in ("auc", "hm")}
+    series = {
+        f"{world} {metric.upper()}": [row[world][metric] for row in rows.values()]
+        for world in worlds
+        for metric in ("auc", "hm")
+    }
     return list(rows), series
 
 
@@ -183,10 +196,22 @@ class MetricFigure:
 
 
 METRIC_FIGURES = (
-    MetricFigure("diagnose", "metrics/gap.json", "gap_summary.png", "Modality gap of the backbone", gap_bars,
-                 "mean cosine; centroid distance"),
-    MetricFigure("inversion", "metrics/inversion.json", "inversion_map.png", "Retrieval mAP: intra-modal vs inverted",
-                 inversion_bars, "mAP"),
+    MetricFigure(
+        "diagnose",
+        "metrics/gap.json",
+        "gap_summary.png",
+        "Modality gap of the backbone",
+        gap_bars,
+        "mean cosine; centroid distance",
+    ),
+    MetricFigure(
+        "inversion",
+        "metrics/inversion.json",
+        "inversion_map.png",
+        "Retrieval mAP: intra-modal vs inverted",
+        inversion_bars,
+        "mAP",
+    ),
     MetricFigure("czsl", "metrics/czsl.json", "czsl_ablation.png", "CZSL ablation (test split)", czsl_bars),
 )
 
@@ -218,9 +243,18 @@ def instance_runs(root: Path, params: dict[str, Any]) -> list[InstanceRun]:
                 manifests[inst.id] = manifest
     events = read_events(root)
     counts, last = outcome_counts(events, list(manifests)), latest_status(events)
-    return [InstanceRun(id=i, seconds=m.get("seconds"), fingerprint=m["fingerprint"], finished=m.get("finished", ""),
-                        last_outcome=last.get(i, "not logged"), ran=counts[i]["ran"], reused=counts[i]["reused"])
-            for i, m in manifests.items()]
+    return [
+        InstanceRun(
+            id=i,
+            seconds=m.get("seconds"),
+            fingerprint=m["fingerprint"],
+            finished=m.get("finished", ""),
+            last_outcome=last.get(i, "not logged"),
+            ran=counts[i]["ran"],
+            reused=counts[i]["reused"],
+        )
+        for i, m in manifests.items()
+    ]
 
 
 def _img(png: str, title: str) -> str:
@@ -229,7 +263,11 @@ def _img(png: str, title: str) -> str:
 
 def _table(rows: list[tuple[str, Any]]) -> str:
     body = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows[:MAX_TABLE_ROWS])
-    more = f"<p class='note'>{len(rows) - MAX_TABLE_ROWS} more values in the JSON file.</p>" if len(rows) > MAX_TABLE_ROWS else ""
+    more = (
+        f"<p class='note'>{len(rows) - MAX_TABLE_ROWS} more values in the JSON file.</p>"
+        if len(rows) > MAX_TABLE_ROWS
+        else ""
+    )
     return f"<table>{body}</table>{more}"
 
 
@@ -240,16 +278,22 @@ def runs_section(runs: list[InstanceRun], out_dir: Path) -> tuple[str, list[str]
     bars_png(timings, "Stage timings (last computation)", out_dir / "stage_timings.png", "seconds", horizontal=True)
     hits = (ids, {"ran": [float(r.ran) for r in runs], "reused": [float(r.reused) for r in runs]})
     bars_png(hits, "Cache hits: computed vs reused", out_dir / "cache_hits.png", "times", horizontal=True)
-    head = "".join(f"<th>{h}</th>" for h in ("stage", "seconds", "fingerprint", "finished", "last outcome", "ran",
-                                             "reused"))
-    body = "".join(f"<tr><td>{html.escape(r.id)}</td><td>{_fmt(r.seconds)}</td><td>{r.fingerprint[:12]}</td>"
-                   f"<td>{r.finished}</td><td>{html.escape(r.last_outcome)}</td><td>{r.ran}</td><td>{r.reused}</td></tr>"
-                   for r in runs)
-    page = ("<h2>Stage timings and cache hits</h2><p class='note'>Seconds of each instance's last computation (its "
-            "manifest); ran / reused counts every time bridgeflow ran it or found it already done (.bridgeflow/"
-            "stage_events.jsonl; stages DVC skipped itself are not counted).</p><div class='grid'>"
-            + _img("stage_timings.png", "Stage timings") + _img("cache_hits.png", "Cache hits")
-            + f"</div><table><tr>{head}</tr>{body}</table>")
+    head = "".join(
+        f"<th>{h}</th>" for h in ("stage", "seconds", "fingerprint", "finished", "last outcome", "ran", "reused")
+    )
+    body = "".join(
+        f"<tr><td>{html.escape(r.id)}</td><td>{_fmt(r.seconds)}</td><td>{r.fingerprint[:12]}</td>"
+        f"<td>{r.finished}</td><td>{html.escape(r.last_outcome)}</td><td>{r.ran}</td><td>{r.reused}</td></tr>"
+        for r in runs
+    )
+    page = (
+        "<h2>Stage timings and cache hits</h2><p class='note'>Seconds of each instance's last computation (its "
+        "manifest); ran / reused counts every time bridgeflow ran it or found it already done (.bridgeflow/"
+        "stage_events.jsonl; stages DVC skipped itself are not counted).</p><div class='grid'>"
+        + _img("stage_timings.png", "Stage timings")
+        + _img("cache_hits.png", "Cache hits")
+        + f"</div><table><tr>{head}</tr>{body}</table>"
+    )
     return page, ["stage_timings.png", "cache_hits.png"]
 
 
@@ -273,8 +317,9 @@ def stage_section(root: Path, stage: Stage, out_dir: Path) -> tuple[str, list[st
         path = root / metrics
         if path.is_file():
             rows = flatten_metrics(json.loads(path.read_text()))
-            tables.append(f"<details><summary>{html.escape(metrics)} ({len(rows)} values)</summary>{_table(rows)}"
-                          "</details>")
+            tables.append(
+                f"<details><summary>{html.escape(metrics)} ({len(rows)} values)</summary>{_table(rows)}</details>"
+            )
             shown.append(metrics)
     images = []
     for figure in (f for f in METRIC_FIGURES if f.stage == stage.name and (root / f.metrics).is_file()):
@@ -291,8 +336,12 @@ def stage_section(root: Path, stage: Stage, out_dir: Path) -> tuple[str, list[st
     if not tables and not images:
         return "", [], []
     grid = "<div class='grid'>" + "".join(images) + "</div>" if images else ""
-    return (f"<h2>{html.escape(stage.name)}</h2><p class='note'>{html.escape(stage.description)}</p>{grid}"
-            + "".join(tables), pngs, shown)
+    return (
+        f"<h2>{html.escape(stage.name)}</h2><p class='note'>{html.escape(stage.description)}</p>{grid}"
+        + "".join(tables),
+        pngs,
+        shown,
+    )
 
 
 def write_report(root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -312,9 +361,11 @@ def write_report(root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str,
         sections.append(section)
         pngs += drawn
     model = html.escape(f"{get_dotted(params, 'backbone.model')} / {get_dotted(params, 'backbone.pretrained')}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>bridgeflow report</title><style>{CSS}</style>"
-            f"</head><body><h1>bridgeflow report</h1><p>Backbone: {model}</p>{''.join(sections)}"
-            f"<script>{MARK_IMAGES_JS}</script></body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>bridgeflow report</title><style>{CSS}</style>"
+        f"</head><body><h1>bridgeflow report</h1><p>Backbone: {model}</p>{''.join(sections)}"
+        f"<script>{MARK_IMAGES_JS}</script></body></html>"
+    )
     (out_dir / "index.html").write_text(page)
     log.info("report: %d plots, %d metrics files -> %s", len(pngs), len(metrics), out_dir)
     return {"plots": len(pngs), "metrics": len(metrics), "stages_timed": len(runs)}
