@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline_lib.engine.params import ParamsError, parse_override
 from pipeline_lib.engine.stages import stage_names, upstream_closure
-from pipeline_lib.engine.summary import HEADLINES, headline_rows
+from pipeline_lib.engine.summary import HEADLINES, headline_rows, metrics_files
 
 SWEEPS_DIR = Path(".bridgeflow") / "sweeps"
 POINT_FILE = "point.json"
@@ -128,7 +128,7 @@ def comparison(
     rows: list[dict[str, str]] = []
     for overrides, folder in points:
         row = {key: value for key, value in (o.split("=", 1) for o in overrides)}
-        for path in sorted((folder / "metrics").glob("*.json")):
+        for path in metrics_files(folder):
             row.update({f"{path.stem}:{metric}": value for metric, value in headline_rows(path)})
         rows.append(row)
     columns = list(dict.fromkeys(column for row in rows for column in row))
@@ -143,7 +143,8 @@ def headline_column_regex(stages: Sequence[str] | None, swept_keys: Sequence[str
     DVC names a column by its key, prefixed with `path:` only when two files share the key; `--keep` matches at the
     start of the name, so the regex allows such a prefix.
     """
-    stems = {Path(p).stem for p in result_paths(stages) if p.startswith("metrics/")}
+    closure = upstream_closure(list(stages) if stages else stage_names())
+    stems = {Path(p).stem for stage in closure for p in stage.metrics}
     metric_res = [fnmatch.translate(pattern) for stem in sorted(stems) for pattern in HEADLINES.get(stem, ())]
     param_res = [re.escape(key) + r"\Z" for key in swept_keys]
     return r"(?:[^:]*:)?(?:" + "|".join(param_res + metric_res) + ")"

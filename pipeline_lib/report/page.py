@@ -20,9 +20,12 @@ from typing import Any
 import polars as pl
 
 from pipeline_lib.engine.artifacts import read_manifest
+from pipeline_lib.engine.config import effective_params
+from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.events import latest_status, outcome_counts, read_events
 from pipeline_lib.engine.params import get_dotted
 from pipeline_lib.engine.stages import STAGES, Plot, Stage, instances
+from pipeline_lib.engine.summary import flatten_metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +33,6 @@ MAX_TABLE_ROWS = 60
 MAX_LINES = 12
 
 Bars = tuple[list[str], dict[str, list[float]]]  # (categories, series name -> one value per category)
-
-
-def flatten_metrics(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, value) rows of a metrics JSON; short numeric lists become one comma-separated value."""
-    if isinstance(data, dict):
-        rows: list[tuple[str, Any]] = []
-        for key, value in data.items():
-            rows += flatten_metrics(value, f"{prefix}.{key}" if prefix else str(key))
-        return rows
-    if isinstance(data, list) and len(data) <= 8 and all(isinstance(v, (int, float)) for v in data):
-        return [(prefix, ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in data))]
-    if isinstance(data, (int, float, str, bool)) or data is None:
-        return [(prefix, data)]
-    return []
 
 
 def _fmt(value: Any) -> str:
@@ -187,8 +176,7 @@ def czsl_bars(czsl: dict[str, Any]) -> Bars | None:
 class MetricFigure:
     """A bar chart drawn from a stage's metrics JSON, for summaries that have no plot CSV of their own."""
 
-    stage: str
-    metrics: str
+    stage: str  # its metrics file is the one the registry declares for the stage
     png: str
     title: str
     bars: Callable[[dict[str, Any]], Bars | None]  # None when the metrics lack what the figure needs
@@ -198,7 +186,6 @@ class MetricFigure:
 METRIC_FIGURES = (
     MetricFigure(
         "diagnose",
-        "metrics/gap.json",
         "gap_summary.png",
         "Modality gap of the backbone",
         gap_bars,
@@ -206,13 +193,12 @@ METRIC_FIGURES = (
     ),
     MetricFigure(
         "inversion",
-        "metrics/inversion.json",
         "inversion_map.png",
         "Retrieval mAP: intra-modal vs inverted",
         inversion_bars,
         "mAP",
     ),
-    MetricFigure("czsl", "metrics/czsl.json", "czsl_ablation.png", "CZSL ablation (test split)", czsl_bars),
+    MetricFigure("czsl", "czsl_ablation.png", "CZSL ablation (test split)", czsl_bars),
 )
 
 
@@ -322,8 +308,9 @@ def stage_section(root: Path, stage: Stage, out_dir: Path) -> tuple[str, list[st
             )
             shown.append(metrics)
     images = []
-    for figure in (f for f in METRIC_FIGURES if f.stage == stage.name and (root / f.metrics).is_file()):
-        bars = figure.bars(json.loads((root / figure.metrics).read_text()))
+    for figure in (f for f in METRIC_FIGURES if f.stage == stage.name and stage.metrics):
+        path = root / stage.metrics[0]
+        bars = figure.bars(json.loads(path.read_text())) if path.is_file() else None
         if bars:
             bars_png(bars, figure.title, out_dir / figure.png, figure.value_label)
             images.append(_img(figure.png, figure.title))
@@ -371,8 +358,6 @@ def write_report(root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str,
     return {"plots": len(pngs), "metrics": len(metrics), "stages_timed": len(runs)}
 
 
-def run_report(ctx: Any) -> dict[str, Any]:
-    """The `report` stage: reports/index.html with every plot and metrics table published so far."""
-    from pipeline_lib.engine.config import effective_params
-
-    return write_report(ctx.root, ctx.out("reports"), effective_params(ctx.cfg))
+def run_report(ctx: StageContext) -> dict[str, Any]:
+    """The `report` stage: index.html with every plot and metrics table published so far."""
+    return write_report(ctx.root, ctx.output(), effective_params(ctx.cfg))
