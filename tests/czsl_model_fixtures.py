@@ -87,7 +87,8 @@ def make_bench(tmp_root):
     for s in ("train", "val", "test"):
         df = ds.split(s)
         splits[s] = SplitData(
-            attr=torch.from_numpy(df["attr_idx"].to_numpy().copy()), obj=torch.from_numpy(df["obj_idx"].to_numpy().copy()),
+            attr=torch.from_numpy(df["attr_idx"].to_numpy().copy()),
+            obj=torch.from_numpy(df["obj_idx"].to_numpy().copy()),
             label=torch.from_numpy(df["pair_idx"].to_numpy().copy()), tokens=tokens_for(ds, s),
             paths=df["path"].to_list(),
         )

@@ -51,7 +51,7 @@ def install(point: str) -> None:
 
         features.after_block = lambda store, group, block: pause()
     elif point == "oti":
-        from pipeline_lib.inversion import stage as inversion
+        from pipeline_lib.inversion import jobs as inversion  # the OTI job calls run_oti through this module
 
         real_oti = inversion.run_oti
         calls = 0

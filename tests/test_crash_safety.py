@@ -32,6 +32,7 @@ from pipeline_lib.engine.artifacts import is_published, publish, read_manifest, 
 from pipeline_lib.engine.config import effective_params, load_config
 from pipeline_lib.engine.runner import run_instance, run_stage
 from pipeline_lib.engine.stages import StageInstance, parse_instance_id
+from pipeline_lib.engine.store import DONE
 
 BRIDGEFLOW = Path(sys.executable).with_name("bridgeflow")  # the console script of this environment
 PAUSED_CLI = Path(__file__).with_name("paused_cli.py")
@@ -225,7 +226,7 @@ def test_sigkill_during_oti_resumes_to_the_uninterrupted_result(produced: Path, 
     proc = start(project, "inversion", "-S", "runtime.processes=1", log=log, pause="oti", marker=marker)
     wait_until(marker.exists, proc, log)
     (store,) = (project / ".bridgeflow/work/inversion").glob("*/artifacts/inversion/inversion.zarr")
-    done = np.asarray(zarr.open_array(str(store / "oti/done"), mode="r")[...])
+    done = np.asarray(zarr.open_array(str(store / "oti" / DONE), mode="r")[...])
     assert done[0] and not done.all(), done  # killed between finished and pending OTI blocks
     kill(proc)
     assert_not_published(project, "inversion")

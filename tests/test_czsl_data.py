@@ -8,14 +8,8 @@ import pytest
 import torch
 from czsl_fixtures import METADATA, TRAIN_PAIRS, write_czsl_fixture
 
-from pipeline_lib.czsl.data import (
-    EXPECTED_SIZES,
-    ExpectedSizes,
-    check_split_sizes,
-    clean_name,
-    load_czsl_dataset,
-    read_pair_splits,
-)
+from pipeline_lib.czsl.data import check_split_sizes, clean_name, load_czsl_dataset, read_pair_splits
+from pipeline_lib.czsl.sizes import EXPECTED_SIZES, ExpectedSizes
 
 
 @pytest.fixture()
@@ -104,8 +98,9 @@ def test_masks(root: Path) -> None:
     ds = load_czsl_dataset(root, "closed")
     assert ds.seen_mask.tolist() == [p in TRAIN_PAIRS for p in CLOSED]
     # val phase: val u train; the test-only unseen pairs (red cone, blue ball) are excluded.
-    assert [p for p, m in zip(ds.pairs, ds.closed_mask("val").tolist()) if not m] == [("blue", "ball"), ("red", "cone")]
-    assert [p for p, m in zip(ds.pairs, ds.closed_mask("test").tolist()) if not m] == [
+    val_mask = ds.closed_mask("val").tolist()
+    assert [p for p, m in zip(ds.pairs, val_mask, strict=True) if not m] == [("blue", "ball"), ("red", "cone")]
+    assert [p for p, m in zip(ds.pairs, ds.closed_mask("test").tolist(), strict=True) if not m] == [
         ("blue", "cube"),
         ("green", "ball"),
     ]

@@ -52,7 +52,7 @@ def naive(
     curve_u = [predict(b)[0][u_idx].mean() for b in biases] + [match_max[u_idx].mean()]
     s, u = np.array(curve_s), np.array(curve_u)
     auc = sum((u[j + 1] - u[j]) * (s[j] + s[j + 1]) / 2 for j in range(len(s) - 1))
-    hm = [0.0 if x == 0 or z == 0 else 2 * x * z / (x + z) for x, z in zip(s, u)]
+    hm = [0.0 if x == 0 or z == 0 else 2 * x * z / (x + z) for x, z in zip(s, u, strict=True)]
     idx = int(np.argmax(hm))
     return {
         "seen": s.max(),

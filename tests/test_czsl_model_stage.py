@@ -5,19 +5,24 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import REPO, stage_context
 from czsl_model_fixtures import make_bench
 
-from pipeline_lib.czsl.config import SMOKE, CzslConfig
+from pipeline_lib.czsl.config import CzslConfig
 from pipeline_lib.czsl.data import load_czsl_dataset
+from pipeline_lib.czsl.experiment import Backend, run_experiment
 from pipeline_lib.czsl.model import get_variant, list_variants
-from pipeline_lib.czsl.stage import Backend, SplitData, WorldEval, pair_tensor, run_czsl, run_experiment
-from pipeline_lib.czsl.train import build_model
+from pipeline_lib.czsl.stage import STORE, run_czsl
+from pipeline_lib.czsl.train import SplitData, build_model
+from pipeline_lib.czsl.worlds import WorldEval, pair_tensor
+from pipeline_lib.engine.config import Config, load_config
+
+SMOKE = load_config(REPO, "smoke").czsl.model_dump()  # the smoke profile's czsl section, as a user runs it
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +34,12 @@ def test_experiment_frozen_smoke_closed_and_open(bench):
     from pipeline_lib.czsl.feasibility import backbone_word_embedder, dataset_feasibility
 
     ow = load_czsl_dataset(bench.root, "open")
-    feas = dataset_feasibility(ow.attrs, ow.objs, ow.train_pairs, fallback=backbone_word_embedder(bench.clip, bench.tok))
+    feas = dataset_feasibility(ow.attrs, ow.objs, ow.train_pairs,
+                               fallback=backbone_word_embedder(bench.clip, bench.tok))
     worlds = {"closed": WorldEval("closed", bench.ds, pair_tensor(bench.ds, bench.ds.pairs)),
               "open": WorldEval("open", ow, pair_tensor(ow, ow.pairs), feas)}
     cfg = CzslConfig(**{**SMOKE, "stream_seeds": [0, 1]})
-    res = run_experiment(cfg, Backend(bench.clip, bench.tok), worlds, bench.splits, torch.device("cpu"))
+    res = run_experiment(cfg, Backend(bench.clip, bench.tok), worlds, bench.splits, torch.device("cpu")).results
     assert list(res["rows"]) == list_variants()
     for name, row in res["rows"].items():
         for w in ("closed", "open"):
@@ -67,34 +73,27 @@ def _write_store(path: Path, bench, clip) -> None:
 def test_run_czsl_stage_writes_outputs(bench, tmp_path):
     from pipeline_lib.backbone.load import create_backbone, save_published_backbone
 
+    cfg = CzslConfig(**{**SMOKE, "worlds": ["closed"]})
+    ctx = stage_context(tmp_path / "repo", "czsl", Config(czsl=cfg), tmp_path / "work")
     bb = create_backbone("bf-tiny-vit-32")
-    save_published_backbone(bb, tmp_path / "artifacts/backbone", save_weights=True)
-    data = tmp_path / "artifacts/data/czsl/shapes"
+    save_published_backbone(bb, ctx.input("backbone"), save_weights=True)
+    data = ctx.input("data") / "czsl" / cfg.dataset
     data.parent.mkdir(parents=True)
     data.symlink_to(bench.root)
-    (tmp_path / "artifacts/features").mkdir(parents=True)
-    _write_store(tmp_path / "artifacts/features/czsl.zarr", bench, bb.model)
-    out = tmp_path / "out"
+    ctx.input("features").mkdir(parents=True)
+    _write_store(ctx.input("features") / STORE, bench, bb.model)
 
-    def out_path(rel: str) -> Path:
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        return out / rel
-
-    from pipeline_lib.czsl.train import quiet_progress
-
-    cfg = CzslConfig(**{**SMOKE, "worlds": ["closed"]})
-    ctx = SimpleNamespace(cfg=SimpleNamespace(czsl=cfg), inp=lambda rel: tmp_path / rel, out=out_path,
-                          device=torch.device("cpu"), progress=quiet_progress)
     summary = run_czsl(ctx)
     assert summary["worlds"] == ["closed"] and list(summary["rows"]) == list_variants()
-    metrics = json.loads((out / "metrics/czsl.json").read_text())
+    metrics = json.loads(ctx.metrics().read_text())
     assert metrics["rows"]["+dynamic"]["closed"]["auc"] == summary["rows"]["+dynamic"]["closed"]["auc"]
-    with open(out / "plots/czsl_loss.csv") as f:
+    with open(ctx.plot("czsl_loss")) as f:
         loss = list(csv.DictReader(f))
     assert {r["variant"] for r in loss} == {"baseline", "+sa", "+vac", "+kl"}
-    with open(out / "plots/czsl_curve.csv") as f:
+    with open(ctx.plot("czsl_curve")) as f:
         assert {r["row"] for r in csv.DictReader(f)} == set(list_variants())
-    assert (out / "artifacts/czsl/results.json").is_file() and (out / "artifacts/czsl/head_kl.pt").is_file()
+    assert (ctx.output() / "results.json").is_file() and (ctx.output() / "head_kl.pt").is_file()
+    assert set(np.load(ctx.output() / "test_scores.npz")) == {f"{r.strip('+')}_closed" for r in list_variants()}
 
 
 def test_lora_mode_smoke(bench):
@@ -105,7 +104,7 @@ def test_lora_mode_smoke(bench):
     def preprocess(img):
         return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
 
-    res = run_experiment(cfg, Backend(bench.clip, bench.tok, preprocess), worlds, splits, torch.device("cpu"))
+    res = run_experiment(cfg, Backend(bench.clip, bench.tok, preprocess), worlds, splits, torch.device("cpu")).results
     row = res["rows"]["+kl"]
     lora_params = 3 * 4 * 2 * 2 * 96  # blocks x targets x (A, B) x rank x width
     head = build_model(cfg, get_variant("+kl"), bench.clip, bench.tok, bench.ds.attrs, bench.ds.objs, 128,

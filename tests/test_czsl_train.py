@@ -9,8 +9,8 @@ from czsl_model_fixtures import make_bench
 
 from pipeline_lib.czsl.config import CzslConfig
 from pipeline_lib.czsl.model import get_variant
-from pipeline_lib.czsl.stage import pair_tensor
 from pipeline_lib.czsl.train import TokenSource, build_model, loss_terms, train_model
+from pipeline_lib.czsl.worlds import pair_tensor
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""OTI / OVI optimisation on a tiny random CLIP: placeholder handling, expansion, snapshots, independence, frozen model."""
+"""OTI / OVI optimisation on a tiny random CLIP: placeholder handling, expansion, snapshots, independence, frozen
+model."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def test_config_defaults_follow_the_reference() -> None:
     cfg = InversionConfig()
     assert (cfg.oti.steps, cfg.ovi.steps, cfg.oti.lr, cfg.oti.weight_decay, cfg.oti.init_std) == (
         150, 1000, 0.02, 0.01, 0.02)
-    assert (cfg.oti.num_tokens, cfg.ovi.num_patches, cfg.oti.batch_size, cfg.oti.template) == (1, 1, 64, "a photo of {}")
+    assert (cfg.oti.num_tokens, cfg.ovi.num_patches, cfg.oti.batch_size, cfg.oti.template) == (
+        1, 1, 64, "a photo of {}")
     assert OtiConfig(steps=20).recorded_steps == (1, 10, 20)
     with pytest.raises(ValueError, match="strictly increasing"):
         OtiConfig(snapshot_steps=(10, 1))

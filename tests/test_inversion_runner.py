@@ -1,4 +1,7 @@
-"""The block runner resumes a killed run from its last finished block and ends identical to an uninterrupted run."""
+"""The block runner resumes a killed run from its last finished block and ends identical to an uninterrupted run.
+
+Its blocks are the store's one resumable mechanism (`engine.store.BlockGroup`, chunk blocks): data, then done flag.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ import torch
 import zarr
 from model_fixtures import tiny_clip, tiny_tokenizer
 
+from pipeline_lib.engine.store import DONE, BlockGroup
 from pipeline_lib.inversion.config import OtiConfig
 from pipeline_lib.inversion.oti import run_oti
-from pipeline_lib.inversion.runner import ARRAYS, RunSpec, block_seed, is_complete, run_blocks, targets_digest
+from pipeline_lib.inversion.runner import ARRAYS, RunSpec, block_seed, run_blocks, targets_digest
 
 MODEL = tiny_clip()
 TOKENIZER = tiny_tokenizer()
@@ -42,27 +46,28 @@ def _inverter(calls: list[int], kill_at: int | None = None):
     return invert_block
 
 
-def _run(path: Path, calls: list[int], kill_at: int | None = None) -> zarr.Group:
+def _run(path: Path, calls: list[int], kill_at: int | None = None) -> BlockGroup:
     return run_blocks(path, "oti", TARGETS, _inverter(calls, kill_at), _spec(), device=torch.device("cpu"))
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
-    full = _run(tmp_path / "full.zarr", calls := [])
-    assert is_complete(full) and len(calls) == 3  # 10 samples in blocks of 4: 4 + 4 + 2
+    full = _run(tmp_path / "full.zarr", calls := []).group
+    assert BlockGroup(full, 10, 4).complete and len(calls) == 3  # 10 samples in blocks of 4: 4 + 4 + 2
     assert full["snapshots"].shape == (10, 2, 128) and not np.isnan(full["features"][...]).any()
 
     part_path = tmp_path / "part.zarr"
     with pytest.raises(Killed):
         _run(part_path, calls_a := [], kill_at=2)
     part = zarr.open_group(part_path, mode="r")["oti"]
-    assert part["done"][...].tolist() == [True, True, False] and len(calls_a) == 3
+    assert part[DONE][...].tolist() == [True, True, False] and len(calls_a) == 3
     assert np.isnan(part["features"][8:]).all()  # the killed block left nothing behind
 
-    resumed = _run(part_path, calls_b := [])
+    resumed = _run(part_path, calls_b := []).group
     assert calls_b == [block_seed(42, 2)]  # only the unfinished block ran, with its own seed
     for name in ARRAYS:
         np.testing.assert_array_equal(resumed[name][...], full[name][...], err_msg=name)
     assert resumed["params"].shards == (8, 1, 128) and resumed["params"].chunks == (4, 1, 128)
+    assert resumed[DONE].shards == (2,) and resumed[DONE].chunks == (1,)  # a shard file's flags: one file, one writer
 
 
 def test_changed_settings_start_afresh(tmp_path: Path) -> None:
@@ -70,7 +75,7 @@ def test_changed_settings_start_afresh(tmp_path: Path) -> None:
     _run(path, [])
     calls: list[int] = []
     group = run_blocks(path, "oti", TARGETS, _inverter(calls), _spec(seed=7), device=torch.device("cpu"))
-    assert len(calls) == 3 and is_complete(group) and group.attrs["spec"]["seed"] == 7
+    assert len(calls) == 3 and group.complete and group.group.attrs["spec"]["seed"] == 7
     with pytest.raises(ValueError, match="does not match the run spec"):
         run_blocks(path, "oti", TARGETS[:5], _inverter([]), _spec(), device=torch.device("cpu"))
 

@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import stage_context
 from model_fixtures import tiny_clip, tiny_tokenizer
 
 import pipeline_lib.backbone.load as backbone_load
-from pipeline_lib.engine.config import RuntimeConfig
+from pipeline_lib.engine.config import Config, RuntimeConfig
+from pipeline_lib.engine.context import StageContext
+from pipeline_lib.engine.store import DONE
 from pipeline_lib.inversion.config import InversionConfig
-from pipeline_lib.inversion.stage import query_subset, run_inversion, similarity_histogram
+from pipeline_lib.inversion.jobs import STORE, query_subset
+from pipeline_lib.inversion.stage import run_inversion, similarity_histogram
 
 CFG = InversionConfig(
     max_queries=10,
@@ -53,16 +57,12 @@ def _stores(features: Path) -> None:
     })
 
 
-def _ctx(tmp_path: Path) -> SimpleNamespace:
-    root, work = tmp_path / "repo", tmp_path / "work"
-    _stores(root / "artifacts/features")
-
-    def out(rel: str) -> Path:
-        (work / rel).parent.mkdir(parents=True, exist_ok=True)
-        return work / rel
-
-    return SimpleNamespace(cfg=SimpleNamespace(inversion=CFG, runtime=RuntimeConfig(processes=1)), root=root, device=torch.device("cpu"), out=out,
-                           inp=lambda rel: root / rel, progress=lambda it, total=None, desc="": it)
+def _ctx(tmp_path: Path) -> StageContext:
+    """The stage's real context: synthetic feature stores published under `repo`, outputs into `work`."""
+    ctx = stage_context(tmp_path / "repo", "inversion", Config(inversion=CFG, runtime=RuntimeConfig(processes=1)),
+                        tmp_path / "work")
+    _stores(ctx.input("features"))
+    return ctx
 
 
 def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,16 +76,16 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(backbone_load, "load_published_backbone", fake_load)
     ctx = _ctx(tmp_path)
     summary = run_inversion(ctx)
-    assert loaded == [ctx.root / "artifacts/backbone"]
+    assert loaded == [ctx.input("backbone")]
     json.dumps(summary)
     assert summary["oti"]["queries"] == 10 and summary["ovi"]["queries"] == 3
 
-    store = zarr.open_group(ctx.out("artifacts/inversion") / "inversion.zarr", mode="r")
+    store = zarr.open_group(ctx.output() / STORE, mode="r")
     assert store["oti/params"].shape == (10, 1, 128) and store["oti/snapshots"].shape == (10, 3, 128)
     assert store["ovi/params"].shape == (3, 1, 96) and store["ovi/losses"].shape == (3, 2)
-    assert store["oti/done"][...].all() and store["oti"].attrs["query_index"] == query_subset(18, 10).tolist()
+    assert store[f"oti/{DONE}"][...].all() and store["oti"].attrs["query_index"] == query_subset(18, 10).tolist()
 
-    metrics = json.loads(ctx.out("metrics/inversion.json").read_text())
+    metrics = json.loads(ctx.metrics().read_text())
     img, txt = metrics["image"], metrics["text"]
     assert set(img["by_step"]) == {"1", "2", "3"} and set(txt["by_step"]) == {"1", "2"}
     assert img["oti_to_image"] == img["by_step"]["3"]
@@ -93,11 +93,11 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
     assert 0 < img["image_to_image"]["map"] <= 1 and 0 < txt["ovi_to_text"]["map"] <= 1
     assert img["class_text_to_image"]["n_queries"] == 3
 
-    with ctx.out("plots/inversion_map_vs_step.csv").open() as f:
+    with ctx.plot("inversion_map_vs_step").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["1", "2", "3"] and rows[2]["ovi_to_text"] == ""
     assert float(rows[0]["image_to_image"]) == pytest.approx(img["image_to_image"]["map"], abs=1e-6)
-    with ctx.out("plots/inversion_similarity.csv").open() as f:
+    with ctx.plot("inversion_similarity").open() as f:
         sims = list(csv.DictReader(f))
     assert list(sims[0]) == ["cosine", "image_image", "text_image", "oti_image_step1", "oti_image"]
     width = 2 / CFG.histogram_bins
@@ -105,13 +105,12 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
 
     # a rerun finds every block finished and reproduces the metrics exactly
     run_inversion(ctx)
-    assert json.loads(ctx.out("metrics/inversion.json").read_text()) == metrics
+    assert json.loads(ctx.metrics().read_text()) == metrics
 
 
 def test_missing_store_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backbone_load, "load_published_backbone", lambda d, device: None)
-    ctx = SimpleNamespace(cfg=SimpleNamespace(inversion=CFG), device=torch.device("cpu"),
-                          inp=lambda rel: tmp_path / rel, out=lambda rel: tmp_path / "w" / rel)
+    ctx = stage_context(tmp_path, "inversion", Config(inversion=CFG), tmp_path / "w")
     with pytest.raises(FileNotFoundError, match="fewshot.zarr"):
         run_inversion(ctx)
 

@@ -4,6 +4,7 @@ equal the single-process stores."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -16,14 +17,14 @@ from model_fixtures import tiny_clip, tiny_tokenizer
 
 from pipeline_lib.engine.artifacts import fingerprint, read_manifest
 from pipeline_lib.engine.config import effective_params, load_config
+from pipeline_lib.engine.params import ParamsError
+from pipeline_lib.engine.runner import load_function, run_stage
+from pipeline_lib.engine.shards import Shard, split_blocks
+from pipeline_lib.engine.stages import STAGES, get_stage, instances
+from pipeline_lib.engine.store import DONE, ArraySpec, BlockGroup
 from pipeline_lib.inversion.config import OtiConfig
 from pipeline_lib.inversion.oti import run_oti
 from pipeline_lib.inversion.runner import ARRAYS, RunSpec, open_run, run_blocks, targets_digest
-from pipeline_lib.engine.params import ParamsError
-from pipeline_lib.engine.runner import run_stage
-from pipeline_lib.engine.shards import Shard, split_blocks
-from pipeline_lib.engine.stages import get_stage, instances
-from pipeline_lib.engine.store import ArraySpec, BlockGroup
 
 # Threads of the test process: process workers each import torch, open_clip and prefect, which took ~40 s on this
 # 2-core machine under load; the shard code path (plan, Prefect tasks on Dask, zarr writes from workers) is the same.
@@ -37,6 +38,45 @@ def test_shards_cover_whole_files_only() -> None:
     assert [s.blocks for s in split_blocks("g", range(3), 1, 2)] == [(0, 1), (2,)]
     assert split_blocks("g", [], 1, 1) == []
     assert Shard("fewshot.zarr/train", (2, 3)).name == "fewshot.zarr/train[2-3]"
+
+
+def test_registry_declares_the_sharded_stages() -> None:
+    sharded = {stage.name: stage.shards for stage in STAGES if stage.shards is not None}
+    assert sorted(sharded) == ["features", "inversion"]
+    for shards in sharded.values():  # both names resolve to functions
+        assert callable(load_function(shards.planner)) and callable(load_function(shards.worker))
+
+
+def test_local_cluster_shuts_down_without_comm_errors(prefect_server: None, capfd: pytest.CaptureFixture[str]) -> None:
+    """Workers are retired before the scheduler closes, so no CommClosedError traceback is logged at shutdown."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    from flows.scaleout import task_runner
+    from pipeline_lib.engine.config import DaskConfig
+
+    @task(persist_result=False, cache_policy=NO_CACHE)
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow(name="cluster-shutdown")
+    def doubles(n: int) -> list[int]:
+        return [f.result() for f in [double.submit(i) for i in range(n)]]
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("distributed").addHandler(handler)  # distributed's own handlers do not propagate to pytest's
+    try:
+        with task_runner(DaskConfig(local_workers=2, processes=False)) as runner:
+            assert doubles.with_options(task_runner=runner)(4) == [0, 2, 4, 6]
+    finally:
+        logging.getLogger("distributed").removeHandler(handler)
+    out, err = capfd.readouterr()
+    logged = "\n".join(f"{r.name}: {r.getMessage()} {r.exc_info or ''}" for r in records)
+    for text in (out + err, logged):
+        assert "CommClosedError" not in text and "Traceback" not in text, text
+    assert "Retired worker" in logged  # the orderly path ran: workers retired before the scheduler closed
 
 
 def test_dask_params_are_runtime_only(smoke_project: Path) -> None:
@@ -61,7 +101,7 @@ def test_oti_shards_in_any_order_equal_one_run(tmp_path: Path) -> None:
         return run_oti(model, tokenizer, t, cfg, seed=seed)
 
     cpu = torch.device("cpu")
-    full = run_blocks(tmp_path / "full.zarr", "oti", targets, invert, spec, device=cpu)
+    full = run_blocks(tmp_path / "full.zarr", "oti", targets, invert, spec, device=cpu).group
     with pytest.raises(RuntimeError, match="missing"):  # workers never create groups
         run_blocks(tmp_path / "sharded.zarr", "oti", targets, invert, spec, device=cpu, blocks=(0,), create=False)
     open_run(tmp_path / "sharded.zarr", "oti", spec)  # the coordinator creates it
@@ -69,11 +109,11 @@ def test_oti_shards_in_any_order_equal_one_run(tmp_path: Path) -> None:
     assert [s.blocks for s in shards] == [(0, 1), (2, 3), (4,)]
     for shard in reversed(shards):
         group = run_blocks(tmp_path / "sharded.zarr", "oti", targets, invert, spec, device=cpu, blocks=shard.blocks,
-                           create=False)
-    assert group["done"][...].all() and group["done"].shards == (2,)
+                           create=False).group
+    assert group[DONE][...].all() and group[DONE].shards == (2,)
     for name in ARRAYS:
         np.testing.assert_array_equal(group[name][...], full[name][...], err_msg=name)
-    with pytest.raises(RuntimeError, match="other settings"):
+    with pytest.raises(RuntimeError, match="another plan"):
         run_blocks(tmp_path / "sharded.zarr", "oti", targets, invert, RunSpec(**{**spec.__dict__, "seed": 7}),
                    device=cpu, create=False)
 
@@ -108,7 +148,7 @@ def _assert_same_stores(dask_dir: Path, single_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_sharded_stages_on_local_cluster_equal_single_process(
-    smoke_project: Path, tmp_path: Path, prefect_server: None
+    smoke_project: Path, tmp_path: Path, prefect_server: None, capfd: pytest.CaptureFixture[str]
 ) -> None:
     from flows.pipeline import pipeline_flow
 
@@ -127,8 +167,10 @@ def test_sharded_stages_on_local_cluster_equal_single_process(
     assert features_summary["images_encoded"] == 0 and blocks > 1
     assert status["features"].startswith(f"ran ({blocks} shards on Dask, "), status  # ...one block per shard
     inversion = zarr.open_group(str(root / "artifacts/inversion/inversion.zarr"), mode="r")
-    inv_shards = sum(-(-inversion[g]["done"].shape[0] // 2) for g in ("oti", "ovi"))  # whole zarr shards of 2 blocks
-    assert inversion["oti"]["done"].shape == (4,) and status["inversion"].startswith(f"ran ({inv_shards} shards on")
+    inv_shards = sum(-(-inversion[g][DONE].shape[0] // 2) for g in ("oti", "ovi"))  # whole zarr shards of 2 blocks
+    assert inversion["oti"][DONE].shape == (4,) and status["inversion"].startswith(f"ran ({inv_shards} shards on")
+    out, err = capfd.readouterr()
+    assert "CommClosedError" not in out + err and "Traceback" not in out + err  # both clusters shut down in order
 
     sharded = {name: tmp_path / name for name in insts}
     content = {name: read_manifest(root, inst)["content"] for name, inst in insts.items()}

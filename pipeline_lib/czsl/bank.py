@@ -86,14 +86,16 @@ def fill_from_features(
         rows = (pair_idx == p).nonzero().squeeze(1)
         rows = rows[entropy[rows].argsort()]  # most confident first
         free = (~out.filled[p]).nonzero().squeeze(1)
-        for slot, r in zip(free.tolist(), rows.tolist()):
+        for slot, r in zip(free.tolist(), rows.tolist(), strict=False):  # as many as fit
             out.keys[p, slot] = f[r]
             out.entropy[p, slot] = float(entropy[r])
             out.filled[p, slot] = True
     return out
 
 
-def fill_from_text(state: BankState, text: torch.Tensor, pair_mask: torch.Tensor, text_entropy: float = 1.0) -> BankState:
+def fill_from_text(
+    state: BankState, text: torch.Tensor, pair_mask: torch.Tensor, text_entropy: float = 1.0
+) -> BankState:
     """Put the text feature (P, D) into the first free slot of every masked composition that is still empty."""
     out = state.clone()
     t = F.normalize(text.float(), dim=-1)  # (P, D)

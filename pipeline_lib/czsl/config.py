@@ -1,7 +1,7 @@
 """Params of the CZSL stage (SAM-CZSL: soft prompts, Sparse Alignment, VAC, LoRA, Dynamic Memory Bank).
 
 Defaults describe the embedded pipeline (shapes CZSL benchmark, tiny ViT, embed 128) and keep the whole stage within a
-few minutes on 2 CPU cores in frozen mode. `SMOKE` holds the values of the smoke profile.
+few minutes on 2 CPU cores in frozen mode.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ class CzslConfig(Section):
     """Every SAM-CZSL hyper-parameter; the defaults follow specs/czsl.md sections 3-5 scaled to the tiny backbone."""
 
     # --- data -----------------------------------------------------------------------------------------------------
-    dataset: str = "shapes"  # folder under artifacts/data/czsl/ in the standard CZSL layout
-    worlds: tuple[Literal["closed", "open"], ...] = ("closed", "open")  # settings evaluated; OW uses feasibility filtering
+    dataset: str = "shapes"  # folder under the data stage's czsl/ output, in the standard CZSL layout
+    # settings evaluated; OW uses feasibility filtering
+    worlds: tuple[Literal["closed", "open"], ...] = ("closed", "open")
     ow_filter: Literal["multiply", "mask"] = "multiply"  # spec 2.5.3 exact multiplicative rule, or -1e10 variant
     ow_word_vectors: str | None = None  # GloVe-format file for OW feasibility; None = backbone token embeddings
     # --- text side: soft prompts (spec 3.1) ------------------------------------------------------------------------
@@ -56,7 +57,7 @@ class CzslConfig(Section):
     batch_size: int = Field(64, ge=1)  # Troika UT uses 128; 64 gives more steps on the small benchmark
     weight_decay: float = Field(1e-5, ge=0.0)  # Adam weight decay used by CSP/Troika
     eval_every: int = Field(1, ge=1)  # epochs between val evaluations (checkpoint selection by val AUC)
-    # --- Dynamic Memory Bank (spec 5) ----------------------------------------------------------------------------------
+    # --- Dynamic Memory Bank (spec 5) -------------------------------------------------------------------------------
     bank_slots: int = Field(3, ge=1)  # N slots per composition, as TDA/TOMCAT
     bank_key: Literal["vac", "cls"] = "vac"  # bank keys: VAC's condensed feature v_q (paper) or the CLS token
     bank_alpha_grid: tuple[float, ...] = (0.5, 1.0, 2.0)  # spec grid for alpha in alpha * sum exp(-beta (1 - f.k))
@@ -83,16 +84,3 @@ class CzslConfig(Section):
             raise ValueError(f"czsl.bank_text_entropy={self.bank_text_entropy}: expected None or a value in [0, 1]")
         return self
 
-
-# Smoke profile values (tiny; the whole stage in seconds).
-SMOKE: dict = {
-    "epochs": 2,
-    "batch_size": 32,
-    "vac_blocks": 1,
-    "bank_alpha_grid": [1.0],
-    "bank_beta_grid": [5.0],
-    "bank_gate_grid": [1.0],
-    "stream_seeds": [0],
-    "lora_rank": 2,
-    "lora_alpha": 2.0,
-}

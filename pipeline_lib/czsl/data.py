@@ -29,6 +29,8 @@ from typing import Literal
 import polars as pl
 import torch
 
+from pipeline_lib.czsl.sizes import EXPECTED_SIZES, ExpectedSizes
+
 log = logging.getLogger(__name__)
 
 World = Literal["closed", "open"]
@@ -41,29 +43,6 @@ IMAGE_DIR = "images"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 WORLDS: tuple[str, ...] = ("closed", "open")
 METADATA_KEYS: tuple[str, ...] = ("image", "attr", "obj", "set")
-
-
-@dataclass(frozen=True)
-class ExpectedSizes:
-    """Published sizes of a benchmark (spec 1.3); checked on first load so a wrong download fails loudly."""
-
-    n_attrs: int
-    n_objs: int
-    train_pairs: int
-    train_images: int
-    val_pairs: tuple[int, int]  # (seen, unseen)
-    val_images: int
-    test_pairs: tuple[int, int]  # (seen, unseen)
-    test_images: int
-    val_pairs_unordered: bool = False  # C-GQA: the published val seen/unseen counts are swapped (czsl issue #36)
-
-
-# Spec 1.3. Dataset names are the folder names of the standard release.
-EXPECTED_SIZES: dict[str, ExpectedSizes] = {
-    "mit-states": ExpectedSizes(115, 245, 1262, 30338, (300, 300), 10420, (400, 400), 12995),
-    "ut-zappos": ExpectedSizes(16, 12, 83, 22998, (15, 15), 3214, (18, 18), 2914),
-    "cgqa": ExpectedSizes(413, 674, 5592, 26920, (1252, 1040), 7280, (888, 923), 5098, val_pairs_unordered=True),
-}
 
 
 def clean_name(name: str) -> str:

@@ -86,7 +86,7 @@ def word_file_embedder(path: Path, rename: Mapping[str, str] | None = None) -> W
     def embed(names: Sequence[str]) -> torch.Tensor:
         words = [name_words(n, rename) for n in names]
         vectors = load_word_vectors(path, {w for ws in words for w in ws})
-        missing = sorted({f"{n} ({w})" for n, ws in zip(names, words) for w in ws if w not in vectors})
+        missing = sorted({f"{n} ({w})" for n, ws in zip(names, words, strict=True) for w in ws if w not in vectors})
         if missing:
             raise KeyError(
                 f"{len(missing)} words are not in {path}: {missing[:10]}; add renames for them or use the backbone "

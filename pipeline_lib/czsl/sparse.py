@@ -22,7 +22,9 @@ def sparse_alignment(
     index (B, C) (top-1 token; useful for modality-gap diagnostics).
     """
     if tokens.ndim != 3 or texts.ndim != 2 or tokens.shape[-1] != texts.shape[-1]:
-        raise ValueError(f"expected tokens (B, T, D) and texts (C, D); got {tuple(tokens.shape)} and {tuple(texts.shape)}")
+        raise ValueError(
+            f"expected tokens (B, T, D) and texts (C, D); got {tuple(tokens.shape)} and {tuple(texts.shape)}"
+        )
     if topk < 1 or topk > tokens.shape[1]:
         raise ValueError(f"topk={topk} must lie in [1, T={tokens.shape[1]}]")
     tok = F.normalize(tokens, dim=-1)  # (B, T, D)

@@ -123,7 +123,8 @@ def loss_terms(
     """Every loss term of a batch; `loss` is the one optimised."""
 
     def base(prefix: str) -> torch.Tensor:
-        return (F.cross_entropy(logits[f"{prefix}_comp"], y_pair) + cfg.w_attr * F.cross_entropy(logits[f"{prefix}_attr"], y_attr)
+        return (F.cross_entropy(logits[f"{prefix}_comp"], y_pair)
+                + cfg.w_attr * F.cross_entropy(logits[f"{prefix}_attr"], y_attr)
                 + cfg.w_obj * F.cross_entropy(logits[f"{prefix}_obj"], y_obj))
 
     out = {"base": base("img")}
@@ -218,7 +219,7 @@ def _snapshot(model: SamCzsl, lora_params: list[nn.Parameter] | None) -> dict:
 def _restore(model: SamCzsl, lora_params: list[nn.Parameter] | None, state: dict) -> None:
     model.load_state_dict(state["head"])
     with torch.no_grad():
-        for p, v in zip(lora_params or [], state["lora"]):
+        for p, v in zip(lora_params or [], state["lora"], strict=False):
             p.copy_(v)
 
 

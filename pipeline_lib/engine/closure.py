@@ -2,7 +2,8 @@
 
 The closure versions the stage (fingerprint) and lists its DVC code deps. It is read statically from the import
 statements of each module, lazy imports inside functions included, so a hand-kept list can never drift from what the
-stage runs. A module counts with every parent package (their `__init__` runs on import).
+stage runs. A module counts with every parent package (their `__init__` runs on import). Code the registry names for
+a stage besides its function (the shard planner and worker of a sharded stage) counts with its own closure.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import hashlib
 import importlib.util
 from functools import cache
 from pathlib import Path
+
+from pipeline_lib.engine.stages import Stage
 
 PACKAGE = "pipeline_lib"
 
@@ -84,29 +87,31 @@ def import_closure(module: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
-def function_module(func: str) -> str:
-    """`package.module:function` -> `package.module`."""
-    return func.partition(":")[0]
+def stage_modules(stage: Stage) -> tuple[str, ...]:
+    """The modules the registry names for a stage: its function's, and its shard planner's and worker's."""
+    funcs = (stage.func, *((stage.shards.planner, stage.shards.worker) if stage.shards else ()))
+    return tuple(dict.fromkeys(func.partition(":")[0] for func in funcs))
 
 
-def code_files(func: str) -> list[Path]:
-    """Source files of a stage function's import closure, sorted (the root package's `__init__` excluded)."""
-    files = {module_file(m) for m in import_closure(function_module(func)) if m != PACKAGE}
+def code_files(stage: Stage) -> list[Path]:
+    """Source files of the stage's import closure, sorted (the root package's `__init__` excluded)."""
+    names = {m for module in stage_modules(stage) for m in import_closure(module) if m != PACKAGE}
+    files = {module_file(m) for m in names}
     return sorted(f for f in files if f is not None)
 
 
-def code_paths(func: str) -> list[str]:
+def code_paths(stage: Stage) -> list[str]:
     """The closure as `pipeline_lib/...` paths, as DVC lists them."""
     root = package_dir().parent
-    return [f.relative_to(root).as_posix() if f.is_relative_to(root) else str(f) for f in code_files(func)]
+    return [f.relative_to(root).as_posix() if f.is_relative_to(root) else str(f) for f in code_files(stage)]
 
 
 @cache
-def code_digest(func: str) -> str:
+def code_digest(stage: Stage) -> str:
     """sha256 over the closure's paths and source bytes: the code version in a stage's fingerprint."""
     root = package_dir().parent
     h = hashlib.sha256()
-    for path in code_files(func):
+    for path in code_files(stage):
         name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
         h.update(name.encode() + b"\0")
         h.update(path.read_bytes())

@@ -40,7 +40,7 @@ def stage_entry(stage: Stage, root: Path) -> dict[str, Any]:
         entry["matrix"] = {var: f"${{{key}}}" for var, key in stage.matrix}
     entry["desc"] = stage.description
     entry["cmd"] = cmd
-    entry["deps"] = code_paths(stage.func) + upstream_outs(stage)
+    entry["deps"] = code_paths(stage) + upstream_outs(stage)
     entry["params"] = list(stage.params)
     entry["outs"] = [dvc_template(p) for p in stage.outs]
     if stage.metrics:

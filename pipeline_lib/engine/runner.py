@@ -71,9 +71,13 @@ def upstream_fingerprints(root: Path, inst: StageInstance, params: dict[str, Any
     return found
 
 
-def instance_fingerprint(root: Path, inst: StageInstance, cfg: Config) -> str:
-    params = effective_params(cfg)
-    return fingerprint(inst, params, upstream_fingerprints(root, inst, params), code_digest(inst.stage.func))
+def instance_fingerprint(root: Path, inst: StageInstance, cfg: Config, params: dict[str, Any] | None = None) -> str:
+    """The fingerprint an instance has now: params subset, published upstream content digests, code.
+
+    `params` is `effective_params(cfg)` when the caller already has it (a flow fingerprinting many instances).
+    """
+    params = effective_params(cfg) if params is None else params
+    return fingerprint(inst, params, upstream_fingerprints(root, inst, params), code_digest(inst.stage))
 
 
 def load_function(spec: str) -> Callable[..., dict[str, Any]]:
@@ -98,21 +102,34 @@ def _versions() -> dict[str, str]:
 
 
 def run_instance(
-    root: Path, inst: StageInstance, cfg: Config, force: bool = False, lock_wait: float | None = 0.0
+    root: Path,
+    inst: StageInstance,
+    cfg: Config,
+    force: bool = False,
+    lock_wait: float | None = 0.0,
+    *,
+    fp: str | None = None,
 ) -> StageResult:
-    """Compute one stage instance unless its published outputs already carry its fingerprint; log the outcome."""
-    result = _compute_or_reuse(root, inst, cfg, force, lock_wait)
+    """Compute one stage instance unless its published outputs already carry its fingerprint; log the outcome.
+
+    `fp` is the instance's fingerprint when the caller has just computed it from the same `cfg` after its upstream
+    instances finished (the Prefect flow does); otherwise it is computed here. Either way the upstream manifests are
+    read again before computing: the new manifest records them, and a vanished upstream is a clear error.
+    """
+    result = _compute_or_reuse(root, inst, cfg, force, lock_wait, fp)
     record_event(root, result.id, result.status, result.fingerprint, result.seconds)
     return result
 
 
 def _compute_or_reuse(
-    root: Path, inst: StageInstance, cfg: Config, force: bool, lock_wait: float | None
+    root: Path, inst: StageInstance, cfg: Config, force: bool, lock_wait: float | None, fp: str | None
 ) -> StageResult:
     start = time.perf_counter()
     params = effective_params(cfg)
-    upstream = upstream_fingerprints(root, inst, params)
-    fp = fingerprint(inst, params, upstream, code_digest(inst.stage.func))
+    upstream: dict[str, str] | None = None
+    if fp is None:
+        upstream = upstream_fingerprints(root, inst, params)
+        fp = fingerprint(inst, params, upstream, code_digest(inst.stage))
     with stage_lock(root, inst, wait_seconds=lock_wait):
         if not force and is_published(root, inst, fp):
             summary = (read_manifest(root, inst) or {}).get("summary", {})
@@ -122,6 +139,8 @@ def _compute_or_reuse(
             publish(root, work, inst)
             summary = (read_manifest(root, inst) or {}).get("summary", {})
             return StageResult(inst.id, "republished", fp, time.perf_counter() - start, summary)
+        if upstream is None:  # computing: record (and require) the upstream outputs this run reads
+            upstream = upstream_fingerprints(root, inst, params)
         if force:
             shutil.rmtree(work, ignore_errors=True)  # recompute everything, including resumable blocks
         (work / "complete.json").unlink(missing_ok=True)

@@ -3,7 +3,8 @@
 Why shards look like this: concurrent writes into one zarr shard file silently lose data, so a shard always covers
 whole shard files (one writer per file), and each block's done flag is written after its data, so a worker that dies
 mid-shard leaves only unfinished blocks behind for a rerun. Which groups exist and how blocks map to files is the
-stages' business (`pipeline_lib.features.shards`, `pipeline_lib.inversion.shards`); this module only cuts and names.
+stages' business (the registry's `Stage.shards` names each sharded stage's planner and worker, e.g.
+`pipeline_lib.inversion.shards`); this module only cuts and names.
 """
 
 from __future__ import annotations

@@ -29,6 +29,17 @@ class Plot:
 
 
 @dataclass(frozen=True)
+class Shards:
+    """How a stage splits into shard tasks (see pipeline_lib.engine.shards): Dask scale-out (`flows/scaleout.py`).
+
+    Both are "package.module:function" names taking the stage's StageContext, imported only when shards run.
+    """
+
+    planner: str  # (ctx, files_per_shard) -> list[Shard]: the coordinator creates the store, lists pending work
+    worker: str  # (ctx, shard) -> small JSON summary: computes one shard's blocks into that store, on any worker
+
+
+@dataclass(frozen=True)
 class Stage:
     """One node of the pipeline graph. Paths are repo-relative; `{var}` in a path is filled per matrix item."""
 
@@ -41,6 +52,7 @@ class Stage:
     metrics: tuple[str, ...] = ()  # small JSON metrics (git-tracked, `dvc metrics show`)
     plots: tuple[Plot, ...] = ()  # CSV plot data (git-tracked, `dvc plots show`)
     matrix: tuple[tuple[str, str], ...] = ()  # (item variable, params key holding its list of values)
+    shards: Shards | None = None  # set for a stage whose blocks can be computed as shard tasks on a cluster
 
     @property
     def manifest_dir(self) -> str:
@@ -103,6 +115,7 @@ STAGES: tuple[Stage, ...] = (
         deps=("data", "backbone"),
         outs=("artifacts/features",),
         metrics=("metrics/features.json",),
+        shards=Shards("pipeline_lib.features.shards:plan_shards", "pipeline_lib.features.shards:extract_shard"),
     ),
     Stage(
         name="diagnose",
@@ -161,6 +174,7 @@ STAGES: tuple[Stage, ...] = (
             Plot("plots/inversion_similarity.csv", "cosine", ("image_image", "text_image", "oti_image"),
                  "Similarity distributions of inverted features"),
         ),
+        shards=Shards("pipeline_lib.inversion.shards:plan_shards", "pipeline_lib.inversion.shards:invert_shard"),
     ),
     Stage(
         name="czsl",

@@ -6,6 +6,9 @@ Why the layout is what it is:
 - A *block* is one shard of every array in a group. Exactly one writer writes a block, because concurrent writes
   into one shard silently lose data, and a block is marked done (one `_done` chunk per block) only after all its
   arrays are written. A killed extraction therefore redoes at most the blocks it was in the middle of.
+- A group may instead be written in *chunk blocks* (`blocks="chunk"`, e.g. inversion: one optimisation batch per
+  block): a block is then one chunk of every array, several blocks share a shard file, the `_done` flags are sharded
+  the same way, and one writer must own all the blocks of a shard file (`engine.shards.split_blocks`).
 - Metadata (group/array creation, attrs) is written by the coordinating process only.
 """
 
@@ -20,7 +23,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -65,33 +68,69 @@ def chunk_layout(
     return chunk, chunk * max(1, per_shard)
 
 
-def _plan_digest(specs: list[ArraySpec], chunk: int, shard: int, extra: Mapping[str, Any]) -> str:
-    payload = {
+BlockUnit = Literal["shard", "chunk"]
+
+
+def _plan_digest(
+    specs: list[ArraySpec], chunk: int, shard: int, extra: Mapping[str, Any], blocks: BlockUnit, fill_value: Any
+) -> str:
+    payload: dict[str, Any] = {
         "arrays": [[s.name, list(s.shape), s.dtype] for s in specs],
         "chunk": chunk,
         "shard": shard,
         "extra": dict(extra),
     }
+    if blocks != "shard" or fill_value != 0:  # only then: the feature stores' digests stay what they were
+        payload.update(blocks=blocks, fill_value=str(fill_value))
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Layout:
+    n: int  # rows
+    chunk: int  # rows per chunk
+    shard: int  # rows per shard file
+    block: int  # rows per block: a shard, or a chunk (blocks="chunk")
+    digest: str
+
+
 def _layout(
-    group_path: str, specs: list[ArraySpec], rows_per_chunk: int, rows_per_shard: int, plan: Mapping[str, Any] | None
-) -> tuple[int, int, int, str]:
-    """(rows, chunk rows, shard rows, plan digest) of a block group."""
+    group_path: str,
+    specs: list[ArraySpec],
+    rows_per_chunk: int,
+    rows_per_shard: int,
+    plan: Mapping[str, Any] | None,
+    blocks: BlockUnit,
+    fill_value: Any,
+) -> _Layout:
+    """Rows, chunk/shard/block rows and plan digest of a block group.
+
+    Shard blocks take chunk_layout's sizes (shrunk for small arrays and the memory budget); chunk blocks take the
+    caller's sizes as given, because their boundaries are the caller's (an optimisation batch and its seed).
+    """
     n_rows = {s.shape[0] for s in specs}
     if len(n_rows) != 1:
         raise ValueError(
             f"group {group_path!r}: arrays disagree on the sample count: {[(s.name, s.shape) for s in specs]}"
         )
     n = n_rows.pop()
-    row_bytes = sum(int(np.prod(s.shape[1:], dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in specs)
-    chunk, shard = chunk_layout(n, rows_per_chunk, rows_per_shard, row_bytes)
-    return n, chunk, shard, _plan_digest(specs, chunk, shard, plan or {})
+    if blocks == "chunk":
+        if rows_per_chunk < 1 or rows_per_shard < rows_per_chunk or rows_per_shard % rows_per_chunk:
+            raise ValueError(
+                f"rows_per_chunk={rows_per_chunk}, rows_per_shard={rows_per_shard}: expected chunk >= 1 and the "
+                "shard a multiple of the chunk"
+            )
+        chunk, shard, block = rows_per_chunk, rows_per_shard, rows_per_chunk
+    else:
+        row_bytes = sum(int(np.prod(s.shape[1:], dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in specs)
+        chunk, shard = chunk_layout(n, rows_per_chunk, rows_per_shard, row_bytes)
+        block = shard
+    return _Layout(n, chunk, shard, block, _plan_digest(specs, chunk, shard, plan or {}, blocks, fill_value))
 
 
 class BlockGroup:
-    """A zarr group of arrays sharing a sample axis, written block by block (block = one shard of each array)."""
+    """A zarr group of arrays sharing a sample axis, written block by block (a block is one shard of each array, or
+    one chunk of each: see the module notes)."""
 
     def __init__(self, group: zarr.Group, n_rows: int, block_rows: int) -> None:
         self.group = group
@@ -108,18 +147,24 @@ class BlockGroup:
         rows_per_chunk: int,
         rows_per_shard: int,
         plan: Mapping[str, Any] | None = None,
+        *,
+        blocks: BlockUnit = "shard",
+        fill_value: Any = 0,
+        attrs: Mapping[str, Any] | None = None,
     ) -> BlockGroup:
         """Open `root/group_path` for block writes, resuming when it was created for the same specs and plan.
 
         `plan` holds whatever else decides the content (e.g. model fingerprint, split list digest): a group created
-        for another plan is deleted and recreated, so stale blocks are never mixed into a new store.
+        for another plan is deleted and recreated, so stale blocks are never mixed into a new store. `blocks` is the
+        unit written and flagged done (see the module notes); `fill_value` is what unwritten rows read as (NaN makes
+        them stand out); `attrs` are written into a newly created group, before the plan that completes it.
         """
-        n, chunk, shard, digest = _layout(group_path, specs, rows_per_chunk, rows_per_shard, plan)
+        lay = _layout(group_path, specs, rows_per_chunk, rows_per_shard, plan, blocks, fill_value)
         root_group = zarr.open_group(str(root), mode="a")
         if group_path in root_group:
             existing = root_group[group_path]
-            if isinstance(existing, zarr.Group) and existing.attrs.get(PLAN_ATTR) == digest:
-                bg = cls(existing, n, shard)
+            if isinstance(existing, zarr.Group) and existing.attrs.get(PLAN_ATTR) == lay.digest:
+                bg = cls(existing, lay.n, lay.block)
                 log.info("resuming %s/%s: %d of %d blocks done", root, group_path, bg.n_done(), bg.n_blocks)
                 return bg
             log.info("recreating %s/%s: it was built for another plan", root, group_path)
@@ -129,15 +174,19 @@ class BlockGroup:
             group.create_array(
                 s.name,
                 shape=s.shape,
-                chunks=(chunk, *s.shape[1:]),
-                shards=(shard, *s.shape[1:]),
+                chunks=(lay.chunk, *s.shape[1:]),
+                shards=(lay.shard, *s.shape[1:]),
                 dtype=s.dtype,
-                fill_value=0,
+                fill_value=fill_value,
             )
-        n_blocks = math.ceil(n / shard) if n else 0
-        group.create_array(DONE, shape=(n_blocks,), chunks=(1,), dtype="bool", fill_value=False)
-        group.attrs[PLAN_ATTR] = digest  # written last: a group without it is rebuilt from scratch
-        return cls(group, n, shard)
+        n_blocks = math.ceil(lay.n / lay.block) if lay.n else 0
+        # chunk blocks: a shard file's flags share one file, written only by the writer of that shard's blocks
+        done_shards = {"shards": (lay.shard // lay.block,)} if blocks == "chunk" else {}
+        group.create_array(DONE, shape=(n_blocks,), chunks=(1,), dtype="bool", fill_value=False, **done_shards)
+        if attrs:
+            group.attrs.update(dict(attrs))
+        group.attrs[PLAN_ATTR] = lay.digest  # written last: a group without it is rebuilt from scratch
+        return cls(group, lay.n, lay.block)
 
     @classmethod
     def resume(
@@ -148,21 +197,24 @@ class BlockGroup:
         rows_per_chunk: int,
         rows_per_shard: int,
         plan: Mapping[str, Any] | None = None,
+        *,
+        blocks: BlockUnit = "shard",
+        fill_value: Any = 0,
     ) -> BlockGroup:
         """Open a group the coordinating process created (see create_or_resume), never creating or deleting one.
 
         What a shard worker uses: metadata changes belong to one process, and a worker that computes another plan
         (other device, params or weights) must fail rather than wipe the blocks other workers are writing.
         """
-        n, _chunk, shard, digest = _layout(group_path, specs, rows_per_chunk, rows_per_shard, plan)
+        lay = _layout(group_path, specs, rows_per_chunk, rows_per_shard, plan, blocks, fill_value)
         existing = zarr.open_group(str(root), mode="r+").get(group_path) if Path(root).exists() else None
-        if not isinstance(existing, zarr.Group) or existing.attrs.get(PLAN_ATTR) != digest:
+        if not isinstance(existing, zarr.Group) or existing.attrs.get(PLAN_ATTR) != lay.digest:
             found = "is missing" if existing is None else "was created for another plan"
             raise RuntimeError(
                 f"{root}/{group_path} {found}: the coordinating process must create it with the same params, "
                 "backbone and device kind (runtime.device) as this worker"
             )
-        return cls(existing, n, shard)
+        return cls(existing, lay.n, lay.block)
 
     def rows(self, block: int) -> tuple[int, int]:
         """[start, stop) sample rows of a block."""
@@ -292,7 +344,8 @@ def read_array(path: Path | str, name: str, shape: Sequence[int | None] | None =
     """
     arr = lazy_array(path, name)
     if shape is not None and (
-        len(arr.shape) != len(shape) or any(want is not None and want != got for want, got in zip(shape, arr.shape))
+        len(arr.shape) != len(shape)
+        or any(want is not None and want != got for want, got in zip(shape, arr.shape, strict=True))
     ):
         raise StoreError(
             f"{path}: array {name!r} has shape {tuple(arr.shape)}, expected {_shape_text(shape)} to match the store's "

@@ -1,1 +1,2 @@
-"""OTI / OVI: optimisation-based inversion of features across the modality gap, run block-wise and evaluated by retrieval."""
+"""OTI / OVI: optimisation-based inversion of features across the modality gap, run block-wise, evaluated by
+retrieval."""

@@ -107,11 +107,3 @@ class InversionConfig(Section):
             )
         return self
 
-
-#: Overrides for the smoke profile (profiles/smoke.yaml): a few steps on a few queries, seconds on 2 CPU cores.
-SMOKE_OVERRIDES: dict[str, object] = {
-    "max_queries": 32,
-    "plot_steps": [1, 5],
-    "oti": {"steps": 10, "batch_size": 32, "snapshot_steps": [1, 5, 10]},
-    "ovi": {"steps": 10, "batch_size": 32, "snapshot_steps": [1, 5, 10]},
-}

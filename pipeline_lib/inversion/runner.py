@@ -1,9 +1,9 @@
-"""Resumable, block-wise inversion of many samples into a zarr group.
+"""Resumable, block-wise inversion of many samples into a zarr group (an `engine.store.BlockGroup` of chunk blocks).
 
 Samples are cut into blocks of `block_size` (= the optimisation batch). Each finished block's parameters, final
-features, snapshot features and loss curves are written into arrays chunked one block per chunk (several blocks per
-shard), and only then is the block's flag in `done` set (`done` is sharded like the data, one chunk per block). A
-killed run therefore resumes after its last finished block, and workers that each own whole shards (runs of
+features, snapshot features and loss curves are written into arrays chunked one block per chunk (`blocks_per_shard`
+blocks per shard file), and only then is the block flagged done: the store's one resumable-block mechanism. A killed
+run therefore resumes after its last finished block, and workers that each own whole shard files (runs of
 `blocks_per_shard` blocks) can fill one store side by side. Each block's initialisation seed derives from the global
 seed and the block index alone, so a resumed or sharded run ends bit-identical (on the CPU) to an uninterrupted one.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
 from torch import Tensor
 
+from pipeline_lib.engine.store import ArraySpec, BlockGroup
 from pipeline_lib.inversion.optimise import InversionOutput
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class RunSpec:
         return -(-self.n // self.block_size)
 
     def as_attrs(self) -> dict[str, Any]:
-        """The spec as it reads back from zarr attrs (JSON: tuples become lists), so stored and new specs compare."""
+        """The spec as it reads back from zarr attrs (JSON: tuples become lists)."""
         return json.loads(json.dumps({
             "n": self.n,
             "param_shape": list(self.param_shape),
@@ -68,6 +68,16 @@ class RunSpec:
             "extra": {k: v for k, v in self.extra},
         }))
 
+    def arrays(self) -> list[ArraySpec]:
+        """The run's arrays, sample axis first (float32; unwritten rows read NaN)."""
+        k, w = self.param_shape
+        return [
+            ArraySpec("params", (self.n, k, w), "float32"),
+            ArraySpec("features", (self.n, self.feature_dim), "float32"),
+            ArraySpec("snapshots", (self.n, len(self.snapshot_steps), self.feature_dim), "float32"),
+            ArraySpec("losses", (self.n, self.steps), "float32"),
+        ]
+
 
 def block_seed(seed: int, block: int) -> int:
     """A seed for one block that depends only on the global seed and the block index."""
@@ -80,63 +90,19 @@ def targets_digest(targets: np.ndarray) -> str:
     return hashlib.sha256(arr.tobytes() + str(arr.shape).encode()).hexdigest()
 
 
-def _create(group: zarr.Group, spec: RunSpec) -> None:
-    """Create the arrays: one block per chunk along the sample axis, `blocks_per_shard` blocks per shard."""
-    b, s = spec.block_size, spec.block_size * spec.blocks_per_shard
-    k, w = spec.param_shape
-    d, n_snap = spec.feature_dim, len(spec.snapshot_steps)
-    layout = {
-        "params": ((spec.n, k, w), (b, k, w)),
-        "features": ((spec.n, d), (b, d)),
-        "snapshots": ((spec.n, n_snap, d), (b, max(n_snap, 1), d)),
-        "losses": ((spec.n, spec.steps), (b, spec.steps)),
-    }
-    for name, (shape, chunks) in layout.items():
-        shards = (s, *chunks[1:])
-        zarr.create_array(
-            store=group.store,
-            name=f"{group.path}/{name}" if group.path else name,
-            shape=shape,
-            chunks=chunks,
-            shards=shards,
-            dtype="float32",
-            fill_value=np.nan,
-            overwrite=True,
-        )
-    zarr.create_array(
-        store=group.store,
-        name=f"{group.path}/done" if group.path else "done",
-        shape=(spec.n_blocks,),
-        chunks=(1,),
-        shards=(spec.blocks_per_shard,),  # a shard's flags live in one file, written by that shard's only writer
-        dtype="bool",
-        fill_value=False,
-        overwrite=True,
-    )
-    group.attrs.update({"spec": spec.as_attrs(), "snapshot_steps": list(spec.snapshot_steps)})
-
-
-def open_run(store_path: Path, group_name: str, spec: RunSpec, create: bool = True) -> zarr.Group:
+def open_run(store_path: Path, group_name: str, spec: RunSpec, create: bool = True) -> BlockGroup:
     """Open the run's group for resuming, or (re)create it when absent or written for a different spec.
 
     A shard worker passes create=False: metadata has one writer (the coordinator), and a worker that computes another
-    spec must fail rather than wipe the blocks other workers are writing.
+    spec must fail rather than wipe the blocks other workers are writing (BlockGroup.resume).
     """
-    if not create and not Path(store_path).exists():
-        raise RuntimeError(f"{store_path}/{group_name} is missing: the coordinating process creates it before shards run")
-    root = zarr.open_group(store_path, mode="a" if create else "r+")
-    if group_name in root:
-        group = root[group_name]
-        if group.attrs.get("spec") == spec.as_attrs() and all(a in group for a in (*ARRAYS, "done")):
-            return group
-        if not create:
-            raise RuntimeError(f"{store_path}/{group_name} was created for other settings or inputs than this worker's")
-        log.warning("%s/%s was written for different settings or inputs; starting it afresh", store_path, group_name)
+    layout = (Path(store_path), group_name, spec.arrays(), spec.block_size, spec.block_size * spec.blocks_per_shard)
+    options: dict[str, Any] = {"plan": {"spec": spec.as_attrs()}, "blocks": "chunk", "fill_value": np.nan}
     if not create:
-        raise RuntimeError(f"{store_path}/{group_name} is missing: the coordinating process creates it before shards run")
-    group = root.require_group(group_name)
-    _create(group, spec)
-    return group
+        return BlockGroup.resume(*layout, **options)
+    return BlockGroup.create_or_resume(
+        *layout, **options, attrs={"spec": spec.as_attrs(), "snapshot_steps": list(spec.snapshot_steps)}
+    )
 
 
 def run_blocks(
@@ -150,30 +116,25 @@ def run_blocks(
     progress: Progress | None = None,
     blocks: Iterable[int] | None = None,
     create: bool = True,
-) -> zarr.Group:
+) -> BlockGroup:
     """Invert every not-yet-finished block of `targets` (N, D), or those among `blocks` (a shard worker's share, whole
-    zarr shards, with create=False: see open_run), and return the group."""
+    zarr shard files, with create=False: see open_run), and return the group."""
     if targets.shape != (spec.n, spec.feature_dim):
         raise ValueError(f"targets shape {targets.shape} does not match the run spec ({spec.n}, {spec.feature_dim})")
-    group = open_run(store_path, group_name, spec, create)
-    done = group["done"][...]
-    wanted = range(spec.n_blocks) if blocks is None else sorted(set(blocks))
-    todo = [i for i in wanted if not done[i]]
-    if blocks is None and len(todo) < spec.n_blocks:
-        log.info("%s: resuming, %d of %d blocks already finished", group_name, spec.n_blocks - len(todo), spec.n_blocks)
-    blocks: Iterable[int] = progress(todo, len(todo), group_name) if progress else todo
-    for block in blocks:
-        lo, hi = block * spec.block_size, min((block + 1) * spec.block_size, spec.n)
+    bg = open_run(store_path, group_name, spec, create)
+    pending = bg.pending()
+    if blocks is not None:
+        wanted = sorted({int(b) for b in blocks})
+        for block in wanted:
+            bg.rows(block)  # an IndexError naming the range for a block the group does not have
+        pending = [b for b in pending if b in set(wanted)]
+    todo = pending
+    if blocks is None and len(todo) < bg.n_blocks:
+        log.info("%s: resuming, %d of %d blocks already finished", group_name, bg.n_blocks - len(todo), bg.n_blocks)
+    for block in progress(todo, len(todo), group_name) if progress else todo:
+        lo, hi = bg.rows(block)
         out = invert_block(torch.from_numpy(np.asarray(targets[lo:hi], dtype=np.float32)).to(device),
                            block_seed(spec.seed, block))
-        group["params"][lo:hi] = out.params.numpy()
-        group["features"][lo:hi] = out.features.numpy()
-        group["snapshots"][lo:hi] = out.snapshots.numpy()
-        group["losses"][lo:hi] = out.losses.numpy()
-        group["done"][block] = True  # after the data: a block is finished only once all its arrays are on disk
-    return group
-
-
-def is_complete(group: zarr.Group) -> bool:
-    """True when every block of the group has been written."""
-    return bool(np.all(group["done"][...]))
+        bg.write_block(block, {"params": out.params.numpy(), "features": out.features.numpy(),
+                               "snapshots": out.snapshots.numpy(), "losses": out.losses.numpy()})
+    return bg
