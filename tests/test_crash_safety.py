@@ -325,7 +325,8 @@ def test_missing_weights_file_fails_before_anything_runs(project: Path, tmp_path
     before = read_manifest(project, inst)
     scratch = set((project / ".bridgeflow/work/backbone").iterdir())
     missing = tmp_path / "weights" / "ViT-B-32.pt"
-    code, out = cli(project, "stage", "backbone", "-S", "backbone.model=ViT-B-32", "-S", f"backbone.pretrained={missing}")
+    overrides = ("-S", "backbone.model=ViT-B-32", "-S", f"backbone.pretrained={missing}")
+    code, out = cli(project, "stage", "backbone", *overrides)
     assert code == 2 and "no such weights file" in out and "ViT-B-32.pt" in out, out
     assert read_manifest(project, inst) == before
     new = set((project / ".bridgeflow/work/backbone").iterdir()) - scratch

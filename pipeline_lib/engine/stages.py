@@ -2,9 +2,9 @@
 
 `dvc.yaml` is generated from it (`bridgeflow dvc-yaml`, and a test fails when the committed file differs), the
 Prefect flow walks it, and `bridgeflow stage NAME` looks stages up here. A stage is data: its name, the dotted params
-keys it reads, the stages it consumes, the outputs it writes, and the plain function that computes it (`module:function`, imported only when the
-stage runs, so reading the registry stays cheap). The code that versions a stage is derived from that function's
-import closure (`engine.closure`), never listed by hand.
+keys it reads, the stages it consumes, the outputs it writes, and the plain function that computes it
+(`module:function`, imported only when the stage runs, so reading the registry stays cheap). The code that versions a
+stage is derived from that function's import closure (`engine.closure`), never listed by hand.
 """
 
 from __future__ import annotations
@@ -125,8 +125,14 @@ STAGES: tuple[Stage, ...] = (
         deps=("features",),
         outs=("artifacts/diagnose",),
         metrics=("metrics/gap.json",),
-        plots=(Plot("plots/gap_similarity.csv", "cosine", ("image_text", "image_image", "text_text"),
-                    "Modality gap: cosine similarity histograms"),),
+        plots=(
+            Plot(
+                "plots/gap_similarity.csv",
+                "cosine",
+                ("image_text", "image_image", "text_text"),
+                "Modality gap: cosine similarity histograms",
+            ),
+        ),
     ),
     Stage(
         name="fewshot_bridge",
@@ -140,8 +146,15 @@ STAGES: tuple[Stage, ...] = (
         name="fewshot_run",
         func="pipeline_lib.fewshot.stage:run_fewshot_seed",
         description="One (shots, seed): sample the support set, search the blends, train SeMoBridge-T, test every method.",
-        params=("fewshot.augment_epochs", "fewshot.atol", "fewshot.logits", "fewshot.subsets", "fewshot.search",
-                "fewshot.training", "fewshot.run_training"),
+        params=(
+            "fewshot.augment_epochs",
+            "fewshot.atol",
+            "fewshot.logits",
+            "fewshot.subsets",
+            "fewshot.search",
+            "fewshot.training",
+            "fewshot.run_training",
+        ),
         deps=("features", "fewshot_bridge"),
         outs=("artifacts/fewshot_runs/k{shots}-s{seed}",),
         matrix=(("shots", "fewshot.shots"), ("seed", "fewshot.seeds")),
@@ -169,10 +182,18 @@ STAGES: tuple[Stage, ...] = (
         outs=("artifacts/inversion",),
         metrics=("metrics/inversion.json",),
         plots=(
-            Plot("plots/inversion_map_vs_step.csv", "step",
-                 ("oti_to_image", "image_to_image", "ovi_to_text", "text_to_text"), "Retrieval mAP vs inversion step"),
-            Plot("plots/inversion_similarity.csv", "cosine", ("image_image", "text_image", "oti_image"),
-                 "Similarity distributions of inverted features"),
+            Plot(
+                "plots/inversion_map_vs_step.csv",
+                "step",
+                ("oti_to_image", "image_to_image", "ovi_to_text", "text_to_text"),
+                "Retrieval mAP vs inversion step",
+            ),
+            Plot(
+                "plots/inversion_similarity.csv",
+                "cosine",
+                ("image_image", "text_image", "oti_image"),
+                "Similarity distributions of inverted features",
+            ),
         ),
         shards=Shards("pipeline_lib.inversion.shards:plan_shards", "pipeline_lib.inversion.shards:invert_shard"),
     ),
@@ -234,7 +255,7 @@ def instances(stage: Stage, params: dict[str, Any]) -> list[StageInstance]:
         return [StageInstance(stage)]
     variables = [var for var, _ in stage.matrix]
     values = [list(get_dotted(params, key)) for _, key in stage.matrix]
-    return [StageInstance(stage, dict(zip(variables, combo))) for combo in itertools.product(*values)]
+    return [StageInstance(stage, dict(zip(variables, combo, strict=True))) for combo in itertools.product(*values)]
 
 
 def parse_instance_id(text: str, params: dict[str, Any]) -> StageInstance:

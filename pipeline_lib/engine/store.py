@@ -181,7 +181,7 @@ class BlockGroup:
             )
         n_blocks = math.ceil(lay.n / lay.block) if lay.n else 0
         # chunk blocks: a shard file's flags share one file, written only by the writer of that shard's blocks
-        done_shards = {"shards": (lay.shard // lay.block,)} if blocks == "chunk" else {}
+        done_shards: dict[str, Any] = {"shards": (lay.shard // lay.block,)} if blocks == "chunk" else {}
         group.create_array(DONE, shape=(n_blocks,), chunks=(1,), dtype="bool", fill_value=False, **done_shards)
         if attrs:
             group.attrs.update(dict(attrs))
@@ -224,7 +224,7 @@ class BlockGroup:
         return start, min(start + self.block_rows, self.n_rows)
 
     def done_mask(self) -> np.ndarray:
-        return np.asarray(self.group[DONE][:], dtype=bool)
+        return np.asarray(array_at(self.group, DONE)[:], dtype=bool)
 
     def n_done(self) -> int:
         return int(self.done_mask().sum())
@@ -244,12 +244,20 @@ class BlockGroup:
         if set(data) != names:
             raise ValueError(f"block {block}: got arrays {sorted(data)}, the group holds {sorted(names)}")
         for name, values in data.items():
-            arr = self.group[name]
+            arr = array_at(self.group, name)
             expected = (stop - start, *arr.shape[1:])
             if tuple(values.shape) != expected:
                 raise ValueError(f"block {block} array {name!r}: shape {tuple(values.shape)}, expected {expected}")
             arr[start:stop] = np.asarray(values, dtype=arr.dtype)
-        self.group[DONE][block] = True
+        array_at(self.group, DONE)[block] = True
+
+
+def array_at(group: zarr.Group, name: str) -> zarr.Array:
+    """The array `name` of a group; a clear error when that path holds a group instead."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{group.store_path}: {name!r} is a group, not an array")
+    return node
 
 
 def write_whole(group: zarr.Group, name: str, data: np.ndarray, attrs: Mapping[str, Any] | None = None) -> zarr.Array:
@@ -301,8 +309,8 @@ REPAIR = "re-extract the store with `bridgeflow stage features --force`"
 def _check_group_complete(store: zarr.Group, path: Path | str, name: str) -> None:
     parent = name.rsplit("/", 1)[0] if "/" in name else ""
     group = store[parent] if parent else store
-    if DONE in group:
-        done = np.asarray(group[DONE][:], dtype=bool)
+    if isinstance(group, zarr.Group) and DONE in group:
+        done = np.asarray(array_at(group, DONE)[:], dtype=bool)
         if not done.all():
             raise StoreError(
                 f"{path}: array {name!r}: its group is half written ({int(done.sum())} of {done.size} blocks "
@@ -328,7 +336,7 @@ def lazy_array(path: Path | str, name: str) -> zarr.Array:
         raise KeyError(f"{path}: no array {name!r}")
     _check_group_complete(store, path, name)
     _check_no_empty_chunk_files(path, name)
-    return store[name]
+    return array_at(store, name)
 
 
 def _shape_text(shape: Sequence[int | None]) -> str:
