@@ -145,7 +145,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="fewshot_run",
         func="pipeline_lib.fewshot.stage:run_fewshot_seed",
-        description="One (shots, seed): sample the support set, search the blends, train SeMoBridge-T, test every method.",
+        description="One (shots, seed): sample the support set, search blends, train SeMoBridge-T, test all methods.",
         params=(
             "fewshot.augment_epochs",
             "fewshot.atol",
@@ -176,7 +176,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="inversion",
         func="pipeline_lib.inversion.stage:run_inversion",
-        description="OTI on query images and OVI on query texts; intra- vs inter-modal retrieval at every snapshot step.",
+        description="OTI on query images, OVI on query texts; intra- vs inter-modal retrieval at every snapshot step.",
         params=("inversion",),
         deps=("backbone", "features"),
         outs=("artifacts/inversion",),
@@ -213,7 +213,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="report",
         func="pipeline_lib.report.page:run_report",
-        description="Static HTML report with PNG plots: modality gap, few-shot, inversion, CZSL, stage timings, cache hits.",
+        description="HTML report with PNG plots: modality gap, few-shot, inversion, CZSL, stage timings, cache hits.",
         params=(),
         deps=("diagnose", "fewshot_report", "inversion", "czsl"),
         outs=("reports",),
