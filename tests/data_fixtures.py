@@ -36,7 +36,7 @@ def tiny_data_config(**overrides: Any) -> DataConfig:
     return DataConfig(**values)
 
 
-def fake_stage_context(cfg: DataConfig, work: Path) -> StageContext:
+def data_stage_context(cfg: DataConfig, work: Path) -> StageContext:
     """A real StageContext around a data config (one rendering process), writing into `work`."""
     config = Config(data=cfg, runtime=RuntimeConfig(num_workers=1, progress=False))
     return stage_context(work, "data", config, work)

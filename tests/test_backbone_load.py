@@ -6,6 +6,7 @@ Nothing here downloads: real architectures are built with random weights and sav
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,20 @@ def test_published_tiny_round_trip(tiny, tmp_path: Path) -> None:
         load_published_backbone(tmp_path)
     with pytest.raises(FileNotFoundError, match="run the backbone stage"):
         load_published_backbone(tmp_path / "missing")
+
+
+def test_loading_trained_weights_does_not_claim_random_init(tiny, tmp_path: Path, caplog) -> None:
+    """open_clip warns "initialized randomly" while it builds the architecture; the trained weights load right after,
+    so that warning is dropped and one INFO line says which weights were loaded."""
+    save_published_backbone(tiny, tmp_path, save_weights=True)
+    with caplog.at_level(logging.INFO):
+        loaded = load_published_backbone(tmp_path)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "initialized randomly" in m], messages
+    assert [m for m in messages if m.startswith("loaded trained weights")] == [
+        f"loaded trained weights {tmp_path / 'model.pt'} (fingerprint {loaded.fingerprint[:12]})"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        create_backbone(TINY)  # a truly random model still gets open_clip's warning
+    assert any("initialized randomly" in r.getMessage() for r in caplog.records)

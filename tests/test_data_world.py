@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from data_fixtures import fake_stage_context, tiny_data_config
+from data_fixtures import data_stage_context, tiny_data_config
 
 from pipeline_lib.data import vocab
 from pipeline_lib.data.coop import load_coop_dataset
@@ -158,7 +158,7 @@ def test_rewriting_replaces_stale_files(tmp_path: Path) -> None:
 def test_stage_writes_outputs_and_deterministic_metrics(tmp_path: Path) -> None:
     summaries = []
     for run in ("a", "b"):
-        ctx = fake_stage_context(CFG, tmp_path / run)
+        ctx = data_stage_context(CFG, tmp_path / run)
         summaries.append(run_data(ctx))
         assert (tmp_path / run / "artifacts/data" / vocab.PRETRAIN_IMAGES).is_file()
     metrics = [json.loads((tmp_path / r / "metrics/data.json").read_text()) for r in ("a", "b")]

@@ -6,22 +6,23 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import open_clip
 import polars as pl
 import pytest
 import torch
+from conftest import stage_context
 from model_fixtures import TINY_CONTEXT, TINY_IMAGE_SIZE, tiny_clip, tiny_tokenizer
 from PIL import Image, ImageDraw
 
 from pipeline_lib.backbone.load import Backbone
 from pipeline_lib.engine.config import Config, RuntimeConfig
-from pipeline_lib.features import stage
+from pipeline_lib.engine.context import StageContext
+from pipeline_lib.engine.store import ArraySpec, BlockGroup, read_array
+from pipeline_lib.features import shards, stage
 from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.extract import ImageViewsDataset, extract_to_blocks, image_encoder
-from pipeline_lib.engine.store import ArraySpec, BlockGroup, read_array
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
 SHAPES = ("circle", "square")
@@ -90,24 +91,12 @@ def _backbone() -> Backbone:
     )
 
 
-def _ctx(root: Path, work: Path, **features) -> SimpleNamespace:
+def _ctx(root: Path, work: Path, **features) -> StageContext:
     cfg = Config(
         features=FeaturesConfig(batch_size=4, views=3, rows_per_chunk=2, rows_per_shard=4, **features),
         runtime=RuntimeConfig(device="cpu", num_workers=0, progress=False),
     )
-
-    def out(rel: str) -> Path:
-        (work / rel).parent.mkdir(parents=True, exist_ok=True)
-        return work / rel
-
-    return SimpleNamespace(
-        cfg=cfg,
-        root=root,
-        device=torch.device("cpu"),
-        out=out,
-        inp=lambda rel: root / rel,
-        progress=lambda it, total=None, desc="": it,
-    )
+    return stage_context(root, "features", cfg, work)
 
 
 @pytest.fixture(scope="module")
@@ -188,12 +177,39 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     monkeypatch.setattr(stage, "after_block", None)
     rerun = stage.run_features(_ctx(world, tmp_path / "resumed"))
     assert rerun["blocks_skipped"] == 3
+    assert rerun["images_encoded"] == summary["images_encoded"]  # the killed run's blocks count too
     full_tree = _tree(tmp_path / "full" / "artifacts" / "features")
     assert full_tree == _tree(tmp_path / "resumed" / "artifacts" / "features")
     # Sharding: 8 chunks of 2 rows in 4 shard files of 4 rows (one per block).
     assert sorted(k for k in full_tree if k.startswith("fewshot.zarr/train/views/c/")) == [
         f"fewshot.zarr/train/views/c/{i}/0/0" for i in range(4)
     ]
+
+
+def test_metrics_count_the_blocks_shard_workers_encoded(
+    world: Path, tmp_path: Path, published: Backbone
+) -> None:
+    """Under scale-out the stage call finds every image block done by shard workers; its metrics still count their
+    work (from the block records they leave in the scratch folder), and the stores stay byte-identical."""
+    single = stage.run_features(_ctx(world, tmp_path / "single"))
+    planned = shards.plan_shards(_ctx(world, tmp_path / "sharded"))
+    for shard in reversed(planned):  # any order, each from a worker's own context
+        done = shards.extract_shard(_ctx(world, tmp_path / "sharded"), shard)
+        assert done["blocks_written"] == len(shard.blocks) and done["forwards"] > 0
+    sharded = stage.run_features(_ctx(world, tmp_path / "sharded"))
+
+    assert sharded["blocks_skipped"] == len(planned) > 1  # one block per shard, all written by the workers
+    assert sharded["images_encoded"] == single["images_encoded"] == 15 * 3 + 3 + 6 + 4 + 2 + 4
+    assert sharded["images_per_s"] > 0
+    for store in ("fewshot", "czsl"):
+        for split in ("train", "val", "test"):
+            got, want = sharded[store][split], single[store][split]
+            assert got["forwards"] == want["forwards"] and got["images"] == want["images"], (store, split)
+            assert got["blocks_written"] == 0 and got["seconds"] > 0 and got["images_per_s"] > 0, (store, split)
+    metrics = json.loads((tmp_path / "sharded" / "metrics" / "features.json").read_text())
+    assert metrics["images_encoded"] == sharded["images_encoded"]
+    features = Path("artifacts") / "features"
+    assert _tree(tmp_path / "sharded" / features) == _tree(tmp_path / "single" / features)  # no records in outputs
 
 
 def test_bad_template_fails_before_extraction(world: Path, tmp_path: Path, published: Backbone) -> None:

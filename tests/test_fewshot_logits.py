@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline_lib.fewshot.config import BlendParams, SearchConfig
+from pipeline_lib.fewshot.config import PARAM_NAMES, BlendParams, SearchConfig
 from pipeline_lib.fewshot.logits import (
     BlendEvaluator,
     SimilarityMaps,
@@ -17,6 +17,11 @@ from pipeline_lib.fewshot.logits import (
     similarity_maps,
 )
 from pipeline_lib.fewshot.search import search_blend, searched_names
+
+
+def _blend(row: torch.Tensor) -> BlendParams:
+    """One (7,) parameter row as BlendParams (PARAM_NAMES order)."""
+    return BlendParams(**dict(zip(PARAM_NAMES, row.tolist(), strict=True)))
 
 
 def test_similarity_maps_hand_case():
@@ -79,8 +84,7 @@ def test_vectorised_and_pruned_equal_naive_per_trial(subset):
     params = _random_params(40)
     naive = []
     for row in params:
-        p = BlendParams(**dict(zip(["sigma", "alpha", "beta", "gamma", "lambda1", "lambda2", "lambda3"],
-                                   row.tolist())))
+        p = _blend(row)
         naive.append(accuracy(blend_logits(maps, kl, p, subset), labels))
     naive = torch.tensor(naive, dtype=torch.float64)
     assert torch.equal(batched_accuracy(maps, kl, labels, params, subset, chunk_queries=64), naive)
@@ -101,8 +105,7 @@ def test_pruned_predictions_equal_full_argmax_row_by_row():
     maps, kl, labels = _maps(n=200, c=30, seed=3)
     ev = BlendEvaluator(maps.s1, maps.s2, maps.s3, kl, labels, "all", topk=(3,), kl_topk=2)
     for row in _random_params(10, seed=5):
-        full = blend_logits(maps, kl, BlendParams(**dict(zip(
-            ["sigma", "alpha", "beta", "gamma", "lambda1", "lambda2", "lambda3"], row.tolist()))), "all").argmax(1)
+        full = blend_logits(maps, kl, _blend(row), "all").argmax(1)
         assert torch.equal(ev.predict(row), full)
 
 
@@ -110,19 +113,21 @@ def test_pruned_predictions_equal_full_argmax_row_by_row():
 def test_pruned_paths_break_exact_ties_like_argmax(subset):
     """Duplicated classes tie exactly and all-zero lambdas tie everything: the smaller class id must win."""
     maps, kl, labels = _maps(n=240, c=10, seed=7)
-    dup = lambda s: torch.cat([s[:, :6], s[:, 2:3], s[:, 7:]], dim=1)  # class 6 := class 2
+
+    def dup(s: torch.Tensor) -> torch.Tensor:
+        return torch.cat([s[:, :6], s[:, 2:3], s[:, 7:]], dim=1)  # class 6 := class 2
+
     maps = SimilarityMaps(dup(maps.s1), dup(maps.s2), dup(maps.s3), maps.s4)
     kl = torch.cat([kl[:6], kl[2:3], kl[7:]])
     labels = torch.where(torch.arange(labels.shape[0]) % 2 == 0, torch.full_like(labels, 6), labels)
     params = torch.cat([_random_params(12, seed=2), torch.zeros(1, 7), torch.tensor([[0.5, 1, 1, 1, 0, 0, 0.0]])])
-    names = ["sigma", "alpha", "beta", "gamma", "lambda1", "lambda2", "lambda3"]
-    naive = torch.tensor([accuracy(blend_logits(maps, kl, BlendParams(**dict(zip(names, r.tolist()))), subset),
+    naive = torch.tensor([accuracy(blend_logits(maps, kl, _blend(r), subset),
                                    labels) for r in params], dtype=torch.float64)
     for topk in ((1, 3), (2,)):
         ev = BlendEvaluator(maps.s1, maps.s2, maps.s3, kl, labels, subset, topk=topk, kl_topk=1)
         assert torch.equal(ev.accuracy(params), naive)
         for r in params[-3:]:
-            full = blend_logits(maps, kl, BlendParams(**dict(zip(names, r.tolist()))), subset).argmax(1)
+            full = blend_logits(maps, kl, _blend(r), subset).argmax(1)
             assert torch.equal(ev.predict(r), full)
 
 
@@ -136,7 +141,7 @@ def test_search_is_seeded_and_keeps_first_strict_improvement():
     # the kept parameters reproduce the kept accuracy with the plain blend
     acc = accuracy(blend_logits(maps, kl, r1.params, "all"), labels)
     assert acc == r1.val_acc
-    for v, (lo, hi) in zip(r1.params.as_tuple(), SearchConfig().ranges().values()):
+    for v, (lo, hi) in zip(r1.params.as_tuple(), SearchConfig().ranges().values(), strict=True):
         assert lo <= v <= hi
 
 

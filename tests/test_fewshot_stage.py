@@ -4,33 +4,23 @@ import csv
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import REPO, stage_context
 
-from pipeline_lib.engine.config import RuntimeConfig
-from pipeline_lib.fewshot.config import SMOKE_OVERRIDES, FewshotConfig
+from pipeline_lib.engine.config import Config, RuntimeConfig, load_config
+from pipeline_lib.engine.context import StageContext
+from pipeline_lib.fewshot.config import FewshotConfig
 from pipeline_lib.fewshot.stage import run_fewshot_fit, run_fewshot_report, run_fewshot_seed
 
 
-class Ctx:
-    """The parts of the stage context the few-shot stages use: inputs and outputs in one folder."""
-
-    def __init__(self, root: Path, cfg: FewshotConfig, item=None, processes: int = 1):
-        self.root = root
-        self.cfg = SimpleNamespace(fewshot=cfg, runtime=RuntimeConfig(processes=processes))
-        self.item = item or {}
-
-    def out(self, rel):
-        p = self.root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def inp(self, rel):
-        return self.root / rel
+def ctx(root: Path, stage: str, cfg: FewshotConfig, processes: int = 1, **item: int) -> StageContext:
+    """The real context of a few-shot stage: inputs under `root` and outputs into `root` too, so stages chain."""
+    config = Config(fewshot=cfg, runtime=RuntimeConfig(device="cpu", processes=processes, progress=False))
+    return stage_context(root, stage, config, root, **item)
 
 
 def _write_store(path: Path, c=4, d=8, v=2, n_train=6, n_val=3, n_test=6, seed=0):
@@ -65,10 +55,11 @@ def _write_store(path: Path, c=4, d=8, v=2, n_train=6, n_val=3, n_test=6, seed=0
 def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("fewshot")
     _write_store(root / "artifacts/features/fewshot.zarr")
-    cfg = FewshotConfig(**{**SMOKE_OVERRIDES, "shots": [2]})  # smoke profile, one shot count to stay fast
-    fit = run_fewshot_fit(Ctx(root, cfg))
-    seeds = [run_fewshot_seed(Ctx(root, cfg, {"shots": k, "seed": s})) for k in cfg.shots for s in cfg.seeds]
-    report = run_fewshot_report(Ctx(root, cfg))
+    smoke = load_config(REPO, "smoke").fewshot
+    cfg = smoke.model_copy(update={"shots": [2]})  # the smoke profile, one shot count to stay fast
+    fit = run_fewshot_fit(ctx(root, "fewshot_bridge", cfg))
+    seeds = [run_fewshot_seed(ctx(root, "fewshot_run", cfg, shots=k, seed=s)) for k in cfg.shots for s in cfg.seeds]
+    report = run_fewshot_report(ctx(root, "fewshot_report", cfg))
     return root, cfg, fit, seeds, report
 
 
@@ -97,8 +88,9 @@ def test_seed_results_and_files(published):
 
 
 def test_report_aggregates_over_seeds(published):
-    root, cfg, _, seeds, _ = published
+    root, cfg, fit, seeds, _ = published
     metrics = json.loads((root / "metrics/fewshot.json").read_text())
+    assert metrics["bridge"] == fit  # the bridge summary, read through the runs the report declares as inputs
     accs = [s["test_acc"]["zero_shot"] for s in seeds if s["shots"] == 2]
     got = metrics["test_acc"]["zero_shot"]["2"]
     assert got["n"] == len(cfg.seeds) and got["mean"] == pytest.approx(float(np.mean(accs)), abs=1e-3)
@@ -121,7 +113,7 @@ def test_parallel_searches_give_the_serial_results(published, tmp_path):
     other = tmp_path / "parallel"
     shutil.copytree(root / "artifacts/features", other / "artifacts/features")
     shutil.copytree(root / "artifacts/fewshot_bridge", other / "artifacts/fewshot_bridge")
-    run_fewshot_seed(Ctx(other, cfg, {"shots": 2, "seed": 1}, processes=2))
+    run_fewshot_seed(ctx(other, "fewshot_run", cfg, processes=2, shots=2, seed=1))
     serial = root / "artifacts/fewshot_runs/k2-s1"
     parallel = other / "artifacts/fewshot_runs/k2-s1"
 

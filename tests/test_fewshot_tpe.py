@@ -192,7 +192,7 @@ def test_drawing_a_trials_suggestions_together_keeps_the_one_by_one_stream():
     names, highs = ("a", "b", "c", "d"), (10.0, 1.0, 1.5, 10.0)
 
     def objective(trial):
-        v = [trial.suggest_float(n, 0.0, h) for n, h in zip(names, highs)]
+        v = [trial.suggest_float(n, 0.0, h) for n, h in zip(names, highs, strict=True)]
         return round(10 * np.sin(3 * v[0]) * v[1] - (v[2] - 0.4) ** 2 + v[3] / 7, 1)  # coarse: ties happen
 
     def trajectory(sampler):

@@ -164,7 +164,7 @@ def test_sharded_stages_on_local_cluster_equal_single_process(
     insts = {name: instances(get_stage(name), effective_params(cfg))[0] for name in ("features", "inversion")}
     features_summary = read_manifest(root, insts["features"])["summary"]
     blocks = features_summary["blocks_skipped"]  # the stage found every image block done by the shards...
-    assert features_summary["images_encoded"] == 0 and blocks > 1
+    assert blocks > 1 and features_summary["images_encoded"] > 0 and features_summary["images_per_s"] > 0
     assert status["features"].startswith(f"ran ({blocks} shards on Dask, "), status  # ...one block per shard
     inversion = zarr.open_group(str(root / "artifacts/inversion/inversion.zarr"), mode="r")
     inv_shards = sum(-(-inversion[g][DONE].shape[0] // 2) for g in ("oti", "ovi"))  # whole zarr shards of 2 blocks
@@ -181,3 +181,5 @@ def test_sharded_stages_on_local_cluster_equal_single_process(
         assert result.status == "ran"
         _assert_same_stores(sharded[name], root / "artifacts" / name)
         assert read_manifest(root, inst)["content"] == content[name], name  # byte-identical outputs
+    # the work is counted wherever it ran: the shards' images equal a single-process run's
+    assert read_manifest(root, insts["features"])["summary"]["images_encoded"] == features_summary["images_encoded"]

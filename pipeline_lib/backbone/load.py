@@ -10,7 +10,8 @@ import difflib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,15 @@ from PIL import Image
 
 from pipeline_lib.backbone.tiny import register_tiny_models
 from pipeline_lib.engine.errors import UserInputError
+from pipeline_lib.engine.io import write_json
 
 logger = logging.getLogger(__name__)
 
-#: File names inside artifacts/backbone/.
+#: File names inside the backbone stage's output folder.
 SPEC_FILE = "backbone.json"
 WEIGHTS_FILE = "model.pt"
+#: Start of the warning open_clip logs (on the root logger) when it builds a model without pretrained weights.
+RANDOM_INIT_WARNING = "No pretrained weights loaded for model"
 
 
 @dataclass
@@ -211,12 +215,12 @@ def save_published_backbone(backbone: Backbone, backbone_dir: Path, save_weights
         state = {k: v.detach().to("cpu") for k, v in backbone.model.state_dict().items()}
         torch.save(state, backbone_dir / WEIGHTS_FILE)
     spec = backbone_spec(backbone, weights_file)
-    (backbone_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    write_json(backbone_dir / SPEC_FILE, spec, sort_keys=True)
     return spec
 
 
 def read_backbone_spec(backbone_dir: Path) -> dict[str, Any]:
-    """Parse artifacts/backbone/backbone.json with an error naming the file when it is missing or broken."""
+    """Parse the published backbone.json with an error naming the file when it is missing or broken."""
     path = Path(backbone_dir) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the backbone stage first")
@@ -228,6 +232,23 @@ def read_backbone_spec(backbone_dir: Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path} lacks keys {sorted(missing)}")
     return spec
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RANDOM_INIT_WARNING)
+
+
+@contextmanager
+def trained_weights_follow() -> Iterator[None]:
+    """Silence open_clip's "initialized randomly" warning while building a model whose trained weights are loaded next
+    (open_clip logs it through the root logger; only that record is dropped, and only inside the block)."""
+    root, drop = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def load_published_backbone(backbone_dir: Path, device: torch.device | str = "cpu") -> Backbone:
@@ -244,7 +265,8 @@ def load_published_backbone(backbone_dir: Path, device: torch.device | str = "cp
         weights = backbone_dir / spec["weights"]
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} named in {backbone_dir / SPEC_FILE} is missing")
-        backbone = create_backbone(spec["model"], None, spec["quick_gelu"], device)
+        with trained_weights_follow():
+            backbone = create_backbone(spec["model"], None, spec["quick_gelu"], device)
         recorded_config = spec.get("open_clip_config")
         if recorded_config and recorded_config != backbone.model_config:
             raise ValueError(
@@ -256,6 +278,7 @@ def load_published_backbone(backbone_dir: Path, device: torch.device | str = "cp
         backbone.model.eval()
         backbone.pretrained = spec["pretrained"]
         backbone.fingerprint = model_fingerprint(backbone.model)
+        logger.info("loaded trained weights %s (fingerprint %s)", weights, backbone.fingerprint[:12])
     if backbone.fingerprint != spec["fingerprint"]:
         raise ValueError(
             f"weights of {spec['model']!r} ({spec['pretrained']!r}) have fingerprint {backbone.fingerprint[:12]}... "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline_lib.engine.configbase import Section
 from pipeline_lib.data.captions import all_captions
 from pipeline_lib.data.vocab import COLOUR_RGB, KNOWN_BACKGROUNDS, KNOWN_PATTERNS, KNOWN_SHAPES, SIZE_RADIUS
+from pipeline_lib.engine.configbase import Section
 
 
 def _check_names(field: str, values: tuple[str, ...], known: tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The `data` stage: write the shapes world into artifacts/data and its counts into metrics/data.json."""
+"""The `data` stage: write the shapes world into its output folder and its counts into its metrics file."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.data.world import write_shapes_world
+from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.io import write_json
 
 logger = logging.getLogger(__name__)
-
-DATA_OUT = "artifacts/data"
-DATA_METRICS = "metrics/data.json"
 
 
 def tree_digest(folder: Path) -> str:
@@ -41,11 +39,11 @@ def _cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
-def run_data(ctx: Any) -> dict[str, Any]:
+def run_data(ctx: StageContext) -> dict[str, Any]:
     """Generate every dataset; metrics hold only deterministic values (counts, content digest), timings go in the
     returned summary (the stage manifest)."""
     cfg = ctx.cfg.data
-    out_dir = ctx.out(DATA_OUT)
+    out_dir = ctx.output()
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     workers = max(1, ctx.cfg.runtime.num_workers)
     summary = write_shapes_world(cfg, out_dir, progress=ctx.progress, workers=workers)
@@ -61,7 +59,7 @@ def run_data(ctx: Any) -> dict[str, Any]:
         "images_total": summary["images_total"],
         "content_sha256": digest,
     }
-    write_json(ctx.out(DATA_METRICS), metrics)
+    write_json(ctx.metrics(), metrics)
     summary["content_sha256"] = digest
     logger.info(
         "data: %d images in %.1f s wall, CPU %.1f s main + %.1f s workers (%d workers)",

@@ -95,8 +95,3 @@ class FeaturesConfig(Section):
             if bad:
                 raise ValueError(f"features.templates {bad!r}: each template needs exactly one '{{}}' class slot")
         return v
-
-
-
-# Values of the features section in profiles/smoke.yaml (the whole stage in a few seconds on the smoke world).
-SMOKE_OVERRIDES: dict = {"batch_size": 32, "views": 2, "rows_per_chunk": 16, "rows_per_shard": 32}

@@ -24,10 +24,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline_lib.features.augment import augment_view
-from pipeline_lib.features.config import AugmentConfig
 from pipeline_lib.engine.parallel import worker_start_method
 from pipeline_lib.engine.store import BlockGroup
+from pipeline_lib.features.augment import augment_view
+from pipeline_lib.features.config import AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ Progress = Callable[..., Iterable]
 MIN_BATCHES_FOR_WORKERS = 2
 #: What a worker imports to unpickle its dataset (preloaded once when workers come from a forkserver).
 WORKER_MODULES = ("torch", "PIL.Image", "torchvision.transforms", __name__)
+
+
 def quiet_progress() -> bool:
     """Progress bars are off under CI=true (logs stay readable in CI)."""
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -196,6 +198,16 @@ def image_encoder(model: nn.Module, tokens: bool = False) -> Callable[[Tensor], 
     return encode
 
 
+@dataclass(frozen=True)
+class BlockDone:
+    """What encoding one block took, handed to `on_block` right after the block is written and marked done."""
+
+    block: int
+    images: int  # source images (rows) of the block
+    forwards: int  # images through the model (images x views)
+    seconds: float  # wall time since the previous block was written (or since the loader started, for the first)
+
+
 @dataclass
 class ExtractStats:
     """What one extraction call did (for metrics)."""
@@ -224,7 +236,7 @@ def extract_to_blocks(
     views_key: str | None = None,
     progress: Progress | None = None,
     desc: str = "features",
-    on_block: Callable[[int], None] | None = None,
+    on_block: Callable[[BlockDone], None] | None = None,
     start_method: str | None = None,
     blocks: Sequence[int] | None = None,
 ) -> ExtractStats:
@@ -232,7 +244,7 @@ def extract_to_blocks(
 
     `row_arrays` are per-sample arrays known up front (labels, indices), sliced into each block. With `views_key`, the
     dataset yields V views per image: all of them go to `views_key` (N, V, D) and view 0 to "image" (N, D). `on_block`
-    runs after each block is marked done (tests use it to simulate a kill).
+    gets a BlockDone after each block is marked done (the stage records it; tests use it to simulate a kill).
     """
     wanted = range(group.n_blocks) if blocks is None else blocks
     pending = sorted(set(group.pending()).intersection(wanted))
@@ -251,6 +263,7 @@ def extract_to_blocks(
         pin_memory=device.type == "cuda",
     )
     t0 = time.perf_counter()
+    t_block = t0
     block_iter = iter(pending)
     block = next(block_iter)
     start, stop = group.rows(block)
@@ -278,7 +291,9 @@ def extract_to_blocks(
                 stats.blocks_written += 1
                 parts = {}
                 if on_block is not None:
-                    on_block(block)
+                    now = time.perf_counter()
+                    on_block(BlockDone(block, stop - start, (stop - start) * n_views, now - t_block))
+                    t_block = time.perf_counter()  # the callback's own time is not the next block's
                 block = next(block_iter, None)
                 if block is not None:
                     start, stop = group.rows(block)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-NORM_EPS = 1e-12  # F.normalize's clamp of the norm
+from pipeline_lib.fewshot.ops import NORM_EPS, inverse_norm
 
 
 @dataclass
@@ -31,7 +31,7 @@ class StepTerms:
 
 def _unit(x: Tensor) -> tuple[Tensor, Tensor]:
     """(x / ||x||, 1 / ||x||) along the last dim, the norm clamped like F.normalize's."""
-    r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS).reciprocal_()  # (..., 1)
+    r = inverse_norm(x)  # (..., 1)
     return x * r, r
 
 

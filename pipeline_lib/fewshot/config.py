@@ -183,12 +183,3 @@ class FewshotConfig(Section):
         if bad:
             raise ValueError(f"fewshot.subsets has unknown names {bad}: expected names from {list_logit_subsets()}")
         return v
-
-
-# The smoke profile's fewshot section (profiles/smoke.yaml): whole stage set in seconds on 2 cores.
-SMOKE_OVERRIDES: dict = {
-    "shots": [1, 2],
-    "seeds": [1, 2],
-    "search": {"n_trials": 20},
-    "training": {"steps": 20, "warmup_steps": 5},
-}

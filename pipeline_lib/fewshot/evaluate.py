@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from pipeline_lib.engine.parallel import torch_threads
 from pipeline_lib.fewshot.bridge import BridgeFit, bridged_prototypes, image_prototypes
 from pipeline_lib.fewshot.config import FewshotConfig
 from pipeline_lib.fewshot.logits import (
@@ -30,7 +31,6 @@ from pipeline_lib.fewshot.logits import (
 )
 from pipeline_lib.fewshot.search import SearchResult, search_blend
 from pipeline_lib.fewshot.train import InitValidator, TrainResult, train_semobridge_t
-from pipeline_lib.engine.parallel import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,10 @@ def trained(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: int,
     kl = kl_bits(img_proto, inp.text_proj)  # (C,)
     t = cfg.training
     dev = torch.device(device)
-    mv = lambda x: x.to(dev)
+
+    def mv(x: torch.Tensor) -> torch.Tensor:
+        return x.to(dev)
+
     validator = (InitValidator(mv(inp.val_raw), mv(inp.val_labels), mv(inp.text_proj), mv(img_proto), mv(kl), t.init,
                                cfg.logits, cfg.search.chunk_queries) if t.validate_every_step else None)
     tr = train_semobridge_t(mv(inp.support), mv(inp.w_txt), mv(fit.pinv), fit.scale, mv(inp.text_proj),

@@ -70,7 +70,7 @@ def params_tensor(params: BlendParams | torch.Tensor | list, subset: str) -> tor
     else:
         p = torch.as_tensor(params, dtype=torch.float32).reshape(-1, 7).clone()
     use1, use2, use3 = subset_mask(subset)
-    for col, used in zip((4, 5, 6), (use1, use2, use3)):
+    for col, used in zip((4, 5, 6), (use1, use2, use3), strict=True):
         if not used:
             p[:, col] = 0.0
     return p
@@ -80,7 +80,8 @@ def _broadcasts_into(shape: torch.Size, target: torch.Size) -> bool:
     """True when a tensor of `shape` broadcasts to `target` unchanged (an in-place op on `target` is possible).
 
     Plain Python: torch.broadcast_shapes costs ~0.5 ms per call, a fifth of a search trial at few-shot sizes."""
-    return len(shape) <= len(target) and all(a in (1, b) for a, b in zip(reversed(shape), reversed(target)))
+    pairs = zip(reversed(shape), reversed(target), strict=False)  # trailing axes; `shape` may have fewer
+    return len(shape) <= len(target) and all(a in (1, b) for a, b in pairs)
 
 
 def blend_score(d1, d2, d3, w, p, use) -> torch.Tensor:
@@ -176,7 +177,7 @@ class BlendEvaluator:
                  chunk_queries: int = 8192) -> None:
         self.use = subset_mask(subset)
         self.subset = subset
-        self.d = [s.float() - 1.0 if u else None for s, u in zip((s1, s2, s3), self.use)]  # (N, C) or None
+        self.d = [s.float() - 1.0 if u else None for s, u in zip((s1, s2, s3), self.use, strict=True)]  # (N, C) or None
         self.kl = kl.float()  # (C,)
         self.labels = labels.long()  # (N,)
         self.chunk = chunk_queries

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import torch
 
-NORM_EPS = 1e-12  # F.normalize's default clamp of the norm
+NORM_EPS = 1e-12  # F.normalize's default clamp of the norm (the one definition; closed_form.py uses it too)
+
+
+def inverse_norm(x: torch.Tensor) -> torch.Tensor:
+    """1 / max(||x||, NORM_EPS) along the last dim, kept as (..., 1): the L2 normalisation of F.normalize is x * r."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS).reciprocal_()  # (..., 1)
 
 
 class _ScaledNormalize(torch.autograd.Function):
@@ -15,7 +20,7 @@ class _ScaledNormalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS).reciprocal_()  # (..., 1)
+        r = inverse_norm(x)  # (..., 1)
         y = x * (r * scale)  # (..., D)
         ctx.save_for_backward(y, r)
         ctx.scale = scale

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import optuna
 import torch
 
+from pipeline_lib.engine.parallel import torch_threads
 from pipeline_lib.fewshot.config import PARAM_NAMES, BlendParams, SearchConfig
 from pipeline_lib.fewshot.logits import BlendEvaluator, subset_mask
 from pipeline_lib.fewshot.tpe import IndependentTPESampler
-from pipeline_lib.engine.parallel import torch_threads
 
 log = logging.getLogger(__name__)
 

@@ -309,7 +309,7 @@ class IndependentTPESampler(BaseSampler):
         l_x = ParzenMixture(cols[:, below], low, high)
         g_x = ParzenMixture(cols[:, ~below], low, high)
         picks = best_candidate(l_x.sample(self._rng, N_EI_CANDIDATES), l_x, g_x)  # (P,)
-        return {name: float(v) for name, v in zip(search_space, picks)}
+        return {name: float(v) for name, v in zip(search_space, picks, strict=True)}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._absorb(study)

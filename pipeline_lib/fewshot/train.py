@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pipeline_lib.optim.adamw import adamw_update_
 from pipeline_lib.fewshot.bridge import bridged_prototypes
 from pipeline_lib.fewshot.closed_form import semobridge_t_step
 from pipeline_lib.fewshot.config import LOSS_VARIANTS, BlendParams, TrainingConfig
 from pipeline_lib.fewshot.logits import blend_score, percent, subset_mask
 from pipeline_lib.fewshot.ops import cross_entropy_mean, l2_normalize
+from pipeline_lib.optim.adamw import adamw_update_
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +217,12 @@ def train_semobridge_t(
         if validator is not None and step > 0:
             validate(step - 1, out.p_hat)
         lr = lr_at(step, cfg)
-        for param, grad, (exp_avg, exp_avg_sq) in zip(params, (out.grad_pinv, out.grad_bias), moments):
+        for param, grad, (exp_avg, exp_avg_sq) in zip(params, (out.grad_pinv, out.grad_bias), moments, strict=False):
             adamw_update_(param, grad, exp_avg, exp_avg_sq, step + 1, lr, *cfg.betas, cfg.eps, cfg.weight_decay)
         curves["step"].append(step)
         curves["lr"].append(lr)
-        values = dict(zip(out.terms, torch.stack(list(out.terms.values())).tolist()))  # one host read per step
+        values = torch.stack(list(out.terms.values())).tolist()  # one host read per step
+        values = dict(zip(out.terms, values, strict=True))
         for name in ("total", *LOSS_TERMS):
             curves[name].append(values.get(name, float("nan")))
         curves["val_acc"].append(float("nan"))

@@ -1,0 +1,234 @@
+"""The feature stores, one writer per dataset: plain functions of an ExtractionRun, the store path and the source.
+
+  fewshot.zarr         {train,val,test}/image|label|index, train/views, text/*, clip/*
+  czsl.zarr            {train,val,test}/image|attr|obj|pair[|tokens]
+  retrieval_text.zarr  {query,gallery}/text|group
+Image groups are written in resumable shard blocks (layout in pipeline_lib.engine.store): a killed run continues from
+its last finished block and ends with the same arrays as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import zarr
+
+from pipeline_lib.engine.store import ArraySpec, BlockGroup, provenance, write_whole
+from pipeline_lib.features.config import FeaturesConfig
+from pipeline_lib.features.groups import ExtractionRun, ImageGroup, check_tokens_supported
+from pipeline_lib.features.text import (
+    class_prompts,
+    class_text_features,
+    default_templates,
+    encode_texts,
+    logit_scale,
+    text_projection,
+)
+
+SPLITS = ("train", "val", "test")
+#: text/ arrays of the few-shot store, in the order they are written (fields of features.text.ClassTextFeatures)
+TEXT_ARRAYS = (
+    "class_proj", "class_proj_raw", "class_eos", "class_eos_raw", "prompt_proj", "prompt_eos", "prompt_count"
+)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resolve_source(root: Path, data_dir: Path, configured: str | None, default_rel: str) -> Path:
+    """A dataset location: the data stage's default under `data_dir`, or the user's path (relative to the project)."""
+    if configured is None:
+        return data_dir / default_rel
+    p = Path(configured).expanduser()
+    return p if p.is_absolute() else root / p
+
+
+def store_provenance(run: ExtractionRun, source: Path, **extra: Any) -> dict[str, Any]:
+    """Store attributes; a source inside the project is recorded relative to it, so the same data in another
+    checkout gives the same bytes (and downstream stages stay reusable)."""
+    b = run.backbone
+    root = run.root.resolve() if run.root is not None else None
+    where = source.resolve()
+    label = where.relative_to(root).as_posix() if root is not None and where.is_relative_to(root) else str(where)
+    return provenance(
+        backbone={"name": b.name, "pretrained": b.pretrained, "fingerprint": b.fingerprint},
+        features=run.cfg.model_dump(mode="json"),
+        source=label,
+        **extra,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ few-shot
+
+
+def load_fewshot_source(cfg: FeaturesConfig, source: Path) -> Any:
+    """The CoOp dataset at `source`, with a clear error naming the param when its split file is missing."""
+    from pipeline_lib.data.coop import load_coop_dataset
+
+    src = cfg.fewshot
+    if not (source / src.split_file).is_file():
+        raise FileNotFoundError(f"few-shot split file {source / src.split_file} not found (features.fewshot.root)")
+    return load_coop_dataset(source, src.split_file, src.image_dir)
+
+
+def fewshot_groups(run: ExtractionRun, store: Path, ds: Any, source: Path) -> list[ImageGroup]:
+    """The few-shot store's image groups: one per split present (CoOp files may omit val), views on train."""
+    c = run.cfg
+    image_root = (source / c.fewshot.image_dir).resolve()
+    groups = []
+    for split in [s for s in SPLITS if s in ds.splits]:
+        df = ds.split(split)
+        paths = df["path"].to_list()
+        rel = [os.path.relpath(p, image_root) for p in paths]  # content identity, independent of where data lives
+        labels = df["label"].to_numpy().astype(np.int64)
+        rows = {"label": labels, "index": np.arange(len(paths), dtype=np.int64)}
+        plan = run.plan(split=_digest([rel, labels.tolist()]))
+        groups.append(ImageGroup(store, split, paths, rows, plan, views=c.views if split == "train" else 1))
+    return groups
+
+
+def write_fewshot_store(run: ExtractionRun, store: Path, source: Path, cupl_path: Path | None) -> dict[str, Any]:
+    """fewshot.zarr: text side first (cheap, catches template errors early), then the three image splits."""
+    c = run.cfg
+    ds = load_fewshot_source(c, source)
+    templates = list(c.templates) if c.templates is not None else default_templates(c.fewshot.dataset_name)
+    prompts = class_prompts(ds.classnames, templates, cupl_path)
+
+    top = zarr.open_group(str(store), mode="a")
+    model = run.backbone.model
+    text = class_text_features(model, run.backbone.tokenizer, prompts, run.device, c.batch_size, c.amp)
+    tg = top.require_group("text")
+    for name in TEXT_ARRAYS:
+        write_whole(tg, name, getattr(text, name))
+    cg = top.require_group("clip")
+    write_whole(cg, "text_projection", text_projection(model))
+    write_whole(cg, "logit_scale", np.asarray(logit_scale(model), dtype=np.float32))
+
+    out: dict[str, Any] = {"classes": len(ds.classnames), "prompts_per_class": text.prompt_count.tolist()}
+    for g in fewshot_groups(run, store, ds, source):
+        out[g.name] = run.image_group(g)
+    top.attrs.update(
+        {
+            "classnames": list(ds.classnames),
+            "templates": templates,
+            "cupl_file": str(cupl_path) if cupl_path else None,
+            "prompt_padding": "text/prompt_* rows past text/prompt_count[c] are NaN",
+            "logit_scale": "exp(logit_scale), the multiplier on cosines",
+            "views": "train/views[:, 0] is the un-augmented image (= train/image); views 1.. are offline augmentations",
+            "provenance": store_provenance(run, source),
+        }
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- CZSL
+
+
+def load_czsl_source(run: ExtractionRun, source: Path) -> Any:
+    """The closed-world CZSL dataset at `source` (patch tokens checked against the backbone first)."""
+    from pipeline_lib.czsl.data import load_czsl_dataset
+
+    if run.cfg.patch_tokens:
+        check_tokens_supported(run.backbone.model)
+    return load_czsl_dataset(source, "closed")
+
+
+def czsl_groups(run: ExtractionRun, store: Path, ds: Any) -> list[ImageGroup]:
+    """The CZSL store's image groups, one per split, with closed-world labels and optional patch tokens."""
+    groups = []
+    for split in SPLITS:
+        df = ds.split(split)
+        rows = {
+            "attr": df["attr_idx"].to_numpy().astype(np.int64),
+            "obj": df["obj_idx"].to_numpy().astype(np.int64),
+            "pair": df["world_pair_idx"].to_numpy().astype(np.int64),
+        }
+        plan = run.plan(split=_digest([df["image"].to_list(), {k: v.tolist() for k, v in rows.items()}]))
+        groups.append(ImageGroup(store, split, df["path"].to_list(), rows, plan, tokens=run.cfg.patch_tokens))
+    return groups
+
+
+def write_czsl_store(run: ExtractionRun, store: Path, source: Path) -> dict[str, Any]:
+    """czsl.zarr: closed-world labels (pair indexes attrs['pairs']), image features and optional patch tokens."""
+    ds = load_czsl_source(run, source)
+    out: dict[str, Any] = {"attrs": len(ds.attrs), "objs": len(ds.objs), "pairs": len(ds.pairs)}
+    for g in czsl_groups(run, store, ds):
+        out[g.name] = run.image_group(g)
+    top = zarr.open_group(str(store), mode="a")
+    top.attrs.update(
+        {
+            "name": ds.name,
+            "attrs": list(ds.attrs),
+            "objs": list(ds.objs),
+            "pairs": [list(p) for p in ds.pairs],
+            "train_pairs": [list(p) for p in ds.train_pairs],
+            "val_pairs": [list(p) for p in ds.val_pairs],
+            "test_pairs": [list(p) for p in ds.test_pairs],
+            "pair_index": "pair indexes attrs['pairs'] (closed world: sorted union of the three pair files)",
+            "provenance": store_provenance(run, source),
+        }
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ text retrieval
+
+
+def read_retrieval_texts(source: Path) -> tuple[pl.DataFrame, np.ndarray, list[str] | None]:
+    """The retrieval table, its meaning groups as int64 ids and their names (None when the table's are integers)."""
+    if not source.is_file():
+        raise FileNotFoundError(f"text retrieval table {source} not found (features.retrieval_text.path)")
+    df = pl.read_parquet(source)
+    missing = {"text", "group", "split"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{source} lacks columns {sorted(missing)}; expected text, group, split")
+    bad = set(df["split"].unique().to_list()) - {"query", "gallery"}
+    if bad:
+        raise ValueError(f"{source}: split values {sorted(bad)}; expected 'query' or 'gallery'")
+    if df["group"].dtype.is_integer():
+        return df, df["group"].cast(pl.Int64).to_numpy(), None
+    group_names = sorted(str(g) for g in df["group"].unique().to_list())
+    lookup = {g: i for i, g in enumerate(group_names)}
+    return df, np.array([lookup[str(g)] for g in df["group"].to_list()], dtype=np.int64), group_names
+
+
+def write_retrieval_text_store(run: ExtractionRun, store: Path, source: Path) -> dict[str, Any]:
+    """retrieval_text.zarr: raw projected features of query and gallery texts, and their meaning groups."""
+    df, groups, group_names = read_retrieval_texts(source)
+    c, model = run.cfg, run.backbone.model
+    dim = text_projection(model).shape[1]
+    out: dict[str, Any] = {}
+    splits = df["split"].to_numpy()
+    for split in ("query", "gallery"):
+        mask = splits == split
+        texts = df.filter(pl.col("split") == split)["text"].to_list()
+        n = len(texts)
+        bg = BlockGroup.create_or_resume(
+            store,
+            split,
+            [ArraySpec("text", (n, dim), c.dtype), ArraySpec("group", (n,), "int64")],
+            c.rows_per_chunk,
+            c.rows_per_shard,
+            plan=run.plan(split=_digest([texts, groups[mask].tolist()])),
+        )
+        t0 = time.perf_counter()
+        for b in bg.pending():
+            start, stop = bg.rows(b)
+            feats, _ = encode_texts(
+                model, run.backbone.tokenizer, texts[start:stop], run.device, c.batch_size, eos=False, amp=c.amp
+            )
+            bg.write_block(b, {"text": feats, "group": groups[mask][start:stop]})
+            if run.on_block is not None:
+                run.on_block(store.name, split, b)
+        out[split] = {"rows": n, "seconds": round(time.perf_counter() - t0, 3)}
+    top = zarr.open_group(str(store), mode="a")
+    top.attrs.update({"group_names": group_names, "provenance": store_provenance(run, source)})
+    return out
