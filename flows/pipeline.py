@@ -20,7 +20,10 @@ from tasks.stage_tasks import stage_task
 def pipeline_flow(
     root: str = ".", stages: list[str] | None = None, profile: str | None = None, overrides: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Run the named stages (default: all) and everything they need, reusing every published stage."""
+    """Run the named stages (default: all) and everything they need, reusing every published stage.
+
+    params.yaml (+ profile + overrides) is read and validated once here; every stage task gets that config.
+    """
     logger = get_run_logger()
     root_path = Path(root).resolve()
     cfg = load_config(root_path, profile, tuple(overrides or ()))
@@ -28,11 +31,10 @@ def pipeline_flow(
     rows: list[dict[str, Any]] = []
     for stage in upstream_closure(stages or [s.name for s in STAGES]):
         for inst in instances(stage, params):
-            fp = instance_fingerprint(root_path, inst, cfg)
+            # after the upstream tasks returned: their manifests (content digests) are published now
+            fp = instance_fingerprint(root_path, inst, cfg, params)
             sharded = run_shards(root_path, inst, fp, cfg)  # on Dask first when runtime.dask asks for it, else None
-            state = stage_task.with_options(task_run_name=inst.id)(
-                str(root_path), inst.id, fp, profile, list(overrides or []), return_state=True
-            )
+            state = stage_task.with_options(task_run_name=inst.id)(str(root_path), inst, fp, cfg, return_state=True)
             result = state.result()
             status = "cached (prefect)" if state.name == "Cached" else result["status"]
             if state.name == "Cached":  # the task body (and with it the runner's own log entry) was skipped

@@ -1,9 +1,12 @@
 """Prefect tasks: thin wrappers that run one registry stage instance through the shared runner.
 
-The cache key is the stage instance's fingerprint (a content digest of params subset, upstream fingerprints and code),
-never a path or a tensor. The policy only offers a key while the outputs with that fingerprint are actually published,
-so a Prefect cache record can never stand in for outputs that DVC (or a user) has since deleted; in that case the task
-runs and the runner republishes from the scratch copy or recomputes. Results are the small JSON summaries only.
+The flow loads and validates the params once per run and fingerprints each stage instance once, right before its task
+(after the upstream tasks have published), and hands the task the validated config, the instance and that fingerprint.
+The cache key is the stage instance's fingerprint (a content digest of params subset, upstream content digests and
+code), never a path, a config object or a tensor. The policy only offers a key while the outputs with that fingerprint
+are actually published, so a Prefect cache record can never stand in for outputs that DVC (or a user) has since
+deleted; in that case the task runs and the runner republishes from the scratch copy or recomputes. Results are the
+small JSON summaries only.
 """
 
 from __future__ import annotations
@@ -18,23 +21,36 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import CachePolicy
 
 from pipeline_lib.engine.artifacts import is_published
-from pipeline_lib.engine.config import effective_params, load_config
+from pipeline_lib.engine.config import Config
 from pipeline_lib.engine.runner import run_instance
-from pipeline_lib.engine.stages import Stage, parse_instance_id
+from pipeline_lib.engine.stages import Stage, StageInstance
 from pipeline_lib.engine.summary import headline_rows
 
 
 @dataclass
 class PublishedFingerprint(CachePolicy):
-    """Cache key = stage instance + fingerprint, offered only while those outputs are published."""
+    """Cache key = stage instance + fingerprint, offered only while those outputs are published.
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        root = Path(inputs["root"])
-        cfg = load_config(root, inputs.get("profile"), tuple(inputs.get("overrides") or ()))
-        inst = parse_instance_id(inputs["instance_id"], effective_params(cfg))
-        if not is_published(root, inst, inputs["fingerprint"]):
+    Only the `fingerprint` argument is hashed into the key (it already covers params, upstream and code). Every other
+    task argument must be listed in `exclude`: the config and instance objects are not hashable by Prefect, and the
+    root only says where to look for the published outputs. A new argument that is neither fails loudly instead of
+    silently not being part of the key.
+    """
+
+    key_input: str = "fingerprint"
+    exclude: tuple[str, ...] = ("root", "inst", "cfg")
+
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        unknown = set(inputs) - {self.key_input, *self.exclude}
+        if unknown:
+            raise ValueError(f"task arguments {sorted(unknown)} are neither the cache key nor excluded from it")
+        inst: StageInstance = inputs["inst"]
+        fp = inputs[self.key_input]
+        if not is_published(Path(inputs["root"]), inst, fp):
             return None
-        return f"{inst.id.replace('@', '_')}-{inputs['fingerprint']}"
+        return f"{inst.id.replace('@', '_')}-{fp}"
 
 
 def publish_metrics_artifacts(root: Path, stage: Stage) -> None:
@@ -48,18 +64,9 @@ def publish_metrics_artifacts(root: Path, stage: Stage) -> None:
 
 
 @task(cache_policy=PublishedFingerprint(), result_serializer="json", persist_result=True, retries=0)
-def stage_task(
-    root: str, instance_id: str, fingerprint: str, profile: str | None = None, overrides: list[str] | None = None
-) -> dict[str, Any]:
-    """Run (or reuse) one stage instance; returns its status and summary."""
-    cfg = load_config(Path(root), profile, tuple(overrides or ()))
-    inst = parse_instance_id(instance_id, effective_params(cfg))
-    result = run_instance(Path(root), inst, cfg)
-    if result.fingerprint != fingerprint:
-        raise RuntimeError(
-            f"stage {instance_id}: fingerprint changed while the flow ran ({fingerprint} -> {result.fingerprint}); "
-            "were params or code edited mid-run?"
-        )
+def stage_task(root: str, inst: StageInstance, fingerprint: str, cfg: Config) -> dict[str, Any]:
+    """Run (or reuse) one stage instance with the flow's validated config and fingerprint; its status and summary."""
+    result = run_instance(Path(root), inst, cfg, fp=fingerprint)
     publish_metrics_artifacts(Path(root), inst.stage)
     return {"id": result.id, "status": result.status, "fingerprint": result.fingerprint,
             "seconds": round(result.seconds, 2), "summary": result.summary}

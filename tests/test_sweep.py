@@ -13,7 +13,14 @@ import yaml
 from conftest import REPO
 
 from pipeline_lib.engine.params import ParamsError
-from pipeline_lib.engine.sweep import comparison, grid_points, headline_column_regex, parse_grid, point_name, split_values
+from pipeline_lib.engine.sweep import (
+    comparison,
+    grid_points,
+    headline_column_regex,
+    parse_grid,
+    point_name,
+    split_values,
+)
 
 
 @pytest.mark.parametrize(("text", "values"), [

@@ -147,7 +147,7 @@ def _compute_or_reuse(
         work.mkdir(parents=True, exist_ok=True)
         log.info("running stage %s (fingerprint %s)", inst.id, fp)
         ctx = StageContext(cfg=cfg, root=root, work=work, inst=inst)
-        summary = load_function(inst.stage.func)(ctx, **inst.item) if inst.item else load_function(inst.stage.func)(ctx)
+        summary = load_function(inst.stage.func)(ctx)  # a matrix item reaches the stage once, as ctx.item
         seconds = time.perf_counter() - start
         manifest = {
             "stage": inst.stage.name,

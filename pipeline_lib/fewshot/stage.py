@@ -125,14 +125,8 @@ def load_inputs(store: Path, shots: int, seed: int, augment_epochs: int) -> tupl
     return inp, idx
 
 
-def run_fewshot_seed(ctx: StageContext, **item: Any) -> dict:
-    """Sampling, training-free methods and SeMoBridge-T for the (shots, seed) of `ctx.item`.
-
-    The runner (engine/runner.py) also passes the matrix item as keywords; they must equal `ctx.item` and are not read
-    otherwise.
-    """
-    if item and item != ctx.item:
-        raise ValueError(f"matrix item {item} passed with a context for {ctx.item}")
+def run_fewshot_seed(ctx: StageContext) -> dict:
+    """Sampling, training-free methods and SeMoBridge-T for the (shots, seed) of `ctx.item`."""
     shots, seed = int(ctx.item["shots"]), int(ctx.item["seed"])
     cfg: FewshotConfig = ctx.cfg.fewshot
     store = ctx.input("features") / STORE

@@ -1,0 +1,51 @@
+"""Sharing results through a DVC remote: a fresh clone pulls a teammate's stages and has nothing to recompute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_dvc_prefect import FOUNDATION, init_repo, ran_stages, sh
+
+
+def status_states(output: str) -> dict[str, str]:
+    """`bridgeflow status` table rows -> {instance id: state}."""
+    states: dict[str, str] = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│┃").split("│")]
+        if len(cells) == 3 and cells[0] and cells[0] != "stage":
+            states[cells[0]] = cells[1]
+    return states
+
+
+@pytest.mark.slow
+def test_fresh_clone_pulls_results_and_recomputes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import copy_project
+
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables: no wrapped or cut cells
+    origin = copy_project(tmp_path / "origin")
+    init_repo(origin)
+    out = sh(origin, "dvc", "repro", *FOUNDATION)
+    assert ran_stages(out) == set(FOUNDATION)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    sh(origin, "dvc", "remote", "add", "-d", "local", str(remote))
+    sh(origin, "git", "add", "-A")
+    sh(origin, "git", "commit", "-qm", "foundation stages and the team remote")
+    sh(origin, "dvc", "push")
+    assert any(p.is_file() for p in remote.rglob("*")), "dvc push stored nothing in the remote"
+
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(origin), str(clone))
+    assert not (clone / "artifacts/backbone").exists()  # results come from the remote, not from git
+    sh(clone, "dvc", "pull", *FOUNDATION)  # only these stages were pushed (a plain `dvc pull` wants every stage)
+    assert (clone / "artifacts/backbone/manifest.json").is_file()
+
+    out = sh(clone, "dvc", "repro", *FOUNDATION)
+    assert "Running stage" not in out, out
+    assert not (clone / ".bridgeflow/work").exists()  # no stage command ran, not even to find itself cached
+    states = status_states(sh(clone, "bridgeflow", "status"))
+    assert {stage: states.get(stage) for stage in FOUNDATION} == dict.fromkeys(FOUNDATION, "up to date"), states
+    assert sh(clone, "git", "status", "--porcelain").strip() == ""  # dvc.lock and metrics unchanged
