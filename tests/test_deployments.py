@@ -45,10 +45,16 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config(root)
     for name in ("data", "backbone"):
         run_stage(root, name, cfg)
-    for args in (("git", "init", "-q"), ("git", "config", "user.email", "tests@bridgeflow.invalid"),
-                 ("git", "config", "user.name", "bridgeflow tests"), ("dvc", "init", "-q"),
-                 ("dvc", "config", "core.analytics", "false"), ("dvc", "commit", "-fq", "--with-deps", *STAGES),
-                 ("git", "add", "-A"), ("git", "commit", "-qm", "smoke project with data and backbone")):
+    for args in (
+        ("git", "init", "-q"),
+        ("git", "config", "user.email", "tests@bridgeflow.invalid"),
+        ("git", "config", "user.name", "bridgeflow tests"),
+        ("dvc", "init", "-q"),
+        ("dvc", "config", "core.analytics", "false"),
+        ("dvc", "commit", "-fq", "--with-deps", *STAGES),
+        ("git", "add", "-A"),
+        ("git", "commit", "-qm", "smoke project with data and backbone"),
+    ):
         sh(root, *args)
     return root
 
@@ -77,8 +83,9 @@ def test_worker_run_of_the_deployment_reuses_published_stages(produced: Path, pr
         client.create_work_pool(WorkPoolCreate(name=POOL, type="process"), overwrite=True)
     out = sh(produced, "prefect", "--no-prompt", "deploy", "--all")
     assert "bridgeflow-pipeline/full" in out and "bridgeflow-sweep/grid" in out, out
-    flow_run = run_deployment("bridgeflow-pipeline/full", parameters={"root": str(produced), "stages": STAGES},
-                              timeout=0)
+    flow_run = run_deployment(
+        "bridgeflow-pipeline/full", parameters={"root": str(produced), "stages": STAGES}, timeout=0
+    )
     sh(produced, "prefect", "worker", "start", "--pool", POOL, "--run-once", timeout=240)
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run.id).state
@@ -108,7 +115,7 @@ def test_prefect_sweep_keeps_every_point(produced: Path, prefect_server: None) -
 def test_dvc_sweep_keeps_every_experiment(produced: Path) -> None:
     from flows.dvc_sweep import dvc_sweep
 
-    # bins is outside the data + backbone graph: each experiment restores both stages from DVC's cache, computing nothing
+    # bins is outside the data + backbone graph: each experiment restores both stages from DVC's cache
     points = [["backbone.diagnose.bins=30"], ["backbone.diagnose.bins=50"]]
     table = dvc_sweep(produced, points, STAGES, csv=True)
     rows = [row for row in csv.DictReader(io.StringIO(table)) if row["typ"].startswith("branch")]
