@@ -34,6 +34,8 @@ from pipeline_lib.engine.runner import run_instance, run_stage
 from pipeline_lib.engine.stages import StageInstance, parse_instance_id
 from pipeline_lib.engine.store import DONE
 
+pytestmark = pytest.mark.slow  # stages killed with SIGKILL in subprocesses, then resumed
+
 BRIDGEFLOW = Path(sys.executable).with_name("bridgeflow")  # the console script of this environment
 PAUSED_CLI = Path(__file__).with_name("paused_cli.py")
 FEWSHOT_RUN = "fewshot_run@1-1"

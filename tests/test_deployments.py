@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, copy_project
 
+pytestmark = pytest.mark.slow  # a Prefect worker process, DVC and Prefect sweeps
+
 BIN = Path(sys.executable).parent
 POOL = "bridgeflow-process"
 STAGES = ["backbone"]  # data + backbone: the cheapest part of the graph that trains something

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # `dvc repro` and `dvc exp run` in subprocesses
+
 BIN = Path(sys.executable).parent
 FOUNDATION = ["data", "backbone", "features", "diagnose"]
 

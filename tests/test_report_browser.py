@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import IN_CI, REPO, SmokePipeline
 
+pytestmark = pytest.mark.slow  # a smoke pipeline rendered in headless Chromium
+
 ARTIFACTS = REPO / "test-artifacts"
 # What the report must show: the backbone's modality gap, few-shot accuracy vs shots per method, inversion mAP intra
 # vs inverted and vs step, the CZSL ablation and seen/unseen curve, stage timings and cache hits.

@@ -102,10 +102,3 @@ class StageContext:
         from tqdm.auto import tqdm
 
         return iter(tqdm(iterable, total=total, desc=desc, disable=not progress_enabled(self.cfg), leave=False))
-
-    # Transitional helpers used by stages not yet moved to the registry paths above.
-    def out(self, rel: str) -> Path:
-        return _mkparent(self.work / rel)
-
-    def inp(self, rel: str) -> Path:
-        return self.root / rel
