@@ -96,3 +96,25 @@ def test_editing_a_module_makes_exactly_its_stages_stale(recorded_project: Path,
         assert _bridgeflow_stale(recorded_project) == EXPECTED_STALE[module]
     finally:
         path.write_bytes(original)
+
+
+@pytest.mark.slow
+def test_a_hand_kept_list_that_misses_a_module_is_caught(recorded_project: Path) -> None:
+    """The negative control: with a module dropped from a stage's deps, DVC misses the edit that fingerprints catch."""
+    module, stage = "pipeline_lib/diagnose/gap.py", "diagnose"
+    dvc_yaml = recorded_project / "dvc.yaml"
+    rendered = dvc_yaml.read_text()
+    document = yaml.safe_load(rendered)
+    document["stages"][stage]["deps"].remove(module)  # what a drifted hand-kept list looks like
+    dvc_yaml.write_text(yaml.safe_dump(document, sort_keys=False))
+    path = recorded_project / module
+    original = path.read_bytes()
+    try:
+        _run(recorded_project, "dvc", "commit", "-f", "-q", stage)
+        path.write_bytes(original + b"\n# an edit\n")
+        assert _dvc_stale(recorded_project) == set()  # DVC: "up to date", the stale result goes unnoticed...
+        assert _bridgeflow_stale(recorded_project) == {stage}  # ...which the derived closure does not allow
+    finally:
+        path.write_bytes(original)
+        dvc_yaml.write_text(rendered)
+        _run(recorded_project, "dvc", "commit", "-f", "-q", stage)
