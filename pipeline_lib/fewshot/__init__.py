@@ -1,0 +1,1 @@
+"""Few-shot classification: zero-shot and intra-modal baselines, SeMoBridge (closed form) and SeMoBridge-T."""
