@@ -300,21 +300,24 @@ def czsl_pairs(
     root: Annotated[Path, typer.Option("--root", help="CZSL dataset folder (standard layout).")],
     world: Annotated[str, typer.Option(help="closed or open.")] = "closed",
 ) -> None:
-    """Print the pair order (one `attr obj` per line) that score columns must follow."""
-    from pipeline_lib.czsl.cli_support import pair_order
+    """Print the pair order (one `attr obj` per line) that score columns must follow; the matrix shapes on stderr."""
+    from pipeline_lib.czsl.cli_support import pair_order, split_rows
 
-    for attr, obj in pair_order(root, world):
+    pairs = pair_order(root, world)
+    for attr, obj in pairs:
         typer.echo(f"{attr} {obj}")
+    shapes = ", ".join(f"{split} {rows} x {len(pairs)}" for split, rows in split_rows(root, world).items())
+    console.print(f"{world} world: {len(pairs)} pairs; score matrices (rows in metadata order x pairs): {shapes}")
 
 
 @app.command("czsl-eval")
 @friendly_errors
 def czsl_eval(
     root: Annotated[Path, typer.Option("--root", help="CZSL dataset folder (standard layout).")],
-    scores: Annotated[Path, typer.Option("--scores", help="float32 .npy, N x P, rows in metadata order.")],
+    scores: Annotated[Path, typer.Option("--scores", help="float32/64 .npy, N x P, rows in metadata order.")],
     split: Annotated[str, typer.Option(help="val or test.")] = "test",
     world: Annotated[str, typer.Option(help="closed or open.")] = "closed",
-    feasibility: Annotated[Path | None, typer.Option(help="float32 .npy over the open-world pair order.")] = None,
+    feasibility: Annotated[Path | None, typer.Option(help="float32/64 .npy over the open-world pair order.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Feasibility threshold for the open-world filter.")] = None,
 ) -> None:
     """Evaluate any model's pair scores with the standard CZSL protocol; prints JSON."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from czsl_fixtures import write_czsl_fixture
 
-from pipeline_lib.czsl.cli_support import evaluate_scores_file, pair_order
+from pipeline_lib.czsl.cli_support import evaluate_scores_file, pair_order, split_rows
 from pipeline_lib.czsl.data import load_czsl_dataset
 from pipeline_lib.czsl.evaluator import evaluate_split
 from pipeline_lib.czsl.feasibility import feasibility_filter
@@ -51,13 +51,23 @@ def test_evaluate_scores_file_matches_evaluator(root: Path, tmp_path: Path, worl
     json.dumps(out)
 
 
+def test_float64_scores_give_the_float32_result(root: Path, tmp_path: Path) -> None:
+    """numpy's default dtype is accepted: the scores are evaluated in float32 either way."""
+    ds = load_czsl_dataset(root, "closed")
+    scores = _scores(ds, "test")
+    wide, narrow = tmp_path / "f64.npy", tmp_path / "f32.npy"
+    np.save(wide, scores.astype(np.float64))
+    np.save(narrow, scores.astype(np.float32))
+    assert evaluate_scores_file(root, "test", "closed", wide) == evaluate_scores_file(root, "test", "closed", narrow)
+
+
 def test_shape_and_dtype_errors(root: Path, tmp_path: Path) -> None:
     path = tmp_path / "scores.npy"
     np.save(path, np.zeros((4, 9), np.float32))  # open-world width given for the closed world
     with pytest.raises(ValueError, match=r"has shape 4 x 9; expected 4 x 8"):
         evaluate_scores_file(root, "test", "closed", path)
-    np.save(path, np.zeros((4, 8), np.float64))
-    with pytest.raises(ValueError, match="dtype float64; expected float32"):
+    np.save(path, np.zeros((4, 8), np.float16))
+    with pytest.raises(ValueError, match="dtype float16; expected float32 or float64"):
         evaluate_scores_file(root, "test", "closed", path)
     with pytest.raises(FileNotFoundError, match="absent.npy"):
         evaluate_scores_file(root, "test", "closed", tmp_path / "absent.npy")
@@ -94,7 +104,7 @@ def test_feasibility_options(root: Path, tmp_path: Path) -> None:
     cal = evaluate_scores_file(root, "val", "open", val_path, feas_path)
     assert cal["threshold_source"] == "calibrated_on_val" and 0.3 <= cal["threshold"] <= 0.75
 
-    with pytest.raises(ValueError, match="calibrate it on val first"):
+    with pytest.raises(ValueError, match=r"run `bridgeflow czsl-eval --split val .* pass the threshold it prints"):
         evaluate_scores_file(root, "test", "open", test_path, feas_path)
     with pytest.raises(ValueError, match="open world only"):
         evaluate_scores_file(root, "test", "closed", test_path, feas_path, threshold=0.5)
@@ -114,7 +124,9 @@ def test_cli_commands(root: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["czsl-pairs", "--root", str(root), "--world", "open"])
     assert listed.exit_code == 0
-    assert [tuple(line.split()) for line in listed.output.splitlines()] == pair_order(root, "open")
+    assert [tuple(line.split()) for line in listed.stdout.splitlines()] == pair_order(root, "open")
+    rows = split_rows(root, "open")
+    assert f"val {rows['val']} x 9, test {rows['test']} x 9" in " ".join(listed.stderr.split())
     ds = load_czsl_dataset(root, "closed")
     path = tmp_path / "scores.npy"
     np.save(path, _scores(ds, "test").astype(np.float32))

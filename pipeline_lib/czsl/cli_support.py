@@ -3,11 +3,11 @@
     bridgeflow czsl-eval --root DATASET --split val|test --world closed|open --scores FILE.npy
                          [--feasibility FEAS.npy --threshold T]
 
-FILE.npy: float32 (N, P); rows in the split's metadata order (images kept by the loader), columns in
-`pair_order(root, world)` (closed: sorted union of the pair files; open: attrs x objs, attr-major). Scores are used
-as given (no re-normalisation). FEAS.npy: float32 (A * O,) over the open-world pair order. With --feasibility and no
---threshold on the val split, the threshold is calibrated on those val scores (spec 2.5.2) and returned, to be
-passed to the test run.
+FILE.npy: float32 (N, P), memory-mapped, or float64 (read as a float32 copy); rows in the split's metadata order
+(images kept by the loader), columns in `pair_order(root, world)` (closed: sorted union of the pair files; open:
+attrs x objs, attr-major). Scores are used as given (no re-normalisation). FEAS.npy: float32/64 (A * O,) over the
+open-world pair order. With --feasibility and no --threshold on the val split, the threshold is calibrated on those
+val scores (spec 2.5.2) and returned, to be passed to the test run.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ def pair_order(root: Path, world: str) -> list[Pair]:
     if world not in WORLDS:
         raise ValueError(f"world={world!r}; expected one of {WORLDS}")
     return read_pair_splits(Path(root)).pairs(world)  # type: ignore[arg-type]
+
+
+def split_rows(root: Path, world: str) -> dict[str, int]:
+    """Rows of each evaluated split's score matrix (the images its metadata keeps), e.g. {"val": 6, "test": 8}."""
+    ds = load_czsl_dataset(Path(root), world, check_images=False)  # type: ignore[arg-type]
+    return {split: ds.split(split).height for split in ("val", "test")}
 
 
 def evaluate_scores_file(
@@ -78,7 +84,7 @@ def evaluate_scores_file(
     else:
         feas_np = _load_matrix(Path(feasibility_path), (p,), "feasibility vector (open-world pair order)")
         feas = Feasibility(
-            scores=torch.from_numpy(np.array(feas_np)),
+            scores=torch.from_numpy(np.array(feas_np, dtype=np.float32)),
             seen_mask=ds.seen_mask,
             source=f"file:{Path(feasibility_path).name}",
         )
@@ -91,7 +97,10 @@ def evaluate_scores_file(
             )
         if threshold is None:
             if split != "val":
-                raise ValueError("no --threshold given for the test split; calibrate it on val first (spec 2.5.2)")
+                raise ValueError(
+                    "no --threshold given for the test split: run `bridgeflow czsl-eval --split val --world open "
+                    "--feasibility FEAS.npy --scores VAL_SCORES.npy` and pass the threshold it prints as --threshold"
+                )
             cal = calibrate_on_val(scores, ds, feas, variant=filter_variant, **kwargs)
             metrics, threshold, how = cal.val_metrics, cal.threshold, "calibrated_on_val"
         else:
@@ -113,16 +122,18 @@ def evaluate_scores_file(
 
 
 def _load_matrix(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """A float32 .npy of an exact shape, memory-mapped so big score matrices are read chunk by chunk."""
+    """A float32 array of an exact shape from a float32/64 .npy (float32 files stay memory-mapped: read by chunks)."""
     if not path.is_file():
         raise FileNotFoundError(f"{what}: file not found: {path}")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise ValueError(f"{what}: {path} is not a plain .npy array ({exc})") from exc
-    if arr.dtype != np.float32:
-        raise ValueError(f"{what}: {path} has dtype {arr.dtype}; expected float32")
+    if arr.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{what}: {path} has dtype {arr.dtype}; expected float32 or float64 (float16 cannot hold "
+                         "the evaluator's -1e10 mask)")
     if tuple(arr.shape) != shape:
         want = " x ".join(map(str, shape))
         raise ValueError(f"{what}: {path} has shape {' x '.join(map(str, arr.shape))}; expected {want}")
-    return arr
+    # float64 (numpy's default) becomes an in-memory float32 copy; a float32 file stays memory-mapped
+    return arr if arr.dtype == np.float32 else np.asarray(arr, dtype=np.float32)
