@@ -233,32 +233,23 @@ def status(
     set_: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per instance on stdout.")] = False,
 ) -> None:
-    """Which stage instances are published with the fingerprint the current params and code give."""
-    from pipeline_lib.engine.artifacts import is_published, read_manifest
-    from pipeline_lib.engine.config import effective_params, load_config
-    from pipeline_lib.engine.errors import MissingUpstreamError
-    from pipeline_lib.engine.runner import instance_fingerprint
-    from pipeline_lib.engine.stages import STAGES, instances
+    """Which stage instances are published with the fingerprint the current params and code give.
 
-    cfg = load_config(root, profile, tuple(set_ or ()))
-    rows = []
-    for st in STAGES:
-        for inst in instances(st, effective_params(cfg)):
-            manifest = read_manifest(root, inst) or {}
-            try:
-                fp = instance_fingerprint(root, inst, cfg)
-                state = "up to date" if is_published(root, inst, fp) else ("stale" if manifest else "missing")
-            except MissingUpstreamError:
-                state = "waiting for upstream"
-            rows.append({"stage": inst.id, "state": state, "published_fingerprint": manifest.get("fingerprint")})
+    "stale: upstream X" marks a stage whose own outputs match but whose upstream X is stale or missing; a stage whose
+    metrics or plot files were overwritten by another run (a profile, an override) lists them as foreign results.
+    """
+    from pipeline_lib.engine.config import load_config
+    from pipeline_lib.engine.status import instance_states
+
+    rows = instance_states(root, load_config(root, profile, tuple(set_ or ())))
     if as_json:
-        typer.echo(json.dumps(rows, indent=1))
+        typer.echo(json.dumps([row.as_dict() for row in rows], indent=1))
         return
     table = Table(title="bridgeflow status")
-    for column in ("stage", "state", "published fingerprint"):
+    for column in ("stage", "state", "published fingerprint", "results not from this run"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["stage"], row["state"], row["published_fingerprint"] or "-")
+        table.add_row(row.id, row.state, row.published_fingerprint or "-", ", ".join(row.foreign_results) or "-")
     Console().print(table)
 
 

@@ -69,8 +69,9 @@ def _dvc_stale(root: Path) -> set[str]:
 
 
 def _bridgeflow_stale(root: Path) -> set[str]:
+    """Stages stale by their own fingerprint (downstream ones say "stale: upstream X", which DVC leaves to repro)."""
     rows = json.loads(_run(root, "bridgeflow", "status", "--json"))
-    assert all(r["state"] in ("up to date", "stale") for r in rows), rows
+    assert all(r["state"] == "up to date" or r["state"].startswith("stale") for r in rows), rows
     return {r["stage"].split("@")[0] for r in rows if r["state"] == "stale"}
 
 

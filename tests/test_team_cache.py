@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,22 +10,14 @@ from test_dvc_prefect import FOUNDATION, init_repo, ran_stages, sh
 
 
 def status_states(output: str) -> dict[str, str]:
-    """`bridgeflow status` table rows -> {instance id: state}."""
-    states: dict[str, str] = {}
-    for line in output.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("│┃").split("│")]
-        if len(cells) == 3 and cells[0] and cells[0] != "stage":
-            states[cells[0]] = cells[1]
-    return states
+    """`bridgeflow status --json` -> {instance id: state}."""
+    return {row["stage"]: row["state"] for row in json.loads(output)}
 
 
 @pytest.mark.slow
-def test_fresh_clone_pulls_results_and_recomputes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fresh_clone_pulls_results_and_recomputes_nothing(tmp_path: Path) -> None:
     from conftest import copy_project
 
-    monkeypatch.setenv("COLUMNS", "200")  # rich tables: no wrapped or cut cells
     origin = copy_project(tmp_path / "origin")
     init_repo(origin)
     out = sh(origin, "dvc", "repro", *FOUNDATION)
@@ -46,6 +39,6 @@ def test_fresh_clone_pulls_results_and_recomputes_nothing(
     out = sh(clone, "dvc", "repro", *FOUNDATION)
     assert "Running stage" not in out, out
     assert not (clone / ".bridgeflow/work").exists()  # no stage command ran, not even to find itself cached
-    states = status_states(sh(clone, "bridgeflow", "status"))
+    states = status_states(sh(clone, "bridgeflow", "status", "--json"))
     assert {stage: states.get(stage) for stage in FOUNDATION} == dict.fromkeys(FOUNDATION, "up to date"), states
     assert sh(clone, "git", "status", "--porcelain").strip() == ""  # dvc.lock and metrics unchanged

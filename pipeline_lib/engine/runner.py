@@ -6,6 +6,7 @@ one notion of "already done".
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import logging
@@ -78,6 +79,12 @@ def instance_fingerprint(root: Path, inst: StageInstance, cfg: Config, params: d
     """
     params = effective_params(cfg) if params is None else params
     return fingerprint(inst, params, upstream_fingerprints(root, inst, params), code_digest(inst.stage))
+
+
+def result_digests(base: Path, inst: StageInstance) -> dict[str, str]:
+    """sha256 (16 hex) of each metrics and plot file of an instance under `base`, by repo-relative path."""
+    paths = [inst.path(p) for p in inst.stage.metrics + tuple(plot.path for plot in inst.stage.plots)]
+    return {p: hashlib.sha256((base / p).read_bytes()).hexdigest()[:16] for p in paths if (base / p).is_file()}
 
 
 def load_function(spec: str) -> Callable[..., dict[str, Any]]:
@@ -161,6 +168,7 @@ def _compute_or_reuse(
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": _versions(),
             "summary": summary,
+            "results": result_digests(work, inst),  # lets `status` tell these results from another run's
         }
         finalize_scratch(work, inst, manifest)
         publish(root, work, inst)
