@@ -1,4 +1,7 @@
-"""Two tiny stages used to test the runner, fingerprints and publishing without any real computation."""
+"""Two tiny stages used to test the runner, fingerprints, status and publishing without any real computation.
+
+Tests swap the registry for `FAKE_REGISTRY` (alpha, then beta reading alpha) with `monkeypatch`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import json
 import os
 
 from pipeline_lib.engine.context import StageContext
+from pipeline_lib.engine.stages import Stage
 
 
 def _count(ctx: StageContext, name: str) -> None:
@@ -29,3 +33,10 @@ def run_beta(ctx: StageContext) -> dict:
     out = ctx.output()
     (out / "double.txt").write_text(str(2 * value))
     return {"double": 2 * value}
+
+
+ALPHA = Stage("alpha", "fake_stages:run_alpha", "test stage", params=("data.seed",), outs=("artifacts/alpha",),
+              metrics=("metrics/alpha.json",))
+BETA = Stage("beta", "fake_stages:run_beta", "test stage", params=("features.batch_size",), deps=("alpha",),
+             outs=("artifacts/beta",))
+FAKE_REGISTRY = (ALPHA, BETA)

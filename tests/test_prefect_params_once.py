@@ -8,14 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_stages import FAKE_REGISTRY
 
 from pipeline_lib.engine import config, runner, stages
-from pipeline_lib.engine.stages import Stage
-
-ALPHA = Stage("alpha", "fake_stages:run_alpha", "test stage", params=("data.seed",), outs=("artifacts/alpha",),
-              metrics=("metrics/alpha.json",))
-BETA = Stage("beta", "fake_stages:run_beta", "test stage", params=("features.batch_size",), deps=("alpha",),
-             outs=("artifacts/beta",))
 
 
 class Spy:
@@ -50,7 +45,7 @@ class Spy:
 
 @pytest.fixture
 def fake_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stages, "STAGES", (ALPHA, BETA))
+    monkeypatch.setattr(stages, "STAGES", FAKE_REGISTRY)
 
 
 def test_one_params_read_and_one_fingerprint_per_instance_per_flow_run(

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from fake_stages import ALPHA, BETA, FAKE_REGISTRY
 
 from pipeline_lib.engine import stages
 from pipeline_lib.engine.artifacts import read_manifest, stage_lock
@@ -14,27 +15,10 @@ from pipeline_lib.engine.errors import MissingUpstreamError, StageLockedError
 from pipeline_lib.engine.runner import run_instance
 from pipeline_lib.engine.stages import Stage, StageInstance
 
-ALPHA = Stage(
-    "alpha",
-    "fake_stages:run_alpha",
-    "test stage",
-    params=("data.seed",),
-    outs=("artifacts/alpha",),
-    metrics=("metrics/alpha.json",),
-)
-BETA = Stage(
-    "beta",
-    "fake_stages:run_beta",
-    "test stage",
-    params=("features.batch_size",),
-    deps=("alpha",),
-    outs=("artifacts/beta",),
-)
-
 
 @pytest.fixture(autouse=True)
 def fake_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stages, "STAGES", (ALPHA, BETA))
+    monkeypatch.setattr(stages, "STAGES", FAKE_REGISTRY)
 
 
 def runs(root: Path, name: str) -> int:
