@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +93,20 @@ def test_run_czsl_stage_writes_outputs(bench, tmp_path):
     assert {r["variant"] for r in loss} == {"baseline", "+sa", "+vac", "+kl"}
     with open(ctx.plot("czsl_curve")) as f:
         assert {r["row"] for r in csv.DictReader(f)} == set(list_variants())
-    assert (ctx.output() / "results.json").is_file() and (ctx.output() / "head_kl.pt").is_file()
-    assert set(np.load(ctx.output() / "test_scores.npz")) == {f"{r.strip('+')}_closed" for r in list_variants()}
+    assert metrics["seeds"] == len(cfg.seeds) == 2
+    per_seed = json.loads((ctx.output() / "results.json").read_text())["per_seed"]
+    assert list(per_seed) == ["0", "1"] and per_seed["0"]["baseline"]["closed"]["auc"] >= 0
+    mean = np.mean([per_seed[s]["+sa"]["closed"]["auc"] for s in per_seed])
+    assert metrics["rows"]["+sa"]["closed"]["auc"] == round(float(mean), 4)
+    seed0 = ctx.output() / "seed0"
+    assert (seed0 / "results.json").is_file() and (seed0 / "head_kl.pt").is_file()
+    assert set(np.load(seed0 / "test_scores.npz")) == {f"{r.strip('+')}_closed" for r in list_variants()}
+
+    # a killed run resumes: finished seeds are read back, the missing one is trained again, results unchanged
+    stamp = (seed0 / "head_kl.pt").stat().st_mtime_ns
+    shutil.rmtree(ctx.output() / "seed1")
+    assert run_czsl(ctx)["rows"] == summary["rows"]
+    assert (seed0 / "head_kl.pt").stat().st_mtime_ns == stamp and (ctx.output() / "seed1" / "results.json").is_file()
 
 
 def test_lora_mode_smoke(bench):

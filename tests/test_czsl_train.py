@@ -64,8 +64,24 @@ def test_training_reduces_the_loss_and_is_deterministic(bench):
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
-def test_checkpoint_selection_keeps_best_val_epoch(bench):
-    cfg = CzslConfig(epochs=3, batch_size=24, vac_blocks=1)
+def test_checkpoint_selection_ignores_a_single_epoch_spike(bench):
+    cfg = CzslConfig(epochs=5, batch_size=24, vac_blocks=1)  # select_window 3: running median
+    model, res, snapshots = _train(bench, cfg, aucs=[0.5, 0.95, 0.55, 0.6, 0.58])
+    assert res.best_epoch == 3 and res.best_val_auc == 0.6  # median(0.95, 0.55, 0.6); the 0.95 spike is ignored
+    state = model.state_dict()
+    assert all(torch.equal(state[k], snapshots[2][k]) for k in state)
+
+
+def test_smoothing_is_a_centred_running_median() -> None:
+    from pipeline_lib.czsl.train import smooth
+
+    out = smooth([0.2, 0.9, 0.5, 0.4], 3)
+    assert np.isnan(out[[0, 3]]).all() and out[1:3].tolist() == [0.5, 0.5]
+    assert smooth([0.2, 0.9], 1).tolist() == [0.2, 0.9] and smooth([0.2, 0.9], 3).tolist() == [0.2, 0.9]
+
+
+def test_window_one_keeps_best_val_epoch(bench):
+    cfg = CzslConfig(epochs=3, batch_size=24, vac_blocks=1, select_window=1)
     model, res, snapshots = _train(bench, cfg, aucs=[0.2, 0.9, 0.5])
     assert res.best_epoch == 2 and res.best_val_auc == 0.9
     assert [r["val_auc"] for r in res.val_curve] == [0.2, 0.9, 0.5]

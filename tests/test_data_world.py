@@ -109,15 +109,39 @@ def test_czsl_is_in_the_standard_layout(world: tuple[Path, dict]) -> None:
     assert image.size == (32, 32)
 
 
-def test_czsl_unseen_pairs_spread_over_the_default_vocabulary() -> None:
+def test_czsl_default_split_measures_composition() -> None:
+    """60 compositions, 15 unseen in each of val and test, built alike; no primitive singles out an unseen pair."""
+    from pipeline_lib.data.config import DataConfig
+    from pipeline_lib.data.world import identifying_primitives
+
+    cfg = DataConfig()
+    pairs = czsl_pairs(cfg)
+    unseen = pairs.val_unseen + pairs.test_unseen
+    assert len(cfg.colours) * len(cfg.shapes) >= 60
+    assert len(pairs.train) == 30 and len(set(unseen)) == 30 and not set(unseen) & set(pairs.train)
+    assert len(pairs.val_unseen) == len(pairs.test_unseen) == 15 and len(pairs.val) == len(pairs.test) == 30
+    train_attrs, train_objs = {a for a, _ in pairs.train}, {o for _, o in pairs.train}
+    assert all(a in train_attrs and o in train_objs for a, o in unseen)
+    assert identifying_primitives(pairs.val_unseen, pairs.val) == []
+    assert identifying_primitives(pairs.test_unseen, pairs.test) == []
+    # 30 unseen over 10 colours and 6 shapes: spread evenly
+    assert max(sum(a == c for a, _ in unseen) for c in cfg.colours) <= 3
+    assert max(sum(o == s for _, o in unseen) for s in cfg.shapes) <= 6
+
+
+def test_too_few_seen_pairs_to_hide_every_unseen_primitive_is_refused() -> None:
     from pipeline_lib.data.config import DataConfig
 
-    pairs = czsl_pairs(DataConfig())
-    unseen = pairs.val_unseen + pairs.test_unseen
-    assert len(pairs.train) == 36 and len(set(unseen)) == 12
-    # 12 unseen over 8 colours and 6 shapes: no colour loses more than 2 pairs, no shape more than 2
-    assert max(sum(a == c for a, _ in unseen) for c in DataConfig().colours) <= 2
-    assert max(sum(o == s for _, o in unseen) for s in DataConfig().shapes) <= 2
+    with pytest.raises(ValueError, match="identifiable by one primitive"):
+        czsl_pairs(DataConfig(czsl_test_seen_pairs=1))
+
+
+def test_identifying_primitives_finds_a_lonely_attribute() -> None:
+    from pipeline_lib.data.world import identifying_primitives
+
+    unseen = [("red", "circle")]
+    assert identifying_primitives(unseen, unseen + [("blue", "circle")]) == [(("red", "circle"), "attr")]
+    assert identifying_primitives(unseen, unseen + [("blue", "circle"), ("red", "star")]) == []
 
 
 def test_retrieval_texts(world: tuple[Path, dict]) -> None:

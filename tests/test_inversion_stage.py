@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 import zarr
@@ -15,11 +16,13 @@ from conftest import stage_context
 from model_fixtures import tiny_clip, tiny_tokenizer
 
 import pipeline_lib.backbone.load as backbone_load
+from pipeline_lib.diagnose.retrieval import retrieval_metrics
 from pipeline_lib.engine.config import Config, RuntimeConfig
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.store import DONE
 from pipeline_lib.inversion.config import InversionConfig
-from pipeline_lib.inversion.jobs import STORE, query_subset
+from pipeline_lib.inversion.evaluate import select_step
+from pipeline_lib.inversion.jobs import PER_QUERY_AP, STORE, query_subset
 from pipeline_lib.inversion.stage import run_inversion, similarity_histogram
 
 CFG = InversionConfig(
@@ -87,16 +90,50 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
 
     metrics = json.loads(ctx.metrics().read_text())
     img, txt = metrics["image"], metrics["text"]
-    assert set(img["by_step"]) == {"1", "2", "3"} and set(txt["by_step"]) == {"1", "2"}
-    assert img["oti_to_image"] == img["by_step"]["3"]
+    assert "best_step" not in img and "best_map" not in img
+    assert set(img["by_step"]) == {"val", "test"} and set(img["by_step"]["val"]) == {"1", "2", "3"}
+    assert set(txt["by_step"]["test"]) == {"1", "2"}
+    assert (img["n_queries"], img["n_val"], img["n_test"]) == (10, 5, 5)
+    assert (txt["n_queries"], txt["n_val"], txt["n_test"]) == (3, 1, 2)
+    for side, inverted in ((img, "oti_to_image"), (txt, "ovi_to_text")):
+        val = {int(s): m for s, m in side["by_step"]["val"].items()}
+        assert side["selected_step"] == select_step(val)
+        assert side[inverted]["map"] == side["by_step"]["test"][str(side["final_step"])]
+        assert side[f"{inverted}_selected"]["map"] == side["by_step"]["test"][str(side["selected_step"])]
+        assert side[inverted]["n_queries"] == side["n_test"]
+    assert img["final_step"] == 3 and txt["final_step"] == 2
     assert img["map_gain"] == pytest.approx(img["oti_to_image"]["map"] - img["image_to_image"]["map"])
     assert 0 < img["image_to_image"]["map"] <= 1 and 0 < txt["ovi_to_text"]["map"] <= 1
     assert img["class_text_to_image"]["n_queries"] == 3
+
+    # per-query AP: every method and recorded step over both splits; the test means are the headline numbers
+    table = pl.read_parquet(ctx.output() / PER_QUERY_AP)
+    assert table.columns == ["direction", "method", "step", "query", "split", "ap"]
+    assert table.height == 10 * (1 + 3) + 3 * (1 + 2)
+    assert table.group_by("method").agg(pl.col("step").unique().sort()).sort("method").rows() == [
+        ("image_to_image", [-1]), ("oti_to_image", [1, 2, 3]), ("ovi_to_text", [1, 2]), ("text_to_text", [-1])]
+    oti_rows = table.filter(pl.col("method") == "oti_to_image", pl.col("step") == 3)
+    assert oti_rows["query"].to_list() == query_subset(18, 10).tolist()
+    assert (oti_rows["split"] == "val").sum() == 5
+    for direction, side, method, step in (("image", img, "oti_to_image", 3), ("image", img, "image_to_image", -1),
+                                          ("text", txt, "ovi_to_text", 2), ("text", txt, "text_to_text", -1)):
+        rows = table.filter(pl.col("direction") == direction, pl.col("method") == method, pl.col("step") == step)
+        assert rows["ap"].filter(rows["split"] == "test").mean() == pytest.approx(side[method]["map"], rel=1e-12)
+
+    # the test numbers are the metrics of the test queries alone, computed from scratch
+    test_idx = (oti_rows["split"] == "test").to_numpy()
+    qi = query_subset(18, 10)
+    fs = zarr.open_group(ctx.input("features") / "fewshot.zarr", mode="r")
+    ql, g, gl = fs["test/label"][...][qi], fs["train/image"][...], fs["train/label"][...]
+    snaps = store["oti/snapshots"][...]
+    assert retrieval_metrics(snaps[test_idx, 2], ql[test_idx], g, gl).as_dict() == pytest.approx(img["oti_to_image"])
+    assert retrieval_metrics(snaps[:, 2], ql, g, gl).map != pytest.approx(img["oti_to_image"]["map"])  # not all
 
     with ctx.plot("inversion_map_vs_step").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["1", "2", "3"] and rows[2]["ovi_to_text"] == ""
     assert float(rows[0]["image_to_image"]) == pytest.approx(img["image_to_image"]["map"], abs=1e-6)
+    assert float(rows[1]["oti_to_image"]) == pytest.approx(img["by_step"]["test"]["2"], abs=1e-6)
     with ctx.plot("inversion_similarity").open() as f:
         sims = list(csv.DictReader(f))
     assert list(sims[0]) == ["cosine", "image_image", "text_image", "oti_image_step1", "oti_image"]
@@ -106,6 +143,7 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
     # a rerun finds every block finished and reproduces the metrics exactly
     run_inversion(ctx)
     assert json.loads(ctx.metrics().read_text()) == metrics
+    assert pl.read_parquet(ctx.output() / PER_QUERY_AP).equals(table)
 
 
 def test_missing_store_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ import yaml
 from conftest import REPO, SmokePipeline
 
 from pipeline_lib.engine.closure import code_paths, direct_imports, import_closure
-from pipeline_lib.engine.stages import STAGES
+from pipeline_lib.engine.stages import STAGES, get_stage
 
 BIN = Path(sys.executable).parent
 FEWSHOT = {"fewshot_bridge", "fewshot_run", "fewshot_report"}
@@ -46,6 +46,16 @@ def test_closure_follows_lazy_imports_and_parent_packages() -> None:
     assert "pipeline_lib.optim.adamw" in closure  # imported by pretrain, two hops away
     # an import inside a function counts: the registry imports its error type only when a lookup fails
     assert "pipeline_lib.engine.errors" in direct_imports("pipeline_lib.engine.stages")
+
+
+def test_wiring_is_not_code_registry_and_undeclared_param_sections_are_left_out() -> None:
+    backbone, czsl, report = (set(code_paths(get_stage(n))) for n in ("backbone", "czsl", "report"))
+    assert "pipeline_lib/engine/stages.py" not in backbone | czsl | report  # adding a stage reruns nothing
+    assert "pipeline_lib/czsl/config.py" in czsl and "pipeline_lib/czsl/config.py" not in backbone
+    assert "pipeline_lib/backbone/config.py" in backbone and "pipeline_lib/engine/config.py" in backbone
+    assert not {p for p in report if p.endswith("/config.py") and p != "pipeline_lib/engine/config.py"}
+    # a module a stage's own code imports still counts, whichever package it lives in
+    assert "pipeline_lib/data/captions.py" in backbone
 
 
 def test_every_stage_lists_its_closure_as_dvc_deps() -> None:

@@ -1,4 +1,9 @@
-"""The memory-bank ablation rows (+bank_seen, +dynamic): a bank over the +KL model's predictions, tuned on val."""
+"""The memory-bank ablation rows (+bank_seen, +dynamic): a bank over the +KL model's predictions, tuned on val.
+
+The val grid holds the bank's strength alpha (0 = off: the +KL scores unchanged), its beta, its temperature tau_mb
+and (dynamic) the entropy gate. The row itself is the paper's: the best point with the bank on (alpha > 0). Whether
+validation would rather switch the bank off is reported beside it (`selects_off`, `val_auc_off`).
+"""
 
 from __future__ import annotations
 
@@ -40,8 +45,10 @@ def initial_bank(cfg: CzslConfig, w: WorldEval, train_pred: Predictions, dynamic
 
 
 def _bank_scores(cfg: CzslConfig, w: WorldEval, pred: Predictions, trace: bk.StreamTrace, alpha: float,
-                 beta: float) -> torch.Tensor:
-    p_mb = bk.bank_probs(bk.bank_logits(trace, alpha, beta), cfg.bank_temperature)  # (N, P)
+                 beta: float, temperature: float) -> torch.Tensor:
+    if alpha == 0:  # bank off
+        return fused_scores(cfg, pred)
+    p_mb = bk.bank_probs(bk.bank_logits(trace, alpha, beta), temperature)  # (N, P)
     pbar = compose_from_pair_probs(p_mb, w.pairs, len(w.ds.attrs), len(w.ds.objs))
     return fused_scores(cfg, pred, pbar)
 
@@ -63,21 +70,27 @@ def run_bank_row(cfg: CzslConfig, name: str, w: WorldEval, preds: dict[str, Pred
     grid = []
     for gate in gates:
         val_traces = traces("val", gate)
-        for alpha, beta in itertools.product(cfg.bank_alpha_grid, cfg.bank_beta_grid):
-            aucs = [w.evaluate(_bank_scores(cfg, w, preds["val"], t, alpha, beta), "val", threshold, cfg.ow_filter).auc
-                    for t in val_traces]
-            grid.append({"gate": gate, "alpha": alpha, "beta": beta, "val_auc": float(np.mean(aucs))})
-    best = max(grid, key=lambda g: g["val_auc"])  # first best in grid order
+        points = [(0.0, cfg.bank_beta_grid[0], cfg.bank_temperature_grid[0])] if 0.0 in cfg.bank_alpha_grid else []
+        points += [p for p in itertools.product(cfg.bank_alpha_grid, cfg.bank_beta_grid, cfg.bank_temperature_grid)
+                   if p[0] > 0]
+        for alpha, beta, temp in points:
+            aucs = [w.evaluate(_bank_scores(cfg, w, preds["val"], t, alpha, beta, temp), "val", threshold,
+                               cfg.ow_filter).auc for t in val_traces]
+            grid.append({"gate": gate, "alpha": alpha, "beta": beta, "temperature": temp,
+                         "val_auc": float(np.mean(aucs))})
+    best = max((g for g in grid if g["alpha"] > 0), key=lambda g: g["val_auc"])  # first best in grid order
+    off = [g["val_auc"] for g in grid if g["alpha"] == 0]
+    val_auc_off = max(off) if off else None
     test_traces = traces("test", best["gate"])
     val_traces = traces("val", best["gate"])
+    args = (best["alpha"], best["beta"], best["temperature"])
     # OW threshold re-calibrated on val for the final fused scores (val stream of the first seed).
     tau = threshold
     if w.feas is not None:
-        tau = w.calibrate(_bank_scores(cfg, w, preds["val"], val_traces[0], best["alpha"], best["beta"]),
-                          cfg.ow_filter)
+        tau = w.calibrate(_bank_scores(cfg, w, preds["val"], val_traces[0], *args), cfg.ow_filter)
     per_seed, first_scores, first_curve = [], None, None
     for s, t in zip(seeds, test_traces, strict=True):
-        scores = _bank_scores(cfg, w, preds["test"], t, best["alpha"], best["beta"])
+        scores = _bank_scores(cfg, w, preds["test"], t, *args)
         m = w.evaluate(scores, "test", tau, cfg.ow_filter)
         per_seed.append({"seed": s, "order_digest": bk.order_digest(t.order), "events": t.events, **metric_row(m)})
         log.info("bank %s (%s) test stream seed %d (order %s): events %s, AUC %.4f", name, w.name, s,
@@ -87,8 +100,11 @@ def run_bank_row(cfg: CzslConfig, name: str, w: WorldEval, preds: dict[str, Pred
     test = {k: float(np.mean([r[k] for r in per_seed])) for k in METRIC_KEYS}
     test.update({f"{k}_std": float(np.std([r[k] for r in per_seed])) for k in ("auc", "hm")})
     test.update({"threshold": tau, "curve_seen": first_curve[0], "curve_unseen": first_curve[1]})
-    info = {"chosen": best, "grid": grid, "per_seed": per_seed, "seen_init": "train features, lowest entropy",
+    selects_off = val_auc_off is not None and val_auc_off >= best["val_auc"]
+    info = {"chosen": best, "val_auc_off": val_auc_off, "selects_off": selects_off, "grid": grid,
+            "per_seed": per_seed, "seen_init": "train features, lowest entropy",
             "text_entropy": None if not dynamic else (cfg.bank_text_entropy or 1.0), "key": cfg.bank_key}
-    log.info("bank %s (%s): alpha %g beta %g gate %g, val AUC %.4f, test AUC %.4f +- %.4f", name, w.name,
-             best["alpha"], best["beta"], best["gate"], best["val_auc"], test["auc"], test["auc_std"])
+    log.info("bank %s (%s): alpha %g beta %g tau %g gate %g, val AUC %.4f (off: %s), test AUC %.4f +- %.4f", name,
+             w.name, best["alpha"], best["beta"], best["temperature"], best["gate"], best["val_auc"], val_auc_off,
+             test["auc"], test["auc_std"])
     return {"test": test, "info": info, "scores": first_scores}

@@ -1,14 +1,18 @@
 """The `czsl` stage: train and evaluate the SAM-CZSL ablation rows, closed and open world.
 
 A thin entry point: it resolves the inputs through the stage context (data, backbone, features), loads them
-(`czsl.inputs`), runs the ablation on the loaded data (`czsl.experiment.run_experiment`) and writes the outputs:
-its output folder (head checkpoints, test score matrices, stream orders, full results), the metrics file (headline
-numbers per row and world), and the plots czsl_curve (seen / unseen trade-off on test) and czsl_loss (training loss
-per step).
+(`czsl.inputs`), runs the ablation on the loaded data (`czsl.experiment.run_experiment`) once per training seed
+(`czsl.seeds`) and writes the outputs: per seed a folder seed<k>/ (head checkpoints, test score matrices, stream
+orders, full results; a seed whose results.json exists is not rerun, so a killed run resumes), results.json with
+every seed's metric rows (what the claims compare), the metrics file (means over seeds per row and world), and the
+plots czsl_curve (seen / unseen trade-off on test) and czsl_loss (training loss per step), both of the first seed.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,22 +23,40 @@ import torch
 from pipeline_lib.czsl.config import CzslConfig
 from pipeline_lib.czsl.experiment import Backend, CzslOutcome, run_experiment
 from pipeline_lib.czsl.inputs import load_splits, load_worlds
-from pipeline_lib.czsl.model import list_variants
 from pipeline_lib.czsl.train import seed_everything
+from pipeline_lib.czsl.worlds import METRIC_KEYS
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.io import write_csv, write_json
 
+log = logging.getLogger(__name__)
+
 STORE = "czsl.zarr"  # the CZSL feature store inside the features stage's output folder
+RESULTS = "results.json"  # per seed (seed<k>/results.json) and over all seeds (results.json: per-seed metric rows)
+LOSS = "loss.csv"
 
 
-def summarise(results: dict[str, Any], worlds: list[str]) -> dict[str, Any]:
-    """Small JSON metrics: per row and world the headline numbers, plus the gap measure."""
+def seed_dir(out_dir: Path, seed: int) -> Path:
+    return out_dir / f"seed{seed}"
+
+
+def row_metrics(results: dict[str, Any], worlds: list[str]) -> dict[str, Any]:
+    """Per row: the headline numbers of each world and the gap measures (one seed)."""
     rows = {}
-    for name in list_variants():
-        r = results["rows"][name]
-        rows[name] = {w: {k: round(r[w][k], 4) for k in ("auc", "hm", "seen", "unseen")} for w in worlds}
-        rows[name]["rmg"] = round(r["gap"]["rmg"], 4)
-        rows[name]["centroid_gap"] = round(r["gap"]["centroid_gap"], 4)
+    for name, r in results["rows"].items():
+        rows[name] = {w: {k: float(r[w][k]) for k in METRIC_KEYS} for w in worlds}
+        rows[name].update(rmg=float(r["gap"]["rmg"]), centroid_gap=float(r["gap"]["centroid_gap"]),
+                          best_epoch=int(r["best_epoch"]))
+    return rows
+
+
+def summarise(per_seed: dict[int, dict[str, Any]], worlds: list[str]) -> dict[str, Any]:
+    """Small JSON metrics: per row and world the mean over seeds of the headline numbers, and the mean gap."""
+    first = next(iter(per_seed.values()))
+    rows: dict[str, Any] = {}
+    for name in first:
+        runs = [rows_of_seed[name] for rows_of_seed in per_seed.values()]
+        rows[name] = {w: {k: round(float(np.mean([r[w][k] for r in runs])), 4) for k in METRIC_KEYS} for w in worlds}
+        rows[name]["rmg"] = round(float(np.mean([r["rmg"] for r in runs])), 4)
     return rows
 
 
@@ -48,7 +70,7 @@ def write_loss_csv(path: Path, loss_rows: list[dict]) -> None:
 def write_curve_csv(path: Path, results: dict[str, Any], worlds: list[str]) -> None:
     """Seen/unseen accuracy curve points per ablation row and world."""
     rows = []
-    for name in list_variants():
+    for name in results["rows"]:
         for w in worlds:
             r = results["rows"][name][w]
             for i, (s, u) in enumerate(zip(r["curve_seen"], r["curve_unseen"], strict=True)):
@@ -56,41 +78,61 @@ def write_curve_csv(path: Path, results: dict[str, Any], worlds: list[str]) -> N
     write_csv(path, ["row", "world", "point", "unseen", "seen"], rows)
 
 
-def write_outputs(ctx: StageContext, cfg: CzslConfig, outcome: CzslOutcome, summary: dict[str, Any]) -> None:
-    """Full results, test scores and stream orders into the output folder; metrics and plots where declared."""
-    out_dir, results = ctx.output(), outcome.results
-    np.savez_compressed(out_dir / "test_scores.npz", **{k.replace("+", ""): v for k, v in outcome.test_scores.items()})
-    full = {k: v for k, v in results.items() if k != "loss"}
-    write_json(out_dir / "results.json", full, indent=1, default=float)
+def write_seed_outputs(folder: Path, cfg: CzslConfig, outcome: CzslOutcome) -> None:
+    """One seed's full results, test scores, stream orders and loss; results.json last, as its 'done' mark."""
+    results = outcome.results
+    np.savez_compressed(folder / "test_scores.npz", **{k.replace("+", ""): v for k, v in outcome.test_scores.items()})
     orders = {f"{k}": [r["order_digest"] for r in v["per_seed"]] for k, v in results["bank"].items()}
-    write_json(out_dir / "stream_orders.json", {"seeds": cfg.stream_seeds, "digests": orders}, indent=1)
-    write_json(ctx.metrics(), summary, indent=1)
-    write_loss_csv(ctx.plot("czsl_loss"), results["loss"])
-    write_curve_csv(ctx.plot("czsl_curve"), results, summary["worlds"])
+    write_json(folder / "stream_orders.json", {"seeds": cfg.stream_seeds, "digests": orders}, indent=1)
+    write_loss_csv(folder / LOSS, results["loss"])
+    write_json(folder / RESULTS, {k: v for k, v in results.items() if k != "loss"}, indent=1, default=float)
+
+
+def run_seed(ctx: StageContext, cfg: CzslConfig, seed: int, backend: Backend, worlds: dict, splits: dict) -> dict:
+    """One training seed of the ablation, resumed from its folder when an earlier attempt finished it."""
+    folder = seed_dir(ctx.output(), seed)
+    done = folder / RESULTS
+    if done.is_file():
+        log.info("czsl: seed %d already finished in %s", seed, folder)
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    outcome = run_experiment(cfg, backend, worlds, splits, ctx.device, ctx.progress, seed=seed,
+                             save=lambda name, obj: torch.save(obj, folder / name))
+    write_seed_outputs(folder, cfg, outcome)
+    return json.loads(done.read_text())
 
 
 def run_czsl(ctx: StageContext) -> dict[str, Any]:
-    """Stage entry point: load the inputs, run the ablation, write artifacts / metrics / plots."""
+    """Stage entry point: load the inputs, run the ablation once per training seed, write outputs, metrics, plots."""
     from pipeline_lib.backbone.load import load_published_backbone
 
     cfg: CzslConfig = ctx.cfg.czsl
     t0 = time.perf_counter()
-    seed_everything(cfg.seed)  # before the backbone is built: the run's random state starts here
+    seed_everything(cfg.seeds[0])  # before the backbone is built: the run's random state starts here
     bb = load_published_backbone(ctx.input("backbone"), ctx.device)
     bb.model.requires_grad_(False)
     worlds = load_worlds(ctx.input("data") / "czsl" / cfg.dataset, cfg, bb.model, bb.tokenizer)
     splits = load_splits(ctx.input("features") / STORE, worlds["closed"].ds, cfg.mode)
-    out_dir: Path = ctx.output()
-    outcome = run_experiment(cfg, Backend(bb.model, bb.tokenizer, bb.preprocess), worlds, splits, ctx.device,
-                             ctx.progress, save=lambda name, obj: torch.save(obj, out_dir / name))
+    backend = Backend(bb.model, bb.tokenizer, bb.preprocess)
     world_names = list(worlds)
+    results = {seed: run_seed(ctx, cfg, seed, backend, worlds, splits) for seed in cfg.seeds}
+    per_seed = {seed: row_metrics(r, world_names) for seed, r in results.items()}
+    bank = {seed: {k: {"selects_off": v["selects_off"], **v["chosen"]} for k, v in r["bank"].items()}
+            for seed, r in results.items()}
+    out_dir = ctx.output()
+    write_json(out_dir / RESULTS, {"seeds": list(cfg.seeds), "worlds": world_names, "per_seed": per_seed,
+                                   "bank": bank}, indent=1)
+    first = results[cfg.seeds[0]]
+    write_curve_csv(ctx.plot("czsl_curve"), first, world_names)
+    shutil.copyfile(seed_dir(out_dir, cfg.seeds[0]) / LOSS, ctx.plot("czsl_loss"))
     open_world = worlds.get("open")
     summary = {
-        "dataset": cfg.dataset, "mode": cfg.mode, "worlds": world_names, "ow_filter": cfg.ow_filter,
+        "dataset": cfg.dataset, "mode": cfg.mode, "worlds": world_names, "seeds": len(cfg.seeds),
         "feasibility_source": open_world.feas.source if open_world is not None and open_world.feas else None,
-        "rows": summarise(outcome.results, world_names),
-        "bank": {k: v["chosen"] for k, v in outcome.results["bank"].items()}, "stream_seeds": cfg.stream_seeds,
+        "rows": summarise(per_seed, world_names),
+        "bank_selects_off": {k: sum(b[k]["selects_off"] for b in bank.values()) for k in next(iter(bank.values()))},
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    write_outputs(ctx, cfg, outcome, summary)
+    write_json(ctx.metrics(), summary, indent=1)
     return summary

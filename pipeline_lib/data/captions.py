@@ -125,13 +125,53 @@ def all_captions(labels: Mapping[str, str]) -> list[str]:
     return list(out)
 
 
-def paraphrases(labels: Mapping[str, str], n: int, rng: np.random.Generator) -> list[str]:
-    """n distinct captions of the same meaning (a text-retrieval paraphrase group)."""
+# Text-retrieval paraphrases differ in more than the template: other word orders and relational forms, and mentions of
+# a distractor (another colour, or another colour and shape) that a bag-of-words reading confuses with the meaning.
+# The mentions are appended, so a caption cut at the 16-token context loses the mention, never a captioned factor.
+REORDERED_TEMPLATES: tuple[str, ...] = (
+    "the {shape} is {colour}, {size} and {pattern}",
+    "{pattern} and {colour}: a {size} {shape}",
+    "{shape}, {colour}, {size}, {pattern}",
+)
+DISTRACTOR_CLAUSES: tuple[str, ...] = (" next to a small {other_colour} blob", " beside a {other_colour} {other_shape}")
+
+
+def paraphrases(
+    labels: Mapping[str, str],
+    n: int,
+    rng: np.random.Generator,
+    vocab: Mapping[str, Sequence[str]] | None = None,
+    reorder_prob: float = 0.0,
+    distractor_prob: float = 0.0,
+) -> list[str]:
+    """n distinct captions of the same meaning (a text-retrieval paraphrase group).
+
+    Each is a full pretraining caption, or with `reorder_prob` a reordered/relational form, followed with
+    `distractor_prob` by a distractor mention drawn from the other values in `vocab` ({"colour": [...],
+    "shape": [...]}).
+    """
     pool = all_captions(labels)
     if n > len(pool):
         raise ValueError(f"asked for {n} paraphrases of {dict(labels)!r} but only {len(pool)} distinct ones exist")
-    picks = rng.choice(len(pool), size=n, replace=False)
-    return [pool[int(i)] for i in picks]
+    if reorder_prob == 0 and distractor_prob == 0:
+        return [pool[int(i)] for i in rng.choice(len(pool), size=n, replace=False)]
+    if vocab is None:
+        raise ValueError("distractor mentions need the vocabulary of colours and shapes to draw the distractor from")
+    other_colours = [c for c in vocab["colour"] if c != labels["colour"]] or [labels["colour"]]
+    other_shapes = [s for s in vocab["shape"] if s != labels["shape"]] or [labels["shape"]]
+    out: list[str] = []
+    while len(out) < n:
+        if rng.random() < reorder_prob:
+            text = fill(_choose(rng, REORDERED_TEMPLATES), _words(labels, rng))
+        else:
+            text = _choose(rng, pool)
+        if rng.random() < distractor_prob:
+            clause = _choose(rng, DISTRACTOR_CLAUSES)
+            text += _fix_articles(clause.format(other_colour=_choose(rng, other_colours),
+                                                other_shape=_choose(rng, other_shapes)))
+        if text not in out:
+            out.append(text)
+    return out
 
 
 def class_prompts(classnames: Sequence[str], templates: Sequence[str] = CLASS_TEMPLATES) -> list[list[str]]:

@@ -41,6 +41,8 @@ class ImageSpec:
     rotation: float  # degrees, counter-clockwise
     distractors: int  # number of uncaptioned blobs behind the object
     seed: tuple[int, ...]  # render-time randomness (background detail, distractor placement, pixel noise)
+    hue_shift: float = 0.0  # degrees added to the object colour's hue (lighting: colour names are not pixel values)
+    shade: float = 1.0  # factor on the object colour's HSV value (<= 1: dimmer lighting)
 
     def labels(self) -> dict[str, str]:
         """The captioned factors."""
@@ -87,6 +89,8 @@ def sample_spec(cfg: DataConfig, key: Sequence[int], **fixed: str) -> ImageSpec:
     rotation = float(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
     distractors = int(rng.integers(0, cfg.max_distractors + 1))
     render_seed = tuple(int(v) for v in rng.integers(0, 2**31 - 1, size=2))
+    hue_shift = float(rng.uniform(-cfg.hue_jitter_deg, cfg.hue_jitter_deg))
+    shade = float(rng.uniform(1.0 - cfg.shade_jitter, 1.0))
     # Keep the object mostly inside the frame: its centre stays at least 85% of its radius from every edge.
     margin = 0.85 * SIZE_RADIUS[drawn["size"]]
     x = float(np.clip(x, margin, 1.0 - margin))
@@ -102,6 +106,8 @@ def sample_spec(cfg: DataConfig, key: Sequence[int], **fixed: str) -> ImageSpec:
         rotation=rotation,
         distractors=distractors,
         seed=render_seed,
+        hue_shift=hue_shift,
+        shade=shade,
     )
 
 
@@ -272,9 +278,17 @@ assert set(BACKGROUNDS) == set(KNOWN_BACKGROUNDS), "every known background needs
 assert set(KNOWN_PATTERNS) == {"solid", "striped", "dotted"}, "_texture handles exactly these patterns"
 
 
+def object_rgb(spec: ImageSpec) -> tuple[int, int, int]:
+    """The object's colour under the image's lighting: the named colour with its hue shifted and value scaled."""
+    r, g, b = (c / 255.0 for c in COLOUR_RGB[spec.colour])
+    hue, sat, val = colorsys.rgb_to_hsv(r, g, b)
+    rgb = colorsys.hsv_to_rgb((hue + spec.hue_shift / 360.0) % 1.0, sat, val * spec.shade)
+    return (round(rgb[0] * 255), round(rgb[1] * 255), round(rgb[2] * 255))
+
+
 def _texture(spec: ImageSpec, parts: list[Part], side: int, image_size: int) -> Image.Image:
     """The object's fill: its colour, with darker stripes or dots laid out in the object's own (rotated) frame."""
-    base = COLOUR_RGB[spec.colour]
+    base = object_rgb(spec)
     texture = Image.new("RGB", (side, side), base)
     if spec.pattern == "solid":
         return texture

@@ -56,6 +56,8 @@ def _spec_columns(specs: Sequence[ImageSpec]) -> dict[str, list[Any]]:
         "y": [s.y for s in specs],
         "rotation": [s.rotation for s in specs],
         "distractors": [s.distractors for s in specs],
+        "hue_shift": [s.hue_shift for s in specs],
+        "shade": [s.shade for s in specs],
     }
 
 
@@ -183,8 +185,10 @@ def czsl_pairs(cfg: DataConfig) -> CzslPairs:
     """Choose unseen pairs spread over colours and shapes, keeping at least one training pair for each.
 
     One random pair per colour and one per shape is protected; unseen pairs are then taken greedily, each time the
-    candidate whose colour and shape keep the largest share of their pairs seen (random tie-break).
-    Val and test unseen pairs are disjoint; the seen pairs listed in val/test are random training pairs.
+    candidate whose colour and shape keep the largest share of their pairs seen (random tie-break), and dealt to val
+    and test in turn, so both splits are built alike. Val and test unseen pairs are disjoint. The seen pairs listed in
+    val/test are training pairs chosen so that no unseen pair is the only candidate with its colour or its shape
+    (otherwise one primitive would identify it: a test of that primitive, not of the composition).
     """
     attrs, objs = cfg.colours, cfg.shapes
     rng = np.random.default_rng([cfg.seed, STREAM_CZSL_PAIRS])
@@ -208,10 +212,10 @@ def czsl_pairs(cfg: DataConfig) -> CzslPairs:
         chosen.append(best)
         seen_per_attr[best[0]] -= 1
         seen_per_obj[best[1]] -= 1
-    val_unseen, test_unseen = sorted(chosen[: cfg.czsl_val_unseen_pairs]), sorted(chosen[cfg.czsl_val_unseen_pairs :])
+    val_unseen, test_unseen = _deal(chosen, cfg.czsl_val_unseen_pairs, cfg.czsl_test_unseen_pairs)
     train = sorted(set(itertools.product(range(len(attrs)), range(len(objs)))) - set(chosen))
-    val_seen = [train[int(i)] for i in rng.choice(len(train), cfg.czsl_val_seen_pairs, replace=False)]
-    test_seen = [train[int(i)] for i in rng.choice(len(train), cfg.czsl_test_seen_pairs, replace=False)]
+    val_seen = _covering_seen_pairs(val_unseen, train, cfg.czsl_val_seen_pairs, rng)
+    test_seen = _covering_seen_pairs(test_unseen, train, cfg.czsl_test_seen_pairs, rng)
 
     def names(pairs: Sequence[tuple[int, int]]) -> list[tuple[str, str]]:
         return [(attrs[a], objs[o]) for a, o in sorted(pairs)]
@@ -223,6 +227,53 @@ def czsl_pairs(cfg: DataConfig) -> CzslPairs:
         val_unseen=names(val_unseen),
         test_unseen=names(test_unseen),
     )
+
+
+def _deal(chosen: list[tuple[int, int]], n_val: int, n_test: int) -> tuple[list, list]:
+    """Deal pairs in order to the split that has the larger share still to fill (val first on ties)."""
+    val: list[tuple[int, int]] = []
+    test: list[tuple[int, int]] = []
+    for pair in chosen:
+        if len(test) >= n_test or (len(val) < n_val and (n_val - len(val)) / n_val >= (n_test - len(test)) / n_test):
+            val.append(pair)
+        else:
+            test.append(pair)
+    return sorted(val), sorted(test)
+
+
+def identifying_primitives(unseen: Sequence[tuple], candidates: Sequence[tuple]) -> list[tuple[tuple, str]]:
+    """(unseen pair, "attr" | "obj") for each unseen pair that is the only candidate with that attribute or object."""
+    out = []
+    for pair in unseen:
+        for side, name in ((0, "attr"), (1, "obj")):
+            if sum(c[side] == pair[side] for c in candidates) == 1:
+                out.append((pair, name))
+    return out
+
+
+def _covering_seen_pairs(
+    unseen: list[tuple[int, int]], train: list[tuple[int, int]], n: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """n training pairs to list beside `unseen`: first those sharing a primitive only one unseen pair has, then random.
+
+    Raises when n is too small for every unseen pair to share its colour and its shape with another candidate.
+    """
+    pool = [train[int(i)] for i in rng.permutation(len(train))]
+    picked: list[tuple[int, int]] = []
+    while len(picked) < n:
+        lonely = identifying_primitives(unseen, unseen + picked)
+        need_attr = {p[0] for p, side in lonely if side == "attr"}
+        need_obj = {p[1] for p, side in lonely if side == "obj"}
+        best = max(pool, key=lambda p: (p[0] in need_attr) + (p[1] in need_obj))  # first best in the shuffled pool
+        pool.remove(best)
+        picked.append(best)
+    lonely = identifying_primitives(unseen, unseen + picked)
+    if lonely:
+        raise ValueError(
+            f"{n} seen pairs beside {len(unseen)} unseen ones leave {len(lonely)} unseen pairs identifiable by one "
+            "primitive; list more seen pairs (data.czsl_val_seen_pairs / data.czsl_test_seen_pairs)"
+        )
+    return picked
 
 
 def write_czsl(cfg: DataConfig, out_dir: Path, renderer: Renderer) -> dict[str, Any]:
@@ -282,7 +333,8 @@ def retrieval_table(cfg: DataConfig) -> pl.DataFrame:
     for group, index in enumerate(picked):
         shape, colour, pattern, size = meanings[index]
         labels = {"shape": shape, "colour": colour, "pattern": pattern, "size": size}
-        texts = paraphrases(labels, n_query + n_gallery, rng)
+        texts = paraphrases(labels, n_query + n_gallery, rng, {"colour": cfg.colours, "shape": cfg.shapes},
+                            cfg.retrieval_reorder_prob, cfg.retrieval_distractor_prob)
         for j, text in enumerate(texts):
             rows["text"].append(text)
             rows["group"].append(group)

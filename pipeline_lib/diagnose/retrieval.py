@@ -6,11 +6,15 @@ item that comes first in gallery order ranks first. Relevance is "same label". W
 set (`same_set=True`, rows aligned), each query's own item is removed from its ranking and from its relevant count.
 AP counts every relevant gallery item, whatever its score, and a query with no relevant item is an error rather than
 a silent zero. Computation is vectorised over queries and chunked over them to bound memory at (chunk, gallery).
+
+`retrieval_metrics` gives the means; `per_query_metrics` gives the per-query values they are the means of (e.g. for a
+bootstrap over queries, or for the means over a subset of the queries).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,7 +24,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RetrievalMetrics", "ranking", "retrieval_metrics"]
+__all__ = ["PerQueryMetrics", "RetrievalMetrics", "per_query_metrics", "ranking", "retrieval_metrics"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,25 @@ class RetrievalMetrics:
     def as_dict(self, scale: float = 1.0) -> dict[str, float]:
         """Metrics as a plain dict (x `scale`, e.g. 100 for percentages); `n_queries` is left unscaled."""
         return {k: (v * scale if k != "n_queries" else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class PerQueryMetrics:
+    """Per-query values (Q,) float64, in query order, whose means are the `RetrievalMetrics`."""
+
+    ap: np.ndarray
+    ap_at_r: np.ndarray
+    r_precision: np.ndarray
+    recall_at_1: np.ndarray
+
+    def mean(self, mask: np.ndarray | None = None) -> RetrievalMetrics:
+        """Means over all queries, or over those selected by `mask` (a (Q,) boolean mask or an index array)."""
+        cols = [self.ap, self.ap_at_r, self.r_precision, self.recall_at_1]
+        if mask is not None:
+            cols = [c[mask] for c in cols]
+        if len(cols[0]) == 0:
+            raise ValueError("no queries to average over")
+        return RetrievalMetrics(*(float(np.mean(c)) for c in cols), n_queries=len(cols[0]))
 
 
 def _as_tensor(x: np.ndarray | Tensor) -> Tensor:
@@ -89,6 +112,50 @@ def retrieval_metrics(
     `same_set` says the query rows *are* the gallery rows (same items, same order): each query's own item is then
     removed from its ranking. Similarities and ranks are computed in fp32 on `device`, `chunk` queries at a time.
     """
+    sums = torch.zeros(4, dtype=torch.float64)
+    n = 0
+    for stats in _query_stats(query, query_labels, gallery, gallery_labels, same_set=same_set, chunk=chunk,
+                              device=device):
+        n += len(stats[0])
+        for i, stat in enumerate(stats):
+            sums[i] += stat.double().sum().cpu()
+    means = (sums / n).tolist()
+    return RetrievalMetrics(*means, n_queries=n)
+
+
+def per_query_metrics(
+    query: np.ndarray | Tensor,
+    query_labels: np.ndarray | Tensor,
+    gallery: np.ndarray | Tensor,
+    gallery_labels: np.ndarray | Tensor,
+    *,
+    same_set: bool = False,
+    chunk: int = 1024,
+    device: torch.device | str = "cpu",
+) -> PerQueryMetrics:
+    """Per-query AP, AP@R, R-precision and hit@1 of `query` against `gallery`; arguments as `retrieval_metrics`.
+
+    The same computation as `retrieval_metrics`, whose values are the means of these (up to float64 summation order).
+    """
+    parts: list[list[Tensor]] = [[], [], [], []]
+    for stats in _query_stats(query, query_labels, gallery, gallery_labels, same_set=same_set, chunk=chunk,
+                              device=device):
+        for i, stat in enumerate(stats):
+            parts[i].append(stat.double().cpu())
+    return PerQueryMetrics(*(torch.cat(p).numpy() for p in parts))
+
+
+def _query_stats(
+    query: np.ndarray | Tensor,
+    query_labels: np.ndarray | Tensor,
+    gallery: np.ndarray | Tensor,
+    gallery_labels: np.ndarray | Tensor,
+    *,
+    same_set: bool,
+    chunk: int,
+    device: torch.device | str,
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Validate the inputs, then yield the per-query stats (`_chunk_stats`) of `chunk` queries at a time, in order."""
     q, ql = _as_tensor(query), _as_tensor(query_labels)
     g, gl = _as_tensor(gallery).to(device), _as_tensor(gallery_labels).to(device)
     if q.dim() != 2 or g.dim() != 2 or q.shape[1] != g.shape[1]:
@@ -102,14 +169,10 @@ def retrieval_metrics(
         raise ValueError(f"same_set=True needs as many queries as gallery items; got {q.shape[0]} and {g.shape[0]}")
     if q.shape[0] == 0:
         raise ValueError("no queries to evaluate")
-    sums = torch.zeros(4, dtype=torch.float64)
     for lo in range(0, q.shape[0], chunk):
         hi = min(lo + chunk, q.shape[0])
         qc, qlc = q[lo:hi].to(device), ql[lo:hi].to(device)
         sims = F.normalize(qc.float(), dim=-1) @ F.normalize(g.float(), dim=-1).T  # (q, G)
         order = _rank(sims, torch.arange(lo, hi, device=device) if same_set else None)  # (q, G')
         rel = gl[order] == qlc.unsqueeze(1)  # (q, G') relevance in rank order
-        for i, stat in enumerate(_chunk_stats(rel)):
-            sums[i] += stat.double().sum().cpu()
-    means = (sums / q.shape[0]).tolist()
-    return RetrievalMetrics(*means, n_queries=int(q.shape[0]))
+        yield _chunk_stats(rel)

@@ -4,6 +4,12 @@ The closure versions the stage (fingerprint) and lists its DVC code deps. It is 
 statements of each module, lazy imports inside functions included, so a hand-kept list can never drift from what the
 stage runs. A module counts with every parent package (their `__init__` runs on import). Code the registry names for
 a stage besides its function (the shard planner and worker of a sharded stage) counts with its own closure.
+
+Two kinds of wiring are left out, because they say where things are, not what a stage computes: the registry
+(`engine/stages.py`: names, paths and params keys; a stage's params values are versioned on their own), and the
+params model's (`engine/config.py`) imports of the config modules of sections the stage does not declare. So adding a
+stage or editing the CZSL params model does not make the backbone stale; a stage's own code still counts wherever it
+imports a module from.
 """
 
 from __future__ import annotations
@@ -74,17 +80,38 @@ def direct_imports(module: str) -> frozenset[str]:
     return frozenset(m for m in inside if module_file(m) is not None)
 
 
+PARAMS_MODEL = f"{PACKAGE}.engine.config"
+REGISTRY = f"{PACKAGE}.engine.stages"
+
+
 @cache
-def import_closure(module: str) -> tuple[str, ...]:
-    """`module` and every `pipeline_lib` module it imports, directly or not, sorted."""
+def import_closure(module: str, sections: frozenset[str] | None = None) -> tuple[str, ...]:
+    """`module` and every `pipeline_lib` module it imports, directly or not, sorted.
+
+    With `sections` (the params sections a stage declares), the params model's imports of other sections' config
+    modules are not followed.
+    """
     seen: set[str] = set()
     todo = [module, *_with_parents({module})]
     while todo:
         name = todo.pop()
-        if name not in seen and module_file(name) is not None:
+        if name not in seen and name != REGISTRY and module_file(name) is not None:
             seen.add(name)
-            todo.extend(direct_imports(name) - seen)
+            found = direct_imports(name)
+            if name == PARAMS_MODEL and sections is not None:
+                found = frozenset(m for m in found if not _other_section_config(m, sections))
+            todo.extend(found - seen)
     return tuple(sorted(seen))
+
+
+def _other_section_config(module: str, sections: frozenset[str]) -> bool:
+    parts = module.split(".")
+    return len(parts) == 3 and parts[2] == "config" and parts[1] != "engine" and parts[1] not in sections
+
+
+def declared_sections(stage: Stage) -> frozenset[str]:
+    """Top-level params sections a stage reads ("fewshot.atol" -> "fewshot")."""
+    return frozenset(key.split(".")[0] for key in stage.params)
 
 
 def stage_modules(stage: Stage) -> tuple[str, ...]:
@@ -95,7 +122,8 @@ def stage_modules(stage: Stage) -> tuple[str, ...]:
 
 def code_files(stage: Stage) -> list[Path]:
     """Source files of the stage's import closure, sorted (the root package's `__init__` excluded)."""
-    names = {m for module in stage_modules(stage) for m in import_closure(module) if m != PACKAGE}
+    sections = declared_sections(stage)
+    names = {m for module in stage_modules(stage) for m in import_closure(module, sections) if m != PACKAGE}
     files = {module_file(m) for m in names}
     return sorted(f for f in files if f is not None)
 

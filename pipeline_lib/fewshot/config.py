@@ -144,7 +144,9 @@ class FewshotConfig(Section):
     """Everything the few-shot stages read (SeMoBridge, SeMoBridge-T and their controls)."""
 
     shots: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])  # K per run (spec 6)
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3])  # sampling/TPE seeds; mean +- pop. std over them
+    # sampling/TPE seeds; mean +- pop. std over them. The paper uses 3; 5 give the claims' paired intervals 4 degrees
+    # of freedom (t quantile 2.78 instead of 4.30), enough to resolve the effects of a few points seen here.
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
     # Augmented copies per shot used as extra support views (spec's E; K' = K * (E + 1)). The features stage stores
     # V views per train image (view 0 un-augmented); E must be < V. E = 1 is the ImageNet/SUN/UCF recipe.
     augment_epochs: int = Field(1, ge=0)

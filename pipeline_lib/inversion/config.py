@@ -89,6 +89,11 @@ class InversionConfig(Section):
     # shard is also the unit of work of a worker process (runtime.processes) or Dask task, so 1 lets the two heavy
     # OVI blocks of the default run (128 texts, batch 64) go to two workers side by side.
     blocks_per_shard: int = Field(1, ge=1)
+    # Share of each direction's inverted queries held out as validation queries (split stratified by label/group,
+    # seeded by `seed`). Which optimisation step is "selected" is decided by mAP on these alone, and every reported
+    # retrieval number is measured on the remaining test queries, so no number is chosen on the queries it is
+    # reported on. All queries are still inverted (each inversion is per query, so the split does not change them).
+    val_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     # Queries ranked at once by the retrieval metrics (bounds the (chunk, gallery) similarity matrix in memory).
     query_chunk: int = Field(1024, ge=1)
     # OTI snapshot steps whose similarity distributions are plotted next to image-image and text-image (must be

@@ -6,6 +6,11 @@ compared with plain image->image ranking. Text retrieval uses the retrieval-text
 inverted into pseudo-patches (OVI) whose image feature is ranked against the raw gallery text features and compared
 with text->text. Retrieval is measured at every recorded optimisation step, because the inverted features drift back
 toward their own modality the longer they are optimised.
+
+Each direction's queries are split into validation and test queries (`inversion.evaluate`): the step reported as
+selected is chosen on validation mAP alone, and every reported retrieval number (metrics JSON, mAP-vs-step plot) is a
+mean over the test queries. Per-query AP of every method at every step, both splits, goes to `jobs.PER_QUERY_AP` in
+the output folder.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
@@ -26,7 +32,16 @@ from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.io import write_csv, write_json
 from pipeline_lib.engine.parallel import run_shards_in_processes
 from pipeline_lib.inversion.config import InversionConfig
-from pipeline_lib.inversion.jobs import STORE, RetrievalInputs, load_inputs, oti_job, ovi_job, prepare_model
+from pipeline_lib.inversion.evaluate import direction_split, evaluate_direction, write_per_query
+from pipeline_lib.inversion.jobs import (
+    PER_QUERY_AP,
+    STORE,
+    RetrievalInputs,
+    load_inputs,
+    oti_job,
+    ovi_job,
+    prepare_model,
+)
 from pipeline_lib.inversion.oti import Tokenizer
 from pipeline_lib.inversion.runner import Progress, run_blocks
 from pipeline_lib.inversion.shards import invert_shard, plan_shards
@@ -49,24 +64,6 @@ def _metrics(q: np.ndarray | Tensor, ql: np.ndarray, g: np.ndarray, gl: np.ndarr
     return retrieval_metrics(q, ql, g, gl, chunk=chunk).as_dict()
 
 
-def _by_step(snapshots: np.ndarray, steps: list[int], ql: np.ndarray, g: np.ndarray, gl: np.ndarray,
-             chunk: int) -> dict[str, dict[str, float]]:
-    """Retrieval metrics of the inverted queries at every recorded step (snapshots (Q, S, D))."""
-    return {str(s): _metrics(snapshots[:, i], ql, g, gl, chunk) for i, s in enumerate(steps)}
-
-
-def _direction_summary(baseline: dict[str, float], by_step: dict[str, dict[str, float]], final_step: int) -> dict:
-    best_step = max(by_step, key=lambda s: by_step[s]["map"])
-    final = by_step[str(final_step)]
-    return {
-        "final": final,
-        "by_step": by_step,
-        "map_gain": final["map"] - baseline["map"],
-        "best_step": int(best_step),
-        "best_map": by_step[best_step]["map"],
-    }
-
-
 def invert_and_evaluate(
     model: CLIP,
     tokenizer: Tokenizer,
@@ -80,13 +77,14 @@ def invert_and_evaluate(
     device: torch.device,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run OTI and OVI block-wise (resumable in `out_dir`), evaluate retrieval, write metrics and plots."""
+    """Run OTI and OVI block-wise (resumable in `out_dir`), evaluate retrieval, write metrics, per-query AP, plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     store = out_dir / STORE
     model = prepare_model(model, device)
     chunk = cfg.query_chunk
     summary: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
+    frames: list[pl.DataFrame] = []  # per-query AP
 
     # --- OTI: query images -> text side, ranked against raw gallery images
     job = oti_job(model, tokenizer, inputs, cfg)
@@ -97,20 +95,17 @@ def invert_and_evaluate(
     oti.attrs["query_index"] = qi.tolist()
     summary["oti"] = {"queries": len(qi), "seconds": round(time.perf_counter() - t0, 3)}
     g, gl = inputs.image_gallery, inputs.image_gallery_labels
-    image_base = _metrics(targets, ql, g, gl, chunk)
     oti_snaps = np.asarray(oti["snapshots"][...])  # (Q, S, D)
-    image_dir = _direction_summary(image_base, _by_step(oti_snaps, list(cfg.oti.recorded_steps), ql, g, gl, chunk),
-                                   cfg.oti.steps)
-    metrics["image"] = {"n_queries": len(qi), "n_gallery": len(g), "image_to_image": image_base,
-                        "oti_to_image": image_dir.pop("final"), **image_dir,
-                        "oti_final_loss": float(np.mean(oti["losses"][:, -1]))}
-    if inputs.class_text is not None:  # reference: one class prompt per class as the query
+    metrics["image"], frame = evaluate_direction(
+        "image", "image_to_image", "oti_to_image", targets, oti_snaps, cfg.oti.recorded_steps, cfg.oti.steps, ql, g,
+        gl, qi, is_val=direction_split("image", ql, cfg.val_fraction, cfg.seed), chunk=chunk)
+    metrics["image"]["oti_final_loss"] = float(np.mean(oti["losses"][:, -1]))
+    frames.append(frame)
+    if inputs.class_text is not None:  # reference: one class prompt per class as the query (no query split)
         classes = np.unique(gl)
         metrics["image"]["class_text_to_image"] = _metrics(inputs.class_text[classes], classes, g, gl, chunk)
 
     # --- OVI: query texts -> image side, ranked against raw gallery texts
-    ovi_rows: dict[str, dict[str, float]] = {}
-    text_base: dict[str, float] | None = None
     text_job = ovi_job(model, inputs, cfg)
     if text_job is not None:
         qt, ttargets = text_job.query_index, text_job.targets
@@ -121,36 +116,46 @@ def invert_and_evaluate(
         ovi.attrs["query_index"] = qt.tolist()
         summary["ovi"] = {"queries": len(qt), "seconds": round(time.perf_counter() - t0, 3)}
         tg, tgl = inputs.text_gallery, inputs.text_gallery_groups
-        text_base = _metrics(ttargets, tql, tg, tgl, chunk)
-        ovi_rows = _by_step(np.asarray(ovi["snapshots"][...]), list(cfg.ovi.recorded_steps), tql, tg, tgl, chunk)
-        text_dir = _direction_summary(text_base, ovi_rows, cfg.ovi.steps)
-        metrics["text"] = {"n_queries": len(qt), "n_gallery": len(tg), "text_to_text": text_base,
-                           "ovi_to_text": text_dir.pop("final"), **text_dir,
-                           "ovi_final_loss": float(np.mean(ovi["losses"][:, -1]))}
+        metrics["text"], frame = evaluate_direction(
+            "text", "text_to_text", "ovi_to_text", ttargets, np.asarray(ovi["snapshots"][...]),
+            cfg.ovi.recorded_steps, cfg.ovi.steps, tql, tg, tgl, qt,
+            is_val=direction_split("text", tql, cfg.val_fraction, cfg.seed), chunk=chunk)
+        metrics["text"]["ovi_final_loss"] = float(np.mean(ovi["losses"][:, -1]))
+        frames.append(frame)
 
     write_json(metrics_path, metrics, sort_keys=True)
-    _write_map_plot(map_plot_path, image_base, metrics["image"]["by_step"], text_base, ovi_rows)
+    write_per_query(out_dir / PER_QUERY_AP, frames)
+    _write_map_plot(map_plot_path, metrics["image"], metrics.get("text"))
     _write_similarity_plot(similarity_plot_path, cfg, inputs, targets, oti_snaps, g)
-    summary.update({
-        "image_to_image_map": image_base["map"],
+    text = metrics.get("text")
+    summary.update({  # test queries only
+        "image_to_image_map": metrics["image"]["image_to_image"]["map"],
         "oti_to_image_map": metrics["image"]["oti_to_image"]["map"],
-        "text_to_text_map": text_base["map"] if text_base else None,
-        "ovi_to_text_map": metrics["text"]["ovi_to_text"]["map"] if text_base else None,
+        "oti_selected_step": metrics["image"]["selected_step"],
+        "text_to_text_map": text["text_to_text"]["map"] if text else None,
+        "ovi_to_text_map": text["ovi_to_text"]["map"] if text else None,
+        "ovi_selected_step": text["selected_step"] if text else None,
     })
     log.info("inversion: %s", summary)
     return summary
 
 
-def _write_map_plot(path: Path, image_base: dict, oti_rows: dict, text_base: dict | None, ovi_rows: dict) -> None:
-    """mAP vs optimisation step: inverted queries per step, intra-modal baselines as flat lines."""
+def _write_map_plot(path: Path, image: dict[str, Any], text: dict[str, Any] | None) -> None:
+    """mAP vs optimisation step over the *test* queries: inverted queries per step, intra-modal baselines flat.
+
+    The curve is shown for reading, not for selection: the selected step (`selected_step` in the metrics) is chosen on
+    the validation queries' mAP (`by_step.val`).
+    """
+    oti_rows = image["by_step"]["test"]
+    ovi_rows = text["by_step"]["test"] if text else {}
     steps = sorted({int(s) for s in oti_rows} | {int(s) for s in ovi_rows})
     rows = [
         [
             s,
-            _fmt(oti_rows.get(str(s), {}).get("map")),
-            _fmt(image_base["map"]),
-            _fmt(ovi_rows.get(str(s), {}).get("map")),
-            _fmt(text_base["map"] if text_base else None),
+            _fmt(oti_rows.get(str(s))),
+            _fmt(image["image_to_image"]["map"]),
+            _fmt(ovi_rows.get(str(s))),
+            _fmt(text["text_to_text"]["map"] if text else None),
         ]
         for s in steps
     ]

@@ -1,0 +1,1 @@
+"""Claims: paired comparisons of methods, with a confidence interval and a verdict."""

@@ -1,0 +1,69 @@
+"""The `claims` stage: every paper claim as a paired comparison with a 95% interval and a verdict.
+
+It reads what the method stages published (few-shot runs per (shots, seed), inversion per-query AP, CZSL per-seed
+rows, the gap diagnostics), evaluates `claims.registry.CLAIMS` (`claims.compute`), and writes metrics/claims.json
+(the table `bridgeflow summary` and the report lead with) and plots/claims.csv (the forest plot's data).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline_lib.claims.compute import LEVEL, N_BOOT, Evidence, evaluate_claims
+from pipeline_lib.engine.context import StageContext
+from pipeline_lib.engine.io import write_csv, write_json
+
+# Files of the upstream stages' output folders that the claims read.
+FEWSHOT_RESULTS = "results.json"
+PER_QUERY_AP = "per_query_ap.parquet"
+CZSL_RESULTS = "results.json"
+GAP_DETAILS = "gap_details.json"
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_evidence(ctx: StageContext) -> Evidence:
+    """Gather the inputs of every claim from the published upstream outputs."""
+    fs = ctx.cfg.fewshot
+    fewshot = {}
+    for k in fs.shots:
+        for seed in fs.seeds:
+            run = _json(ctx.input_instance("fewshot_run", shots=k, seed=seed) / FEWSHOT_RESULTS)
+            if run is None:
+                raise FileNotFoundError(f"few-shot run shots={k} seed={seed} has no {FEWSHOT_RESULTS}")
+            fewshot[k, seed] = {m: float(v["test_acc"]) for m, v in run["methods"].items() if "test_acc" in v}
+    ap_path = ctx.input("inversion") / PER_QUERY_AP
+    czsl = _json(ctx.input("czsl") / CZSL_RESULTS) or {}
+    per_seed = {int(s): rows for s, rows in czsl.get("per_seed", {}).items()}
+    context: dict[str, Any] = {}
+    gap = _json(ctx.input("diagnose") / GAP_DETAILS) or {}
+    if "energy" in gap:
+        context["gap_energy"] = gap["energy"]
+    context["mean_pooled_backbone"] = ctx.cfg.backbone.model.startswith("bf-tiny")
+    switched: dict[str, list[int]] = {}
+    for bank in czsl.get("bank", {}).values():
+        for key, chosen in bank.items():  # key: "<row>_<world>"
+            counts = switched.setdefault(key.rsplit("_", 1)[0], [0, 0])
+            counts[0] += int(chosen["selects_off"])
+            counts[1] += 1
+    context["bank_selects_off"] = {row: tuple(c) for row, c in switched.items()}
+    return Evidence(fewshot=fewshot, per_query_ap=pl.read_parquet(ap_path) if ap_path.is_file() else None,
+                    czsl=per_seed or None, context=context)
+
+
+def run_claims(ctx: StageContext) -> dict[str, Any]:
+    """Stage entry point: evaluate every claim, write the table and the forest-plot data."""
+    rows = evaluate_claims(load_evidence(ctx))
+    write_json(ctx.metrics(), {"level": LEVEL, "bootstrap_resamples": N_BOOT, "claims": rows}, indent=1)
+    write_csv(ctx.plot("claims"), ["claim", "metric", "mean", "low", "high", "verdict"],
+              [[r["id"], r["metric"], r.get("mean", ""), r.get("low", ""), r.get("high", ""), r["verdict"]]
+               for r in rows])
+    write_json(ctx.output() / "claims.json", rows, indent=1)
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("holds", "refuted", "undecided", "not run")}
+    return {"claims": len(rows), **counts}
