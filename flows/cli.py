@@ -255,16 +255,19 @@ def status(
 
 @app.command()
 def summary(root: RootOpt = Path(".")) -> None:
-    """Print the headline results from metrics/*.json."""
+    """Print the claims (paired intervals and verdicts), then the headline results from metrics/*.json."""
     _print_summary(root)
 
 
 def _print_summary(root: Path) -> None:
-    from pipeline_lib.engine.summary import summary_rows
+    from pipeline_lib.engine.summary import claims_lines, load_claims, summary_rows
 
-    rows = summary_rows(root)
-    if not rows:
+    claims, rows = load_claims(root), summary_rows(root)
+    if claims is None and not rows:
         console.print("no metrics yet: run `dvc repro` or `bridgeflow run`")
+        return
+    typer.echo("\n".join(claims_lines(claims)))  # plain text: rich would read "[low, high]" as markup
+    if not rows:
         return
     table = Table(title="bridgeflow results")
     for column in ("stage", "metric", "value"):

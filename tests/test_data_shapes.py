@@ -49,8 +49,7 @@ def test_every_known_shape_pattern_and_background_renders_visibly() -> None:
     for i, (shape, pattern, background) in enumerate(
         zip(KNOWN_SHAPES, KNOWN_PATTERNS * 3, KNOWN_BACKGROUNDS * 2, strict=False)
     ):
-        cfg = CFG.model_copy(update={"backgrounds": (background,), "max_distractors": 0, "hue_jitter_deg": 0.0,
-                                     "shade_jitter": 0.0})
+        cfg = CFG.model_copy(update={"backgrounds": (background,), "max_distractors": 0})
         spec = sample_spec(cfg, (0, 9, i), shape=shape, pattern=pattern, colour="yellow")
         image = render(spec, settings).astype(int)
         centre = image[int(spec.y * 32), int(spec.x * 32)]
@@ -65,14 +64,14 @@ def test_every_known_shape_pattern_and_background_renders_visibly() -> None:
 def test_lighting_shifts_hue_and_dims_within_the_configured_range() -> None:
     from pipeline_lib.data.shapes import object_rgb
 
-    cfg = CFG.model_copy(update={"hue_jitter_deg": 20.0, "shade_jitter": 0.3})
-    specs = [sample_spec(cfg, (0, 11, i), colour="red") for i in range(200)]
+    specs = [sample_spec(CFG, (0, 11, i), (20.0, 0.3), colour="red") for i in range(200)]
     assert all(-20.0 <= s.hue_shift <= 20.0 and 0.7 <= s.shade <= 1.0 for s in specs)
     assert max(s.hue_shift for s in specs) > 15 and min(s.shade for s in specs) < 0.75  # the range is used
     dim = next(s for s in specs if s.shade < 0.75)
     assert max(object_rgb(dim)) < 0.76 * 225 + 1  # red's value 225 dimmed
-    plain = sample_spec(CFG.model_copy(update={"hue_jitter_deg": 0.0, "shade_jitter": 0.0}), (0, 11, 0), colour="red")
+    plain = sample_spec(CFG, (0, 11, 0), colour="red")
     assert object_rgb(plain) == (225, 35, 35)
+    assert plain.shape == specs[0].shape and plain.seed == specs[0].seed  # lighting moves no other draw
 
 
 def test_noise_and_supersampling_follow_the_settings() -> None:

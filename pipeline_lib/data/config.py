@@ -44,11 +44,6 @@ class DataConfig(Section):
     rotation_deg: float = Field(15.0, ge=0.0, le=180.0)  # rotation drawn uniformly in +- this many degrees
     max_distractors: int = Field(1, ge=0, le=5)  # 0..this small blobs of any hue behind the object
     pixel_noise: float = Field(0.03, ge=0.0, le=0.5)  # std of Gaussian pixel noise (fraction of 0-255)
-    # Lighting: an object's pixels are its named colour with the hue shifted by up to +-hue_jitter_deg and the value
-    # dimmed by up to shade_jitter, so neighbouring names (red/orange/brown, cyan/blue) overlap as real colours do
-    # and no colour-name accuracy can reach 1 (without it the CZSL attribute task sat at its ceiling).
-    hue_jitter_deg: float = Field(20.0, ge=0.0, le=180.0)
-    shade_jitter: float = Field(0.3, ge=0.0, le=0.9)
 
     # Contrastive pretraining corpus (pretrain/images.npy + labels.parquet).
     pretrain_images: int = Field(20000, ge=1)  # ~20k draws were enough for the prototype ViT
@@ -73,6 +68,13 @@ class DataConfig(Section):
     czsl_val_per_pair: int = Field(20, ge=1)  # val images per val pair
     czsl_test_per_pair: int = Field(40, ge=1)  # test images per test pair
     czsl_na_images: int = Field(12, ge=0)  # metadata entries with set "NA" (real releases have them; loaders skip)
+    # Lighting of the CZSL photos: an object's pixels are its named colour with the hue shifted by up to
+    # +-czsl_hue_jitter_deg and the value dimmed by up to czsl_shade_jitter, so neighbouring names (red/orange/brown,
+    # cyan/blue) overlap as real colours do. Without it the baseline's attribute accuracy sat at 1.0. Only the CZSL
+    # set is lit this way: with the same lighting in the pretraining corpus the tiny CLIP's held-out shape
+    # zero-shot fell from 0.61 to 0.49.
+    czsl_hue_jitter_deg: float = Field(20.0, ge=0.0, le=180.0)
+    czsl_shade_jitter: float = Field(0.3, ge=0.0, le=0.9)
 
     # Text retrieval: each meaning (shape, colour, pattern, size) gets several paraphrases; a query must find the
     # gallery paraphrases of its own meaning.

@@ -66,8 +66,12 @@ class RenderSettings:
 # Sampling specs
 
 
-def sample_spec(cfg: DataConfig, key: Sequence[int], **fixed: str) -> ImageSpec:
+def sample_spec(cfg: DataConfig, key: Sequence[int], lighting: tuple[float, float] = (0.0, 0.0),
+                **fixed: str) -> ImageSpec:
     """Draw one spec from `key` (e.g. (seed, stream, index)); `fixed` pins factors (e.g. shape="star").
+
+    `lighting` = (hue jitter in degrees, shade jitter): the object colour's hue moves by up to +-the first, its value
+    drops by up to the second (the CZSL set's lighting; other datasets keep the named colours).
 
     Every factor is drawn even when pinned, so pinning one factor never shifts the draws of the others: two specs
     from the same key that pin different shapes differ only in shape (the shape-contrast groups rely on this).
@@ -89,8 +93,9 @@ def sample_spec(cfg: DataConfig, key: Sequence[int], **fixed: str) -> ImageSpec:
     rotation = float(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
     distractors = int(rng.integers(0, cfg.max_distractors + 1))
     render_seed = tuple(int(v) for v in rng.integers(0, 2**31 - 1, size=2))
-    hue_shift = float(rng.uniform(-cfg.hue_jitter_deg, cfg.hue_jitter_deg))
-    shade = float(rng.uniform(1.0 - cfg.shade_jitter, 1.0))
+    hue_jitter, shade_jitter = lighting
+    hue_shift = float(rng.uniform(-1.0, 1.0)) * hue_jitter  # drawn at any setting, so the setting moves no other draw
+    shade = 1.0 - float(rng.uniform(0.0, 1.0)) * shade_jitter
     # Keep the object mostly inside the frame: its centre stays at least 85% of its radius from every edge.
     margin = 0.85 * SIZE_RADIUS[drawn["size"]]
     x = float(np.clip(x, margin, 1.0 - margin))

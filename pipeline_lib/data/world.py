@@ -287,16 +287,18 @@ def write_czsl(cfg: DataConfig, out_dir: Path, renderer: Renderer) -> dict[str, 
     for name, pair_list in (("train", pairs.train), ("val", pairs.val), ("test", pairs.test)):
         (split_dir / f"{name}_pairs.txt").write_text("".join(f"{a} {o}\n" for a, o in pair_list))
 
+    lighting = (cfg.czsl_hue_jitter_deg, cfg.czsl_shade_jitter)
     per_pair = {"train": cfg.czsl_train_per_pair, "val": cfg.czsl_val_per_pair, "test": cfg.czsl_test_per_pair}
     entries: list[tuple[str, str, str, str, ImageSpec]] = []  # (set, attr, obj, file name, spec)
     for set_id, (name, pair_list) in enumerate((("train", pairs.train), ("val", pairs.val), ("test", pairs.test))):
         for attr, obj in pair_list:
             for k in range(per_pair[name]):
                 key = (cfg.seed, STREAM_CZSL_IMAGES, set_id, cfg.colours.index(attr), cfg.shapes.index(obj), k)
-                entries.append((name, attr, obj, f"{name}_{k:04d}.png", sample_spec(cfg, key, colour=attr, shape=obj)))
+                spec = sample_spec(cfg, key, lighting, colour=attr, shape=obj)
+                entries.append((name, attr, obj, f"{name}_{k:04d}.png", spec))
     # Images with set "NA", as in the real releases; every loader must skip them.
     for k in range(cfg.czsl_na_images):
-        spec = sample_spec(cfg, (cfg.seed, STREAM_CZSL_IMAGES, 3, 0, 0, k))
+        spec = sample_spec(cfg, (cfg.seed, STREAM_CZSL_IMAGES, 3, 0, 0, k), lighting)
         entries.append(("NA", spec.colour, spec.shape, f"na_{k:04d}.png", spec))
 
     for attr, obj in {(e[1], e[2]) for e in entries}:

@@ -1,13 +1,21 @@
-"""The short results table printed at the end of `./run.sh` and `bridgeflow run`, read from metrics/*.json."""
+"""The short results printed at the end of `./run.sh` and `bridgeflow run`, read from metrics/*.json.
+
+The claims (metrics/claims.json: one paired interval and verdict per paper claim) come first, one line each
+(`claims_lines`); then the headline numbers of every other metrics file (`summary_rows`).
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.engine.stages import STAGES
+from pipeline_lib.engine.stages import STAGES, get_stage
+
+log = logging.getLogger(__name__)
 
 # The headline numbers per metrics file (fnmatch patterns over dotted keys); without a match, the first numbers.
 HEADLINES: dict[str, tuple[str, ...]] = {
@@ -30,16 +38,22 @@ HEADLINES: dict[str, tuple[str, ...]] = {
         "image.image_to_image.map",
         "image.oti_to_image.map",
         "image.class_text_to_image.map",
-        "image.best_map",
-        "image.best_step",
+        "image.oti_to_image_selected.map",
+        "image.selected_step",
         "text.text_to_text.map",
         "text.ovi_to_text.map",
-        "text.best_map",
-        "text.best_step",
+        "text.ovi_to_text_selected.map",
+        "text.selected_step",
     ),
-    "czsl": ("rows.*.closed.auc", "rows.*.closed.hm", "rows.*.open.auc"),
+    "czsl": ("seeds", "rows.*.closed.auc", "rows.*.closed.hm", "rows.*.open.auc"),  # rows: means over the seeds
 }
 MAX_ROWS_PER_FILE = 24
+
+CLAIMS_STEM = "claims"  # metrics/claims.json: printed first, one line per claim, not as headline numbers
+SUMMARY_WIDTH = 120
+VERDICTS = ("holds", "refuted", "undecided", "not run")
+# Panel (unit) of a claim's difference -> short unit label; inferred from the claim's `metric` by `claim_panel`.
+PANEL_UNITS = {"accuracy": "acc pts", "mAP": "mAP pts", "AUC": "AUC pts", "correlation": "rho", "other": ""}
 
 
 def _is_number(value: Any) -> bool:
@@ -65,7 +79,13 @@ def flatten_metrics(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def headline_rows(path: Path) -> list[tuple[str, str]]:
-    """(metric, formatted value) rows of one metrics file: its headline metrics, else its first numbers."""
+    """(metric, formatted value) rows of one metrics file: its headline metrics, else its first numbers.
+
+    The claims file gives one row per claim: (claim id, "verdict mean [low, high] (n=..)").
+    """
+    if path.stem == CLAIMS_STEM:
+        doc = _claims_doc(json.loads(path.read_text()))
+        return [(str(c.get("id", "?")), _claim_result(c)) for c in (doc or {}).get("claims", [])]
     flat = {k: v for k, v in flatten_metrics(json.loads(path.read_text())) if _is_number(v)}
     keys = [k for pattern in HEADLINES.get(path.stem, ()) for k in flat if fnmatch.fnmatchcase(k, pattern)]
     keys = list(dict.fromkeys(keys))[:MAX_ROWS_PER_FILE] or list(flat)[:MAX_ROWS_PER_FILE]
@@ -74,10 +94,129 @@ def headline_rows(path: Path) -> list[tuple[str, str]]:
 
 def summary_rows(root: Path) -> list[tuple[str, str, str]]:
     """(metrics file stem, metric, formatted value) rows over every metrics file."""
-    return [(path.stem, key, value) for path in metrics_files(root) for key, value in headline_rows(path)]
+    return [
+        (path.stem, key, value)
+        for path in metrics_files(root)
+        if path.stem != CLAIMS_STEM  # printed apart, first (claims_lines)
+        for key, value in headline_rows(path)
+    ]
 
 
 def metrics_files(root: Path) -> list[Path]:
     """The metrics JSON files the registry declares that exist under `root`, in pipeline order."""
     declared = (root / path for stage in STAGES for path in stage.metrics)
     return [path for path in dict.fromkeys(declared) if path.is_file()]
+
+
+# --- claims: metrics/claims.json -------------------------------------------------------------------------------
+
+
+def claim_panel(metric: str) -> str:
+    """The unit panel of a claim from its `metric` text: accuracy / mAP / AUC points, a correlation, or other."""
+    text = metric.lower()
+    if "correlation" in text or "spearman" in text:  # before AUC: "Spearman correlation of RMG and AUC"
+        return "correlation"
+    if "map" in text:
+        return "mAP"
+    if "auc" in text:
+        return "AUC"
+    if "acc" in text:
+        return "accuracy"
+    return "other"
+
+
+def claims_path(root: Path) -> Path:
+    """Where the claims stage writes its table (the registry's metrics file of `claims`)."""
+    return root / get_stage("claims").metrics[0]
+
+
+def _claims_doc(doc: Any) -> dict[str, Any] | None:
+    if not isinstance(doc, dict) or not isinstance(doc.get("claims"), list):
+        return None
+    return {**doc, "claims": [c for c in doc["claims"] if isinstance(c, dict)]}
+
+
+def load_claims(root: Path) -> dict[str, Any] | None:
+    """metrics/claims.json ({"level", "claims": [...]}), or None when it is missing or unreadable."""
+    path = claims_path(root)
+    if not path.is_file():
+        return None
+    try:
+        doc = _claims_doc(json.loads(path.read_text()))
+    except (OSError, ValueError) as err:
+        log.warning("claims: cannot read %s: %s", path, err)
+        return None
+    if doc is None:
+        log.warning("claims: %s has no list of claims", path)
+    return doc
+
+
+def is_measured(claim: dict[str, Any]) -> bool:
+    """Whether a claim has an interval to show (run, with mean / low / high numbers)."""
+    return claim.get("verdict") != "not run" and all(_is_number(claim.get(k)) for k in ("mean", "low", "high"))
+
+
+def _num(value: float) -> str:
+    return f"{value:+.2f}" if math.isfinite(value) else str(value)
+
+
+def _claim_result(claim: dict[str, Any]) -> str:
+    verdict = str(claim.get("verdict", "?"))
+    if not is_measured(claim):
+        return verdict
+    n = f" (n={claim['n']})" if "n" in claim else ""
+    return f"{verdict} {_num(claim['mean'])} [{_num(claim['low'])}, {_num(claim['high'])}]{n}"
+
+
+def _fit(text: str, width: int) -> str:
+    """`text` cut to `width` characters with an ellipsis; a claim id keeps its `@<shots>shot` suffix."""
+    if len(text) <= width:
+        return text
+    head, at, tail = text.rpartition("@")
+    if at and len(tail) + 3 <= width:
+        return head[: width - len(tail) - 2] + "…@" + tail
+    return text[: width - 1] + "…"
+
+
+def claims_header(doc: dict[str, Any]) -> str:
+    level = doc.get("level", 0.95)
+    pct = f"{100 * level:.0f}%" if _is_number(level) else "?"
+    return f"claims ({pct} intervals; paired over seeds or queries)"
+
+
+def claims_lines(doc: dict[str, Any] | None, width: int = SUMMARY_WIDTH) -> list[str]:
+    """The claims as text lines of at most `width` columns: a header, then per claim its id, verdict and
+    mean [low, high] (n) with the unit. Ids are shortened to fit, numbers never; a claim that did not run shows
+    why, cut to the line."""
+    if doc is None:
+        return ["claims: none yet (metrics/claims.json is missing or unreadable: run the claims stage)"]
+    claims = doc.get("claims", [])
+    if not claims:
+        return [claims_header(doc), "  (no claims in metrics/claims.json)"]
+    measured = [c for c in claims if is_measured(c)]
+    cols = {k: max((len(_num(c[k])) for c in measured), default=0) for k in ("mean", "low", "high")}
+    n_w = max((len(str(c.get("n", ""))) for c in measured), default=0)
+
+    def numbers(c: dict[str, Any]) -> str:
+        n = f"(n={c['n']})" if "n" in c else ""
+        return (
+            f"{_num(c['mean']):>{cols['mean']}} [{_num(c['low']):>{cols['low']}}, "
+            f"{_num(c['high']):>{cols['high']}}] {n:<{n_w + 4}}"
+        )
+
+    verdict_w = max(len(v) for v in VERDICTS)
+    rest_w = max(
+        (len(numbers(c)) + 2 + len(PANEL_UNITS[claim_panel(str(c.get("metric", "")))]) for c in measured), default=0
+    )
+    ids = [str(c.get("id", "?")) for c in claims]
+    id_w = max(16, min(max(len(i) for i in ids), width - 2 - 2 - verdict_w - 2 - rest_w))
+    lines = [claims_header(doc)]
+    for claim_id, c in zip(ids, claims, strict=True):
+        head = f"  {_fit(claim_id, id_w):<{id_w}}  {str(c.get('verdict', '?')):<{verdict_w}}  "
+        if is_measured(c):
+            unit = PANEL_UNITS[claim_panel(str(c.get("metric", "")))]
+            lines.append((head + numbers(c) + "  " + unit).rstrip())
+        else:
+            why = str(c.get("diagnostic", "")) or "-"
+            lines.append(head + _fit(why, max(10, width - len(head))))
+    return lines

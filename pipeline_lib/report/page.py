@@ -4,7 +4,9 @@ Driven by the stage registry: every declared plot CSV becomes a PNG (one line pe
 column such as `method`), every metrics JSON a table. Summaries that only exist in a metrics JSON (the backbone's gap
 statistics, intra-modal vs inverted retrieval, the CZSL ablation) get bar charts from `METRIC_FIGURES`, and the last
 section plots every published instance's compute time and how often it ran vs was reused (the stage event log).
-The only script is inline and marks each image as loaded or broken, so a headless browser can check the page.
+The page opens with the Claims section (`report.claims`: forest plot and table of metrics/claims.json), which
+replaces the claims stage's own section. The only script is inline and marks each image as loaded or broken, so a
+headless browser can check the page.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from pipeline_lib.engine.config import effective_params
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.events import latest_status, outcome_counts, read_events
 from pipeline_lib.engine.params import get_dotted
-from pipeline_lib.engine.stages import STAGES, Plot, Stage, instances
+from pipeline_lib.engine.stages import STAGES, Plot, Stage, get_stage, instances
 from pipeline_lib.engine.summary import flatten_metrics
+from pipeline_lib.report.claims import claims_section
 
 log = logging.getLogger(__name__)
 
 MAX_TABLE_ROWS = 60
+CLAIMS_STAGE = "claims"
 MAX_LINES = 12
 
 Bars = tuple[list[str], dict[str, list[float]]]  # (categories, series name -> one value per category)
@@ -154,8 +158,8 @@ def inversion_bars(inv: dict[str, Any]) -> Bars | None:
         return None
     intra = [inv[pairs[label][0]][pairs[label][1]]["map"] for label in found]
     last = [inv[pairs[label][0]][pairs[label][2]]["map"] for label in found]
-    best = [side.get("best_map", float("nan")) for side in found.values()]
-    return list(found), {"intra-modal": intra, "inverted, last step": last, "inverted, best step": best}
+    chosen = [inv[pairs[label][0]].get(f"{pairs[label][2]}_selected", {}).get("map", float("nan")) for label in found]
+    return list(found), {"intra-modal": intra, "inverted, last step": last, "inverted, val-selected step": chosen}
 
 
 def czsl_bars(czsl: dict[str, Any]) -> Bars | None:
@@ -334,10 +338,12 @@ def stage_section(root: Path, stage: Stage, out_dir: Path) -> tuple[str, list[st
 def write_report(root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
     """Write index.html and its PNGs into out_dir; returns what was included."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections: list[str] = []
-    pngs: list[str] = []
-    metrics: list[str] = []
+    claims_html, pngs, claims = claims_section(root, out_dir)
+    sections: list[str] = [claims_html]  # first: the claims lead the page
+    metrics: list[str] = list(get_stage(CLAIMS_STAGE).metrics) if claims is not None else []
     for stage in STAGES:
+        if stage.name == CLAIMS_STAGE:  # shown by the Claims section above
+            continue
         section, drawn, shown = stage_section(root, stage, out_dir)
         sections.append(section)
         pngs += drawn
@@ -355,7 +361,8 @@ def write_report(root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str,
     )
     (out_dir / "index.html").write_text(page)
     log.info("report: %d plots, %d metrics files -> %s", len(pngs), len(metrics), out_dir)
-    return {"plots": len(pngs), "metrics": len(metrics), "stages_timed": len(runs)}
+    n_claims = len(claims["claims"]) if claims is not None else 0
+    return {"plots": len(pngs), "metrics": len(metrics), "stages_timed": len(runs), "claims": n_claims}
 
 
 def run_report(ctx: StageContext) -> dict[str, Any]:
