@@ -111,8 +111,18 @@ def run(
     root: RootOpt = Path("."),
     profile: ProfileOpt = None,
     set_: SetOpt = None,
+    publish: Annotated[
+        bool, typer.Option("--publish", help="Publish into the workspace even when params differ from params.yaml.")
+    ] = False,
 ) -> None:
-    """Run the pipeline (or the named stages) as a Prefect flow with cached tasks."""
+    """Run the pipeline (or the named stages) as a Prefect flow with cached tasks.
+
+    With a profile or overrides that change params.yaml's values, results go to .bridgeflow/runs/<name>/ (printed),
+    never over the workspace results that dvc.lock describes, unless --publish.
+    """
+    from pipeline_lib.engine.preflight import preflight
+
+    preflight(root, profile, tuple(set_ or ()))  # before the Prefect server starts: a typo fails in a second
     from flows.prefect_env import configure_prefect_env
 
     configure_prefect_env(root)
@@ -121,14 +131,19 @@ def run(
 
     for name in stage_names or []:
         get_stage(name)
-    rows = pipeline_flow(root=str(root.resolve()), stages=stage_names, profile=profile, overrides=list(set_ or []))
+    rows = pipeline_flow(root=str(root.resolve()), stages=stage_names, profile=profile, overrides=list(set_ or []),
+                         publish=publish)
     table = Table(title="bridgeflow run")
     for column in ("stage", "status", "seconds"):
         table.add_column(column)
     for row in rows:
         table.add_row(row["stage"], row["status"], f"{row['seconds']:.1f}")
     Console().print(table)
-    _print_summary(root)
+    results = Path(rows[0]["results"]) if rows else root.resolve()
+    _print_summary(results)
+    if results != root.resolve():
+        console.print(f"results of this run: {results} (params differ from params.yaml; the workspace results are "
+                      "untouched; --publish writes them there)")
 
 
 @app.command()
@@ -201,6 +216,24 @@ def params(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt =
 
     cfg = load_config(root, profile, tuple(set_ or ()))
     typer.echo(yaml.safe_dump(effective_params(cfg), sort_keys=False, width=120), nl=False)
+
+
+@app.command("check-params")
+@friendly_errors
+def check_params(
+    root: RootOpt = Path("."),
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write 'ok' here when the params pass.")] = None,
+) -> None:
+    """Check params (keys, values, dataset paths, backbone name) without running anything; dvc.yaml's first stage."""
+    from pipeline_lib.engine.preflight import preflight
+
+    preflight(root, profile, tuple(set_ or ()), require_dvc_keys=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("ok\n")  # constant: a params edit that passes never makes the stages below stale
+    console.print("params ok")
 
 
 @app.command("dvc-yaml")

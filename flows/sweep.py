@@ -1,9 +1,10 @@
 """The Prefect sweep: one `pipeline_flow` subflow per grid point, one at a time, each point's results kept apart.
 
 Points run serially inside one flow run, so a sweep talks to one Prefect server (no two ephemeral servers on one
-SQLite database). Every point republishes `metrics/`, `plots/` and `artifacts/` with its own fingerprints, so right
-after each point its metrics and plots are copied into `.bridgeflow/sweeps/<sweep>/<point>/`; the stage outputs
-themselves stay in the fingerprint-keyed scratch cache, so re-running any point republishes it without computing.
+SQLite database). A point whose params differ from params.yaml publishes into its own results folder
+(`.bridgeflow/runs/<name>/`, see `engine.results`), never over the workspace results; right after each point its
+metrics and plots are copied into `.bridgeflow/sweeps/<sweep>/<point>/` for the comparison. The stage outputs stay
+in the fingerprint-keyed scratch cache, so re-running any point republishes it without computing.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def sweep_flow(
         rows = pipeline_flow.with_options(flow_run_name=f"sweep-{name}")(
             root=str(root_path), stages=stages, profile=profile, overrides=base + point
         )
-        kept.append((point, keep_point(root_path, sweep_dir / name, point, stages, rows)))
+        results = Path(rows[0]["results"]) if rows else root_path
+        kept.append((point, keep_point(results, sweep_dir / name, point, stages, rows)))
     columns, table = comparison(kept, only_changed=only_changed)
     write_comparison_csv(sweep_dir / "comparison.csv", columns, table)
     create_table_artifact(

@@ -38,7 +38,7 @@ class PublishedFingerprint(CachePolicy):
     """
 
     key_input: str = "fingerprint"
-    exclude: tuple[str, ...] = ("root", "inst", "cfg")
+    exclude: tuple[str, ...] = ("root", "inst", "cfg", "project")
 
     def compute_key(
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
@@ -64,9 +64,14 @@ def publish_metrics_artifacts(root: Path, stage: Stage) -> None:
 
 
 @task(cache_policy=PublishedFingerprint(), result_serializer="json", persist_result=True, retries=0)
-def stage_task(root: str, inst: StageInstance, fingerprint: str, cfg: Config) -> dict[str, Any]:
-    """Run (or reuse) one stage instance with the flow's validated config and fingerprint; its status and summary."""
-    result = run_instance(Path(root), inst, cfg, fp=fingerprint)
+def stage_task(root: str, inst: StageInstance, fingerprint: str, cfg: Config,
+               project: str | None = None) -> dict[str, Any]:
+    """Run (or reuse) one stage instance with the flow's validated config and fingerprint; its status and summary.
+
+    `root` is where the outputs are published (the workspace or the run's results folder), `project` the project
+    folder (scratch copies, locks; default `root`).
+    """
+    result = run_instance(Path(root), inst, cfg, fp=fingerprint, project=Path(project) if project else None)
     publish_metrics_artifacts(Path(root), inst.stage)
     return {"id": result.id, "status": result.status, "fingerprint": result.fingerprint,
             "seconds": round(result.seconds, 2), "summary": result.summary}

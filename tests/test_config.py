@@ -23,6 +23,17 @@ def test_params_yaml_lists_every_knob() -> None:
     assert load_params(REPO) == effective_params(load_config(REPO))
 
 
+def test_params_yaml_survives_dvcs_round_trip_byte_for_byte(tmp_path: Path) -> None:
+    """`dvc exp run -S` rewrites params.yaml through DVC's YAML dumper: it must not reformat the file."""
+    from dvc.utils.serialize import modify_yaml
+
+    copy = tmp_path / "params.yaml"
+    copy.write_bytes((REPO / "params.yaml").read_bytes())
+    with modify_yaml(copy):
+        pass
+    assert copy.read_bytes() == (REPO / "params.yaml").read_bytes()
+
+
 def test_unknown_key_is_named(tmp_path: Path) -> None:
     params = load_params(REPO)
     params["data"]["imagesize"] = 32
@@ -47,3 +58,11 @@ def test_overrides_and_their_errors() -> None:
         load_config(REPO, overrides=("runtime.num_workers",))
     with pytest.raises(ParamsError, match="unknown profile 'huge'"):
         load_config(REPO, "huge")
+
+
+def test_numeric_folder_names_stay_names() -> None:
+    """EuroSAT's CoOp layout keeps its images in `2750/`: YAML reads 2750 as a number, the param means the folder."""
+    cfg = load_config(REPO, overrides=("features.fewshot.image_dir=2750", "features.czsl.root=1234"))
+    assert cfg.features.fewshot.image_dir == "2750" and cfg.features.czsl.root == "1234"
+    with pytest.raises(ParamsError, match="features.czsl.enabled"):
+        load_config(REPO, overrides=("features.czsl.enabled=3.5",))

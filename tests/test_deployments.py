@@ -97,6 +97,23 @@ def test_worker_run_of_the_deployment_reuses_published_stages(produced: Path, pr
     assert all(str(r["status"]).startswith("cached") for r in rows), rows
 
 
+def test_a_deployment_run_with_bad_params_fails_with_the_reason(produced: Path, prefect_server: None) -> None:
+    """The caller (UI, `prefect flow-run inspect`, run_deployment) reads why: the validation error is the message."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(
+        "bridgeflow-pipeline/full",
+        parameters={"root": str(produced), "stages": STAGES, "overrides": ["fewshot.atol=abc"]},
+        timeout=0,
+    )
+    sh(produced, "prefect", "worker", "start", "--pool", POOL, "--run-once", timeout=240)
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+    assert state is not None and state.is_failed(), state
+    assert "fewshot.atol = 'abc'" in (state.message or ""), state.message
+
+
 def test_prefect_sweep_keeps_every_point(produced: Path, prefect_server: None) -> None:
     from flows.sweep import sweep_flow
 
@@ -108,9 +125,11 @@ def test_prefect_sweep_keeps_every_point(produced: Path, prefect_server: None) -
     kept = [json.loads((p / "metrics/backbone.json").read_text())["steps"] for p in points]
     assert kept == [3, 4]
     statuses = [[r["status"] for r in json.loads((p / "point.json").read_text())["stages"]] for p in points]
-    assert statuses[0][0].startswith("cached") and statuses[0][1] == "ran", statuses
-    # the committed point: nothing computes, backbone comes back from its fingerprint's scratch copy
-    assert statuses[1][0].startswith("cached") and statuses[1][1] == "republished", statuses
+    # steps=3 differs from params.yaml: its own results folder, data linked from the workspace, backbone computed
+    assert statuses[0] == ["republished", "ran"], statuses
+    # steps=4 is params.yaml: the workspace's published stages, untouched by the first point
+    assert all(s.startswith("cached") for s in statuses[1]), statuses
+    assert json.loads((produced / "metrics/backbone.json").read_text())["steps"] == 4
     assert (Path(result["dir"]) / "comparison.csv").is_file()
 
 

@@ -35,7 +35,9 @@ def init_repo(root: Path) -> None:
 
 
 def ran_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    """Pipeline stages DVC ran (the params check, which runs whenever params.yaml changes, is left out)."""
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    return ran - {"check_params"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,50 @@ def test_param_change_reruns_only_that_stage_and_dependents(dvc_project: Path) -
     sh(dvc_project, "git", "commit", "-qm", "batch size")
 
 
+def _fails(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0, f"{' '.join(args)} should have failed:\n{proc.stdout}\n{proc.stderr}"
+    return " ".join((proc.stdout + proc.stderr).split())
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda p: p["backbone"]["diagnose"].update(binz=p["backbone"]["diagnose"].pop("bins")),
+         "backbone.diagnose.binz: unknown key (did you mean backbone.diagnose.bins?)"),
+        (lambda p: p["features"].update(batch_size="abc"), "features.batch_size = 'abc'"),
+        (lambda p: p["features"]["fewshot"].update(root="no/such/folder"), "no such file or folder"),
+        (lambda p: p["backbone"].update(model="ViT-B-61"), "did you mean ViT-B-16"),
+    ],
+)
+def test_bad_params_stop_dvc_repro_before_any_output_is_removed(dvc_project: Path, edit, expected: str) -> None:
+    path = dvc_project / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = _fails(dvc_project, "dvc", "repro", *FOUNDATION)
+    finally:
+        path.write_text(original)
+    assert expected in out and "Running stage 'data'" not in out, out
+    for stage in FOUNDATION:
+        assert (dvc_project / "artifacts" / stage / "manifest.json").is_file(), stage
+
+
+def test_bad_exp_run_value_leaves_every_output_in_place(dvc_project: Path) -> None:
+    original = (dvc_project / "params.yaml").read_text()
+    try:
+        out = _fails(dvc_project, "dvc", "exp", "run", "-S", "features.views=abc", *FOUNDATION)
+    finally:
+        (dvc_project / "params.yaml").write_text(original)
+    assert "features.views = 'abc'" in out, out
+    for stage in FOUNDATION:
+        assert (dvc_project / "artifacts" / stage / "manifest.json").is_file(), stage
+    assert ran_stages(sh(dvc_project, "dvc", "repro", *FOUNDATION)) == set()  # and nothing is stale afterwards
+
+
 def test_prefect_flow_reuses_dvc_outputs(dvc_project: Path, prefect_server: None) -> None:
     from flows.pipeline import pipeline_flow
 
@@ -85,6 +131,31 @@ def test_prefect_flow_reuses_dvc_outputs(dvc_project: Path, prefect_server: None
     assert "republished" in out, out
     manifest = json.loads((dvc_project / "artifacts/diagnose/manifest.json").read_text())
     assert manifest["params"]["backbone.diagnose"]["bins"] == 7
+
+
+def test_override_run_publishes_apart_and_leaves_the_workspace_and_dvc_clean(dvc_project: Path,
+                                                                             prefect_server: None) -> None:
+    from flows.pipeline import pipeline_flow
+    from pipeline_lib.engine.config import load_config
+    from pipeline_lib.engine.status import instance_states
+
+    tracked = ["metrics/gap.json", "plots/gap_similarity.csv", "artifacts/diagnose/manifest.json"]
+    before = {p: (dvc_project / p).read_bytes() for p in tracked}
+    rows = pipeline_flow(root=str(dvc_project), stages=["diagnose"], overrides=["backbone.diagnose.bins=9"])
+    results = Path(rows[-1]["results"])
+    assert results.parent == dvc_project / ".bridgeflow" / "runs", results
+    assert {r["stage"]: r["status"] for r in rows} == {"data": "republished", "backbone": "republished",
+                                                       "features": "republished", "diagnose": "ran"}
+    assert json.loads((results / "artifacts/diagnose/manifest.json").read_text())["params"]["backbone.diagnose"][
+        "bins"] == 9
+    assert {p: (dvc_project / p).read_bytes() for p in tracked} == before  # the workspace results are untouched
+    assert ran_stages(sh(dvc_project, "dvc", "repro", "--dry", *FOUNDATION)) == set()
+    states = {r.id: (r.state, r.foreign_results) for r in instance_states(dvc_project, load_config(dvc_project))
+              if r.id in FOUNDATION}
+    assert set(states.values()) == {("up to date", ())}, states
+    # the same params as params.yaml publish into the workspace (nothing to do: all published)
+    rows = pipeline_flow(root=str(dvc_project), stages=["diagnose"])
+    assert {r["results"] for r in rows} == {str(dvc_project)} and all(r["status"].startswith("cached") for r in rows)
 
 
 def test_exp_run_with_set_param(dvc_project: Path) -> None:

@@ -9,7 +9,7 @@ from pipeline_lib.engine.config import effective_params, load_config
 from pipeline_lib.engine.dvcfile import render
 from pipeline_lib.engine.params import get_dotted
 from pipeline_lib.engine.runner import load_function
-from pipeline_lib.engine.stages import STAGES, get_stage
+from pipeline_lib.engine.stages import PARAMS_CHECK, STAGES, get_stage
 
 
 def test_dvc_yaml_matches_registry() -> None:
@@ -18,8 +18,12 @@ def test_dvc_yaml_matches_registry() -> None:
 
 def test_dvc_yaml_stages_names_params_deps_outs() -> None:
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert list(dvc) == [s.name for s in STAGES]
+    assert list(dvc) == ["check_params"] + [s.name for s in STAGES]
+    check = dvc["check_params"]
+    assert "params.yaml" in check["deps"] and check["outs"] == [PARAMS_CHECK]
     for stage in STAGES:
+        if not stage.deps:  # the params check runs before every stage without upstream stages
+            assert PARAMS_CHECK in dvc[stage.name]["deps"]
         entry = dvc[stage.name]
         assert entry["params"] == list(stage.params)
         assert entry["cmd"].startswith(f"bridgeflow stage {stage.name}")

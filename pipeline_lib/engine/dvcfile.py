@@ -2,7 +2,9 @@
 
 Each stage's `cmd` runs the stage function directly (`bridgeflow stage NAME`), with no Prefect server start per stage.
 Deps are the stage's code and its upstream outputs; params are exactly the dotted keys the registry lists, so a stage
-reruns only when its own keys change.
+reruns only when its own keys change. A first stage, `check_params`, validates the whole params file whenever it
+changes; the stages without upstream stages depend on its (constant) output, so DVC runs it before any of them and a
+bad param stops `dvc repro` before any output is removed.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Any
 
 import yaml
 
-from pipeline_lib.engine.closure import code_paths
-from pipeline_lib.engine.stages import STAGES, Stage, dvc_template, get_stage
+from pipeline_lib.engine.closure import code_paths, import_closure, module_file, package_dir
+from pipeline_lib.engine.stages import PARAMS_CHECK, STAGES, Stage, dvc_template, get_stage
+
+PREFLIGHT_MODULE = "pipeline_lib.engine.preflight"
 
 HEADER = (
     "# Generated from pipeline_lib/engine/stages.py by `bridgeflow dvc-yaml --write`:"
@@ -40,7 +44,7 @@ def stage_entry(stage: Stage, root: Path) -> dict[str, Any]:
         entry["matrix"] = {var: f"${{{key}}}" for var, key in stage.matrix}
     entry["desc"] = stage.description
     entry["cmd"] = cmd
-    entry["deps"] = code_paths(stage) + upstream_outs(stage)
+    entry["deps"] = code_paths(stage) + (upstream_outs(stage) if stage.deps else [PARAMS_CHECK])
     entry["params"] = list(stage.params)
     entry["outs"] = [dvc_template(p) for p in stage.outs]
     if stage.metrics:
@@ -60,6 +64,18 @@ def plots_section() -> list[dict[str, Any]]:
     return section
 
 
+def check_entry() -> dict[str, Any]:
+    """The params check: reruns when params.yaml or the check's code changes, in about a second."""
+    base = package_dir().parent
+    code = sorted({module_file(m).relative_to(base).as_posix() for m in import_closure(PREFLIGHT_MODULE)
+                   if m != "pipeline_lib" and module_file(m) is not None})
+    return {"desc": "Check params.yaml (keys, values, dataset paths, backbone name) before any stage can remove "
+                    "its outputs.",
+            "cmd": f"bridgeflow check-params --out {PARAMS_CHECK}",
+            "deps": ["params.yaml", *code], "outs": [PARAMS_CHECK]}
+
+
 def render(root: Path) -> str:
-    document = {"stages": {s.name: stage_entry(s, root) for s in STAGES}, "plots": plots_section()}
+    stages = {"check_params": check_entry(), **{s.name: stage_entry(s, root) for s in STAGES}}
+    document = {"stages": stages, "plots": plots_section()}
     return HEADER + yaml.safe_dump(document, sort_keys=False, width=120)

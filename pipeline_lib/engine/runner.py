@@ -116,20 +116,25 @@ def run_instance(
     lock_wait: float | None = 0.0,
     *,
     fp: str | None = None,
+    project: Path | None = None,
 ) -> StageResult:
     """Compute one stage instance unless its published outputs already carry its fingerprint; log the outcome.
 
+    `root` is where outputs are read and published: the project folder, or a run's own results folder
+    (`engine.results`) when its params differ from params.yaml. `project` (default: `root`) holds the scratch copies
+    and locks, shared by every results folder, and its published outputs are reused (linked) when they carry the
+    same fingerprint, so a run with one changed param recomputes only what that param changes.
     `fp` is the instance's fingerprint when the caller has just computed it from the same `cfg` after its upstream
     instances finished (the Prefect flow does); otherwise it is computed here. Either way the upstream manifests are
     read again before computing: the new manifest records them, and a vanished upstream is a clear error.
     """
-    result = _compute_or_reuse(root, inst, cfg, force, lock_wait, fp)
+    result = _compute_or_reuse(root, project or root, inst, cfg, force, lock_wait, fp)
     record_event(root, result.id, result.status, result.fingerprint, result.seconds)
     return result
 
 
 def _compute_or_reuse(
-    root: Path, inst: StageInstance, cfg: Config, force: bool, lock_wait: float | None, fp: str | None
+    root: Path, project: Path, inst: StageInstance, cfg: Config, force: bool, lock_wait: float | None, fp: str | None
 ) -> StageResult:
     start = time.perf_counter()
     params = effective_params(cfg)
@@ -137,13 +142,16 @@ def _compute_or_reuse(
     if fp is None:
         upstream = upstream_fingerprints(root, inst, params)
         fp = fingerprint(inst, params, upstream, code_digest(inst.stage))
-    with stage_lock(root, inst, wait_seconds=lock_wait):
+    with stage_lock(project, inst, wait_seconds=lock_wait):
         if not force and is_published(root, inst, fp):
             summary = (read_manifest(root, inst) or {}).get("summary", {})
             return StageResult(inst.id, "cached", fp, time.perf_counter() - start, summary)
-        work = scratch_dir(root, inst, fp)
-        if not force and is_complete_in_scratch(work, fp):
-            publish(root, work, inst)
+        work = scratch_dir(project, inst, fp)
+        source = work if is_complete_in_scratch(work, fp) else None
+        if source is None and project != root and is_published(project, inst, fp):
+            source = project  # the project's published outputs, same relative paths
+        if not force and source is not None:
+            publish(root, source, inst)
             summary = (read_manifest(root, inst) or {}).get("summary", {})
             return StageResult(inst.id, "republished", fp, time.perf_counter() - start, summary)
         if upstream is None:  # computing: record (and require) the upstream outputs this run reads

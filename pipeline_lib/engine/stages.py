@@ -88,6 +88,10 @@ class StageInstance:
         return tuple(self.path(p) for p in self.stage.all_outputs())
 
 
+#: Written by `bridgeflow check-params`, DVC's first stage; every stage without upstream stages depends on it, so
+#: `dvc repro` / `dvc exp run` stop on a bad param before DVC removes any output. Its content never changes.
+PARAMS_CHECK = "artifacts/params_check.txt"
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="data",

@@ -137,7 +137,7 @@ def _claims_doc(doc: Any) -> dict[str, Any] | None:
 
 
 def load_claims(root: Path) -> dict[str, Any] | None:
-    """metrics/claims.json ({"level", "claims": [...]}), or None when it is missing or unreadable."""
+    """The claims stage's metrics ({"level", "claims": [...]}), or None when missing or unreadable."""
     path = claims_path(root)
     if not path.is_file():
         return None

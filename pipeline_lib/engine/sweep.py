@@ -86,10 +86,10 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[list[str]]:
 
 def validate_points(root: Path, profile: str | None, points: Sequence[Sequence[str]]) -> None:
     """Validate every point's params up front, so a bad key or value fails before the first point runs."""
-    from pipeline_lib.engine.config import load_config  # imports every section model (and torch): only when sweeping
+    from pipeline_lib.engine.preflight import preflight  # imports every section model: only when sweeping
 
     for point in points:
-        load_config(root, profile, tuple(point))
+        preflight(root, profile, tuple(point))
 
 
 def point_name(index: int, overrides: Sequence[str]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline_lib.engine.configbase import Section
 
@@ -33,7 +33,20 @@ class AugmentConfig(Section):
         return v
 
 
-class FewshotSource(Section):
+class NamedPaths(Section):
+    """A section whose text fields name files or folders: a name YAML read as a number is still a name.
+
+    (EuroSAT's CoOp layout keeps its images in `2750/`; `-S features.fewshot.image_dir=2750` must mean that folder.)
+    """
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _names_are_text(cls, v: object, info: ValidationInfo) -> object:
+        text_field = cls.model_fields[info.field_name or ""].annotation in (str, str | None)
+        return str(v) if text_field and isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
+class FewshotSource(NamedPaths):
     """A CoOp-format classification dataset: root/image_dir/<relpath> images and root/split_file."""
 
     # None = the shapes world published by the data stage (artifacts/data/fewshot/shapes); relative paths are taken
@@ -44,14 +57,14 @@ class FewshotSource(Section):
     dataset_name: str = "Shapes"  # picks the CoOp prompt template(s) in pipeline_lib.features.prompts
 
 
-class CzslSource(Section):
+class CzslSource(NamedPaths):
     """A CZSL dataset in the standard layout (compositional-split-natural + metadata .t7 + images/)."""
 
     root: str | None = None  # None = artifacts/data/czsl/shapes from the data stage
     enabled: bool = True  # skip the CZSL store when the user has no CZSL data
 
 
-class RetrievalTextSource(Section):
+class RetrievalTextSource(NamedPaths):
     """A text-retrieval parquet with columns text, group, split ("query"|"gallery")."""
 
     path: str | None = None  # None = artifacts/data/retrieval/texts.parquet from the data stage

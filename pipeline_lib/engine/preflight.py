@@ -1,0 +1,123 @@
+"""Check params before anything runs, so a typo never costs an output.
+
+Every entry point calls `preflight` first: `bridgeflow run` / `sweep` / the deployment flows before Prefect starts,
+and `dvc repro` / `dvc exp run` through the `check_params` stage that every other stage sits below (DVC removes a
+stage's outputs before running it, so a stage that validates its own params would be too late). It adds to the
+params model's validation what only a whole-file view can tell: "did you mean" for unknown keys, keys `dvc.yaml`
+declares but params.yaml lacks (DVC would remove outputs, then stop on "Parameters ... are missing"), dataset
+folders and files that do not exist, and backbone names open_clip does not know. It imports no torch, so a
+failure is reported in well under 2 seconds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from pipeline_lib.engine.config import Config, load_config
+from pipeline_lib.engine.params import ParamsError, get_dotted, load_params
+
+#: params whose value names a file or folder that must exist when set (relative paths are from the project root)
+PATH_KEYS = (
+    "features.fewshot.root",
+    "features.czsl.root",
+    "features.retrieval_text.path",
+    "features.cupl_file",
+    "czsl.ow_word_vectors",
+)
+
+
+def unknown_keys(raw: dict[str, Any], model: type[BaseModel] = Config, prefix: str = "") -> Iterator[str]:
+    """'key: unknown key (did you mean ...?)' for every key of `raw` the params model does not define."""
+    fields = model.model_fields
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(fields)})"
+            yield f"{dotted}: unknown key{hint}"
+            continue
+        annotation = fields[key].annotation
+        if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from unknown_keys(value, annotation, dotted + ".")
+
+
+def missing_dvc_params(root: Path, raw: dict[str, Any]) -> list[str]:
+    """Params keys that dvc.yaml stages declare but params.yaml lacks."""
+    dvc_file = root / "dvc.yaml"
+    if not dvc_file.is_file():
+        return []
+    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
+    declared = dict.fromkeys(k for entry in stages.values() for k in entry.get("params", []) if isinstance(k, str))
+    missing = []
+    for key in declared:
+        try:
+            get_dotted(raw, key)
+        except KeyError:
+            missing.append(f"{key}: missing from params.yaml (dvc.yaml's stages read it; `bridgeflow params` "
+                           "prints every key with its default)")
+    return missing
+
+
+def missing_paths(root: Path, cfg: Config) -> list[str]:
+    params = cfg.model_dump(mode="json")
+    problems = []
+    for key in PATH_KEYS:
+        value = get_dotted(params, key)
+        if value is not None and not (root / str(value)).exists():
+            problems.append(f"{key} = {value!r}: no such file or folder (relative paths start at {root.resolve()})")
+    pretrained = cfg.backbone.pretrained
+    if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        if not (root / pretrained).exists():
+            problems.append(f"backbone.pretrained = {pretrained!r}: no such weights file")
+    return problems
+
+
+def known_backbones() -> list[str]:
+    """open_clip's model names, read from its bundled configs without importing it (which would import torch)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model_configs"
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def backbone_problems(cfg: Config) -> list[str]:
+    from pipeline_lib.backbone.config import DEFAULT_TINY_MODEL
+
+    name = cfg.backbone.model
+    if name == DEFAULT_TINY_MODEL or name.startswith("hf-hub:"):
+        return []
+    if cfg.backbone.is_tiny:
+        from pipeline_lib.backbone.tiny import TINY_MODEL_CONFIGS  # imports open_clip: only for a non-default tiny
+
+        known = list(TINY_MODEL_CONFIGS)
+    else:
+        known = known_backbones()
+    if not known or name in known:
+        return []
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "open_clip.list_models() lists them"
+    return [f"backbone.model = {name!r}: not an open_clip model name ({hint})"]
+
+
+def preflight(root: Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+              require_dvc_keys: bool = False) -> Config:
+    """The validated config, or ParamsError listing every problem (key, value, what is allowed)."""
+    raw = load_params(root, profile, overrides)
+    problems = list(unknown_keys(raw))
+    if require_dvc_keys:
+        problems += missing_dvc_params(root, load_params(root))
+    if problems:
+        raise ParamsError("invalid params:\n  " + "\n  ".join(problems))
+    cfg = load_config(root, profile, overrides)
+    problems = missing_paths(root, cfg) + backbone_problems(cfg)
+    if problems:
+        raise ParamsError("invalid params:\n  " + "\n  ".join(problems))
+    return cfg

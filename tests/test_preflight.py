@@ -1,0 +1,85 @@
+"""Preflight: every bad-input class is named with its key, value and what is allowed, before anything runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipeline_lib.engine.params import ParamsError, load_params
+from pipeline_lib.engine.preflight import known_backbones, missing_dvc_params, preflight, unknown_keys
+
+
+def _project(tmp_path: Path, edit=None) -> Path:
+    params = load_params(REPO)
+    if edit:
+        edit(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "dvc.yaml").write_bytes((REPO / "dvc.yaml").read_bytes())
+    return tmp_path
+
+
+def test_unknown_keys_get_a_did_you_mean() -> None:
+    raw = {"fewshot": {"atoll": 0.3, "search": {"n_trial": 5}}, "fewshots": {}}
+    found = list(unknown_keys(raw))
+    assert "fewshot.atoll: unknown key (did you mean fewshot.atol?)" in found
+    assert "fewshot.search.n_trial: unknown key (did you mean fewshot.search.n_trials?)" in found
+    assert any(f.startswith("fewshots: unknown key (did you mean fewshot?)") for f in found)
+
+
+def test_keys_dvc_declares_must_be_in_params_yaml(tmp_path: Path) -> None:
+    root = _project(tmp_path, lambda p: p["fewshot"].pop("atol"))
+    assert any(m.startswith("fewshot.atol: missing from params.yaml") for m in missing_dvc_params(root,
+                                                                                                  load_params(root)))
+    preflight(root)  # the params model alone fills the default ...
+    with pytest.raises(ParamsError, match="fewshot.atol: missing from params.yaml"):
+        preflight(root, require_dvc_keys=True)  # ... but DVC would remove outputs, then stop on the missing key
+
+
+def test_missing_paths_and_unknown_backbones_are_named(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    with pytest.raises(ParamsError, match=r"features.czsl.root = 'nowhere': no such file or folder"):
+        preflight(root, overrides=("features.czsl.root=nowhere",))
+    assert "ViT-B-16" in known_backbones()
+    with pytest.raises(ParamsError, match=r"backbone.model = 'ViT-B-61'.*did you mean ViT-B-16"):
+        preflight(root, overrides=("backbone.model=ViT-B-61",))
+    assert preflight(root, overrides=("backbone.model=ViT-B-16",)).backbone.model == "ViT-B-16"
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    root = _project(tmp_path, lambda p: p["czsl"].update(epoch=3) or p["inversion"].update(sed=1))
+    with pytest.raises(ParamsError) as info:
+        preflight(root)
+    assert "czsl.epoch: unknown key (did you mean czsl.epochs?)" in str(info.value)
+    assert "inversion.sed: unknown key (did you mean inversion.seed?)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("fewshot.atol=abc", "fewshot.atol = 'abc'"),
+        ("fewshot.atoll=0.3", "no such key (known here: atol,"),
+        ("features.fewshot.root=/no/such/folder", "no such file or folder"),
+        ("backbone.model=NotAModel-B-99", "not an open_clip model name"),
+    ],
+)
+def test_bridgeflow_run_fails_fast_without_starting_prefect(tmp_path: Path, override: str, expected: str) -> None:
+    root = _project(tmp_path)
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["run", "--root", str(root), "-S", override])
+    seconds = time.perf_counter() - started
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split())
+    assert seconds < 2.0 and not (root / ".bridgeflow").exists()  # no Prefect home: the server never started
+
+
+def test_check_params_writes_a_constant_mark(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    mark = root / "artifacts" / "params_check.txt"
+    result = CliRunner().invoke(app, ["check-params", "--root", str(root), "--out", str(mark)])
+    assert result.exit_code == 0 and mark.read_text() == "ok\n"
