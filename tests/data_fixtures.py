@@ -13,7 +13,7 @@ from pipeline_lib.engine.context import StageContext
 
 
 def tiny_data_config(**overrides: Any) -> DataConfig:
-    """A world small enough to write in about a second: 3 shapes x 4 colours, a few images per split."""
+    """A world small enough to write in about a second: 3 shapes x 4 colours (CZSL: 4 x "solid"), a few images."""
     values: dict[str, Any] = {
         "shapes": ("circle", "square", "star"),
         "colours": ("red", "green", "blue", "yellow"),
@@ -22,6 +22,7 @@ def tiny_data_config(**overrides: Any) -> DataConfig:
         "fewshot_train_per_class": 3,
         "fewshot_val_per_class": 2,
         "fewshot_test_per_class": 3,
+        "czsl_patterns": ("solid",),
         "czsl_val_unseen_pairs": 2,
         "czsl_test_unseen_pairs": 2,
         "czsl_val_seen_pairs": 2,

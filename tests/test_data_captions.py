@@ -72,6 +72,21 @@ def test_paraphrases_are_distinct_and_errors_name_the_limit() -> None:
         cap.caption({"shape": "star", "colour": "red", "pattern": "solid"}, np.random.default_rng(0))
 
 
+def test_retrieval_paraphrases_vary_beyond_the_templates() -> None:
+    """Reordered forms and distractor mentions (other colour, other shape) appear; the meaning stays first."""
+    vocab = {"colour": CFG.colours, "shape": CFG.shapes}
+    rng = np.random.default_rng(0)
+    texts = [t for _ in range(40) for t in cap.paraphrases(LABELS, 5, rng, vocab, 0.5, 0.6)]
+    mentions = [t for t in texts if " next to a small " in t or " beside a" in t]
+    reordered = [t for t in texts if t.startswith(("the ", LABELS["shape"] + ",")) or ": a " in t]
+    assert 0.4 < len(mentions) / len(texts) < 0.8 and 0.3 < len(reordered) / len(texts) < 0.7
+    for text in mentions:  # the distractor is never the meaning's own colour
+        clause = text.split(" next to a small ")[-1] if " next to a small " in text else text.split(" beside a")[-1]
+        assert LABELS["colour"] not in clause.split()
+    with pytest.raises(ValueError, match="vocabulary"):
+        cap.paraphrases(LABELS, 2, rng, None, 0.0, 0.5)
+
+
 def test_class_and_factor_prompts() -> None:
     prompts = cap.class_prompts(["circle", "star"])
     assert prompts[0][0] == "a photo of a circle." and len(prompts[1]) == len(cap.CLASS_TEMPLATES)

@@ -27,12 +27,13 @@ def test_code_defaults_are_the_shipped_world() -> None:
         ({"sizes": ("huge",)}, "data.sizes"),
         ({"backgrounds": ("flat", "sky")}, "data.backgrounds"),
         ({"shapes": ("circle",)}, "at least 2 shapes"),
-        ({"czsl_val_unseen_pairs": 25, "czsl_test_unseen_pairs": 25}, "at most 44 pairs can be unseen"),
+        ({"czsl_val_unseen_pairs": 40, "czsl_test_unseen_pairs": 40}, "at most 74 pairs can be unseen"),
         ({"czsl_val_seen_pairs": 99}, "czsl_val_seen_pairs=99 exceeds"),
-        ({"retrieval_meanings": 10_000}, "retrieval_meanings=10000 exceeds the 360"),
+        ({"retrieval_meanings": 10_000}, "retrieval_meanings=10000 exceeds the 288"),
         ({"retrieval_gallery_per_meaning": 500}, "distinct paraphrases"),
         ({"position_jitter": 0.7}, "less than or equal to 0.5"),
         ({"colour": ("red",)}, "Extra inputs are not permitted"),
+        ({"czsl_patterns": ("plaid",)}, "data.czsl_patterns"),
     ],
 )
 def test_bad_values_are_rejected_with_a_clear_message(overrides: dict, fragment: str) -> None:

@@ -85,8 +85,8 @@ def test_czsl_is_in_the_standard_layout(world: tuple[Path, dict]) -> None:
         assert all(len(p) == 2 for p in pairs[name]) and len(set(pairs[name])) == len(pairs[name])
     train = set(pairs["train"])
     assert len(train) == 12 - 4
-    # every colour and every shape keeps a training pair
-    assert {a for a, _ in train} == set(CFG.colours) and {o for _, o in train} == set(CFG.shapes)
+    # every attribute (colour.pattern, as UT-Zappos writes multi-word names) and every shape keeps a training pair
+    assert {a for a, _ in train} == {f"{c}.solid" for c in CFG.colours} and {o for _, o in train} == set(CFG.shapes)
     val_unseen = set(pairs["val"]) - train
     test_unseen = set(pairs["test"]) - train
     assert len(val_unseen) == 2 and len(test_unseen) == 2 and not val_unseen & test_unseen
@@ -110,23 +110,24 @@ def test_czsl_is_in_the_standard_layout(world: tuple[Path, dict]) -> None:
 
 
 def test_czsl_default_split_measures_composition() -> None:
-    """60 compositions, 15 unseen in each of val and test, built alike; no primitive singles out an unseen pair."""
+    """96 compositions, 15 unseen in each of val and test, built alike; no primitive singles out an unseen pair."""
     from pipeline_lib.data.config import DataConfig
-    from pipeline_lib.data.world import identifying_primitives
+    from pipeline_lib.data.world import czsl_attributes, identifying_primitives
 
     cfg = DataConfig()
     pairs = czsl_pairs(cfg)
+    attrs = czsl_attributes(cfg)
+    assert attrs[:2] == ["red.solid", "red.striped"] and len(attrs) * len(cfg.shapes) == 96
     unseen = pairs.val_unseen + pairs.test_unseen
-    assert len(cfg.colours) * len(cfg.shapes) >= 60
-    assert len(pairs.train) == 30 and len(set(unseen)) == 30 and not set(unseen) & set(pairs.train)
+    assert len(pairs.train) == 66 and len(set(unseen)) == 30 and not set(unseen) & set(pairs.train)
     assert len(pairs.val_unseen) == len(pairs.test_unseen) == 15 and len(pairs.val) == len(pairs.test) == 30
     train_attrs, train_objs = {a for a, _ in pairs.train}, {o for _, o in pairs.train}
     assert all(a in train_attrs and o in train_objs for a, o in unseen)
     assert identifying_primitives(pairs.val_unseen, pairs.val) == []
     assert identifying_primitives(pairs.test_unseen, pairs.test) == []
-    # 30 unseen over 10 colours and 6 shapes: spread evenly
-    assert max(sum(a == c for a, _ in unseen) for c in cfg.colours) <= 3
-    assert max(sum(o == s for _, o in unseen) for s in cfg.shapes) <= 6
+    # 30 unseen over 16 attributes and 6 shapes: spread evenly
+    assert max(sum(a == c for a, _ in unseen) for c in attrs) <= 2
+    assert max(sum(o == s for _, o in unseen) for s in cfg.shapes) <= 5
 
 
 def test_too_few_seen_pairs_to_hide_every_unseen_primitive_is_refused() -> None:
@@ -198,5 +199,5 @@ def test_czsl_loader_reads_the_written_dataset(world: tuple[Path, dict]) -> None
 
     out, _ = world
     ds = load_czsl_dataset(out / vocab.CZSL_ROOT)
-    assert ds.attrs == sorted(CFG.colours) and ds.objs == sorted(CFG.shapes)
+    assert ds.attrs == sorted(f"{c}.solid" for c in CFG.colours) and ds.objs == sorted(CFG.shapes)
     assert len(ds.train_pairs) == 8

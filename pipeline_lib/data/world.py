@@ -3,7 +3,7 @@
 Layout under `out_dir` (the data stage's artifacts/data):
   pretrain/images.npy, pretrain/labels.parquet      contrastive corpus (uint8 (N, S, S, 3) + one label row per image)
   fewshot/shapes/                                   CoOp format: images/<class>/<file>.png + split_zhou_Shapes.json
-  czsl/shapes/                                      standard CZSL layout (attr = colour, obj = shape)
+  czsl/shapes/                                      standard CZSL layout (attr = colour.pattern, obj = shape)
   retrieval/texts.parquet                           text retrieval: text, group (meaning), split (query | gallery)
 
 Every image and text is a pure function of (seed, stream, index): each dataset draws from its own stream, so changing
@@ -56,8 +56,6 @@ def _spec_columns(specs: Sequence[ImageSpec]) -> dict[str, list[Any]]:
         "y": [s.y for s in specs],
         "rotation": [s.rotation for s in specs],
         "distractors": [s.distractors for s in specs],
-        "hue_shift": [s.hue_shift for s in specs],
-        "shade": [s.shade for s in specs],
     }
 
 
@@ -181,16 +179,21 @@ class CzslPairs:
     test_unseen: list[tuple[str, str]]
 
 
-def czsl_pairs(cfg: DataConfig) -> CzslPairs:
-    """Choose unseen pairs spread over colours and shapes, keeping at least one training pair for each.
+def czsl_attributes(cfg: DataConfig) -> list[str]:
+    """CZSL attribute names, colour-major: "red.solid", "red.striped", ... (a dot reads as a space in prompts)."""
+    return [f"{colour}.{pattern}" for colour in cfg.colours for pattern in cfg.czsl_patterns]
 
-    One random pair per colour and one per shape is protected; unseen pairs are then taken greedily, each time the
-    candidate whose colour and shape keep the largest share of their pairs seen (random tie-break), and dealt to val
-    and test in turn, so both splits are built alike. Val and test unseen pairs are disjoint. The seen pairs listed in
-    val/test are training pairs chosen so that no unseen pair is the only candidate with its colour or its shape
-    (otherwise one primitive would identify it: a test of that primitive, not of the composition).
+
+def czsl_pairs(cfg: DataConfig) -> CzslPairs:
+    """Choose unseen pairs spread over attributes and shapes, keeping at least one training pair for each.
+
+    One random pair per attribute and one per shape is protected; unseen pairs are then taken greedily, each time the
+    candidate whose attribute and shape keep the largest share of their pairs seen (random tie-break), and dealt to
+    val and test in turn, so both splits are built alike. Val and test unseen pairs are disjoint. The seen pairs
+    listed in val/test are training pairs chosen so that no unseen pair is the only candidate with its attribute or
+    its shape (otherwise one primitive would identify it: a test of that primitive, not of the composition).
     """
-    attrs, objs = cfg.colours, cfg.shapes
+    attrs, objs = czsl_attributes(cfg), cfg.shapes
     rng = np.random.default_rng([cfg.seed, STREAM_CZSL_PAIRS])
     obj_perm, attr_perm = rng.permutation(len(objs)), rng.permutation(len(attrs))
     protected = {(a, int(obj_perm[a % len(objs)])) for a in range(len(attrs))}
@@ -288,18 +291,20 @@ def write_czsl(cfg: DataConfig, out_dir: Path, renderer: Renderer) -> dict[str, 
         (split_dir / f"{name}_pairs.txt").write_text("".join(f"{a} {o}\n" for a, o in pair_list))
 
     lighting = (cfg.czsl_hue_jitter_deg, cfg.czsl_shade_jitter)
+    attr_index = {a: i for i, a in enumerate(czsl_attributes(cfg))}
     per_pair = {"train": cfg.czsl_train_per_pair, "val": cfg.czsl_val_per_pair, "test": cfg.czsl_test_per_pair}
     entries: list[tuple[str, str, str, str, ImageSpec]] = []  # (set, attr, obj, file name, spec)
     for set_id, (name, pair_list) in enumerate((("train", pairs.train), ("val", pairs.val), ("test", pairs.test))):
         for attr, obj in pair_list:
             for k in range(per_pair[name]):
-                key = (cfg.seed, STREAM_CZSL_IMAGES, set_id, cfg.colours.index(attr), cfg.shapes.index(obj), k)
-                spec = sample_spec(cfg, key, lighting, colour=attr, shape=obj)
+                colour, pattern = attr.split(".")
+                key = (cfg.seed, STREAM_CZSL_IMAGES, set_id, attr_index[attr], cfg.shapes.index(obj), k)
+                spec = sample_spec(cfg, key, lighting, colour=colour, pattern=pattern, shape=obj)
                 entries.append((name, attr, obj, f"{name}_{k:04d}.png", spec))
     # Images with set "NA", as in the real releases; every loader must skip them.
     for k in range(cfg.czsl_na_images):
-        spec = sample_spec(cfg, (cfg.seed, STREAM_CZSL_IMAGES, 3, 0, 0, k), lighting)
-        entries.append(("NA", spec.colour, spec.shape, f"na_{k:04d}.png", spec))
+        spec = sample_spec(cfg, (cfg.seed, STREAM_CZSL_IMAGES, 3, 0, 0, k), lighting, pattern=cfg.czsl_patterns[0])
+        entries.append(("NA", f"{spec.colour}.{spec.pattern}", spec.shape, f"na_{k:04d}.png", spec))
 
     for attr, obj in {(e[1], e[2]) for e in entries}:
         (images / f"{attr}_{obj}").mkdir(parents=True, exist_ok=True)
@@ -312,7 +317,7 @@ def write_czsl(cfg: DataConfig, out_dir: Path, renderer: Renderer) -> dict[str, 
     torch.save(metadata, root / vocab.CZSL_METADATA, _use_new_zipfile_serialization=False)
     counts = {name: sum(1 for e in entries if e[0] == name) for name in ("train", "val", "test", "NA")}
     return {
-        "attrs": len(cfg.colours),
+        "attrs": len(czsl_attributes(cfg)),
         "objs": len(cfg.shapes),
         "train_pairs": len(pairs.train),
         "val_pairs": {"seen": len(pairs.val) - len(pairs.val_unseen), "unseen": len(pairs.val_unseen)},
