@@ -117,7 +117,7 @@ def test_czsl_default_split_measures_composition() -> None:
     cfg = DataConfig()
     pairs = czsl_pairs(cfg)
     attrs = czsl_attributes(cfg)
-    assert attrs[:2] == ["red.solid", "red.striped"] and len(attrs) * len(cfg.shapes) == 96
+    assert attrs[:2] == ["red.striped", "red.dotted"] and len(attrs) * len(cfg.shapes) == 96
     unseen = pairs.val_unseen + pairs.test_unseen
     assert len(pairs.train) == 66 and len(set(unseen)) == 30 and not set(unseen) & set(pairs.train)
     assert len(pairs.val_unseen) == len(pairs.test_unseen) == 15 and len(pairs.val) == len(pairs.test) == 30

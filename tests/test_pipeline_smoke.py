@@ -23,9 +23,17 @@ def test_every_stage_runs_and_publishes(smoke_pipeline: SmokePipeline) -> None:
             assert read_manifest(root, inst) is not None, inst.id
             for out in inst.outputs():
                 assert (root / out).exists(), out
-    for metrics in ("data", "backbone", "gap", "features", "fewshot", "inversion", "czsl"):
+    for metrics in ("data", "backbone", "gap", "features", "fewshot", "inversion", "czsl", "claims"):
         assert json.loads((root / "metrics" / f"{metrics}.json").read_text()), metrics
+    claims = json.loads((root / "metrics/claims.json").read_text())["claims"]
+    ran = {c["id"]: c for c in claims if c["verdict"] != "not run"}
+    # smoke: 2 few-shot seeds, 2 CZSL seeds, 16 test queries per retrieval direction: every claim has an interval
+    assert {"semobridge_t_vs_training_free@1shot", "oti_vs_image", "ovi_vs_text", "sa_vs_baseline",
+            "smaller_gap_higher_auc"} <= set(ran), claims
+    assert all(c["low"] <= c["mean"] <= c["high"] and c["verdict"] in ("holds", "refuted", "undecided")
+               for c in ran.values())
     html = (root / "reports/index.html").read_text()
+    assert html.index("<h2") == html.index("<h2 id='claims'>")  # the report opens with the claims
     pngs = sorted(p.name for p in (root / "reports").glob("*.png"))
     assert len(pngs) >= 6 and all(name in html for name in pngs)
     # a second pass reuses everything, and the event log the report's cache-hit plot reads says so

@@ -58,10 +58,12 @@ class DataConfig(Section):
     # CZSL (attr = colour, obj = shape). Unseen pairs are disjoint between val and test, as in the standard splits;
     # val/test pair files also list some seen pairs. Val and test are built alike (same counts, pairs dealt in turn),
     # so val predicts test.
-    # Patterns that combine with every colour into a CZSL attribute, written colour.pattern as UT-Zappos writes
-    # multi-word names (the prompt reads "red striped"): 8 colours x 2 fills x 6 shapes = 96 compositions, enough
-    # for 15 unseen pairs in each of val and test, and an attribute needs both its colour and its fill right.
-    czsl_patterns: tuple[str, ...] = ("solid", "striped")
+    # Fills that combine with every colour into a CZSL attribute, written colour.pattern as UT-Zappos writes
+    # multi-word names (the prompt reads "red striped"): 8 colours x 2 fills x 6 shapes = 96 compositions, enough for
+    # 15 unseen pairs in each of val and test, and an attribute needs both its colour and its fill right. Striped vs
+    # dotted rather than solid vs striped: with solid/striped (and lighting 20 deg / 0.3) the CLS baseline's attribute
+    # accuracy was 0.931 +- 0.010 over 5 seeds, above the 0.9 ceiling (benchmarks/world.py).
+    czsl_patterns: tuple[str, ...] = ("striped", "dotted")
     czsl_val_unseen_pairs: int = Field(15, ge=1)  # pairs with no training image, evaluated on val
     czsl_test_unseen_pairs: int = Field(15, ge=1)  # pairs with no training image, evaluated on test
     czsl_val_seen_pairs: int = Field(15, ge=1)  # training pairs also listed in val_pairs.txt (as many as unseen)
@@ -72,11 +74,11 @@ class DataConfig(Section):
     czsl_na_images: int = Field(12, ge=0)  # metadata entries with set "NA" (real releases have them; loaders skip)
     # Lighting of the CZSL photos: an object's pixels are its named colour with the hue shifted by up to
     # +-czsl_hue_jitter_deg and the value dimmed by up to czsl_shade_jitter, so neighbouring names (red/orange/brown,
-    # cyan/blue) overlap as real colours do. Without it the baseline's attribute accuracy sat at 1.0. Only the CZSL
-    # set is lit this way: with the same lighting in the pretraining corpus the tiny CLIP's held-out shape
-    # zero-shot fell from 0.61 to 0.49.
-    czsl_hue_jitter_deg: float = Field(20.0, ge=0.0, le=180.0)
-    czsl_shade_jitter: float = Field(0.3, ge=0.0, le=0.9)
+    # cyan/blue) overlap as real colours do. Without it the baseline's attribute accuracy sat at 1.0; at 20 deg /
+    # 0.3 it was still 0.93 (see czsl_patterns). Only the CZSL set is lit this way: with the same lighting in the
+    # pretraining corpus the tiny CLIP's held-out shape zero-shot fell from 0.61 to 0.49.
+    czsl_hue_jitter_deg: float = Field(35.0, ge=0.0, le=180.0)
+    czsl_shade_jitter: float = Field(0.35, ge=0.0, le=0.9)
 
     # Text retrieval: each meaning (shape, colour, pattern, size) gets several paraphrases; a query must find the
     # gallery paraphrases of its own meaning.

@@ -67,8 +67,8 @@ def plots_section() -> list[dict[str, Any]]:
 def check_entry() -> dict[str, Any]:
     """The params check: reruns when params.yaml or the check's code changes, in about a second."""
     base = package_dir().parent
-    code = sorted({module_file(m).relative_to(base).as_posix() for m in import_closure(PREFLIGHT_MODULE)
-                   if m != "pipeline_lib" and module_file(m) is not None})
+    files = {module_file(m) for m in import_closure(PREFLIGHT_MODULE) if m != "pipeline_lib"}
+    code = sorted(f.relative_to(base).as_posix() for f in files if f is not None)
     return {"desc": "Check params.yaml (keys, values, dataset paths, backbone name) before any stage can remove "
                     "its outputs.",
             "cmd": f"bridgeflow check-params --out {PARAMS_CHECK}",
