@@ -25,7 +25,9 @@ def _dvc(root: Path, *args: str) -> str:
     exe = shutil.which("dvc", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if exe is None:
         raise ParamsError("dvc is not installed in this environment; install the project's dependencies")
-    proc = subprocess.run([exe, *args], cwd=root, capture_output=True, text=True, check=False)
+    # dvc.yaml's commands call `bridgeflow`, installed beside this interpreter
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([exe, *args], cwd=root, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout

@@ -53,6 +53,7 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("git", "config", "user.name", "bridgeflow tests"),
         ("dvc", "init", "-q"),
         ("dvc", "config", "core.analytics", "false"),
+        ("bridgeflow", "check-params", "--out", "artifacts/params_check.txt"),  # what dvc.yaml's first stage writes
         ("dvc", "commit", "-fq", "--with-deps", *STAGES),
         ("git", "add", "-A"),
         ("git", "commit", "-qm", "smoke project with data and backbone"),

@@ -58,7 +58,9 @@ def test_one_params_read_and_one_fingerprint_per_instance_per_flow_run(
     assert [(r["stage"], r["status"]) for r in rows] == [("alpha", "ran"), ("beta", "ran")]
     assert (spy.reads, spy.validations) == (1, 1)
     assert spy.fingerprints == {"alpha": 1, "beta": 1}
-    assert (smoke_project / "artifacts/beta/double.txt").read_text() == "220"  # the overrides reached the task
+    results = Path(rows[-1]["results"])  # other params than params.yaml's: the run's own results folder
+    assert results.parent == smoke_project / ".bridgeflow" / "runs"
+    assert (results / "artifacts/beta/double.txt").read_text() == "220"  # the overrides reached the task
 
     # the first run offered no cache key (nothing was published yet), so the second run's tasks reach the runner and
     # write cache records; from the third run on, Prefect's records stand in for the tasks
@@ -71,9 +73,9 @@ def test_one_params_read_and_one_fingerprint_per_instance_per_flow_run(
 
     spy.reset()  # outputs deleted behind Prefect's back: no cache key is offered, the runner recomputes
     for out in ("artifacts/alpha", "artifacts/beta"):
-        for path in sorted((smoke_project / out).rglob("*"), reverse=True):
+        for path in sorted((results / out).rglob("*"), reverse=True):
             path.rmdir() if path.is_dir() else path.unlink()
-        (smoke_project / out).rmdir()
+        (results / out).rmdir()
     rows = pipeline_flow(root=str(smoke_project), stages=["beta"], overrides=["data.seed=11"])
     assert [r["status"] for r in rows] == ["republished", "republished"]
     assert (spy.reads, spy.validations) == (1, 1)

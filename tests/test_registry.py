@@ -20,7 +20,7 @@ def test_dvc_yaml_stages_names_params_deps_outs() -> None:
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert list(dvc) == ["check_params"] + [s.name for s in STAGES]
     check = dvc["check_params"]
-    assert "params.yaml" in check["deps"] and check["outs"] == [PARAMS_CHECK]
+    assert "params.yaml" in check["deps"] and check["outs"] == [{PARAMS_CHECK: {"cache": False}}]
     for stage in STAGES:
         if not stage.deps:  # the params check runs before every stage without upstream stages
             assert PARAMS_CHECK in dvc[stage.name]["deps"]

@@ -90,7 +90,8 @@ def recorded_project(smoke_pipeline: SmokePipeline, tmp_path_factory: pytest.Tem
     """A copy of the finished smoke project, under Git and with every stage recorded in dvc.lock."""
     root = tmp_path_factory.mktemp("closure") / "project"
     shutil.copytree(smoke_pipeline.root, root, symlinks=True)
-    for args in (("git", "init", "-q"), ("dvc", "init", "-q"), ("dvc", "commit", "-f", "-q")):
+    for args in (("git", "init", "-q"), ("dvc", "init", "-q"),
+                 ("bridgeflow", "check-params", "--out", "artifacts/params_check.txt"), ("dvc", "commit", "-f", "-q")):
         _run(root, *args)
     assert _dvc_stale(root) == set() and _bridgeflow_stale(root) == set()
     return root

@@ -72,7 +72,7 @@ def check_entry() -> dict[str, Any]:
     return {"desc": "Check params.yaml (keys, values, dataset paths, backbone name) before any stage can remove "
                     "its outputs.",
             "cmd": f"bridgeflow check-params --out {PARAMS_CHECK}",
-            "deps": ["params.yaml", *code], "outs": [PARAMS_CHECK]}
+            "deps": ["params.yaml", *code], "outs": [{PARAMS_CHECK: {"cache": False}}]}  # in git: a clone has it
 
 
 def render(root: Path) -> str:

@@ -89,17 +89,11 @@ def known_backbones() -> list[str]:
 
 
 def backbone_problems(cfg: Config) -> list[str]:
-    from pipeline_lib.backbone.config import DEFAULT_TINY_MODEL
-
+    """An open_clip name that is not one (tiny models are checked by the backbone stage; hub names cannot be here)."""
     name = cfg.backbone.model
-    if name == DEFAULT_TINY_MODEL or name.startswith("hf-hub:"):
+    if cfg.backbone.is_tiny or name.startswith("hf-hub:"):
         return []
-    if cfg.backbone.is_tiny:
-        from pipeline_lib.backbone.tiny import TINY_MODEL_CONFIGS  # imports open_clip: only for a non-default tiny
-
-        known = list(TINY_MODEL_CONFIGS)
-    else:
-        known = known_backbones()
+    known = known_backbones()
     if not known or name in known:
         return []
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)

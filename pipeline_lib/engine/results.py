@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.engine.artifacts import SCRATCH_DIR
-from pipeline_lib.engine.config import Config, effective_params, load_config
+from pipeline_lib.engine.config import Config, effective_params
+from pipeline_lib.engine.params import load_params
 
 RUNS_DIR = f"{SCRATCH_DIR}/runs"
 
@@ -34,7 +35,11 @@ def run_name(cfg: Config, profile: str | None) -> str:
 
 
 def results_root(root: Path, cfg: Config, profile: str | None = None, publish: bool = False) -> Path:
-    """The workspace when `cfg` is what params.yaml says (or `publish`), else the run's own folder under RUNS_DIR."""
-    if publish or result_params(cfg) == result_params(load_config(root)):
+    """The workspace when `cfg` is what params.yaml says (or `publish`), else the run's own folder under RUNS_DIR.
+
+    params.yaml lists every key (`bridgeflow check-params` requires it), so its raw values are compared as they are.
+    """
+    workspace = {k: v for k, v in load_params(root).items() if k != "runtime"}
+    if publish or result_params(cfg) == workspace:
         return root
     return root / RUNS_DIR / run_name(cfg, profile)

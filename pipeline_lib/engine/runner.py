@@ -137,6 +137,7 @@ def _compute_or_reuse(
     root: Path, project: Path, inst: StageInstance, cfg: Config, force: bool, lock_wait: float | None, fp: str | None
 ) -> StageResult:
     start = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)  # a run's own results folder starts empty
     params = effective_params(cfg)
     upstream: dict[str, str] | None = None
     if fp is None:

@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.engine.stages import STAGES, get_stage
+from pipeline_lib.engine import stages
+from pipeline_lib.engine.stages import get_stage
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def summary_rows(root: Path) -> list[tuple[str, str, str]]:
 
 def metrics_files(root: Path) -> list[Path]:
     """The metrics JSON files the registry declares that exist under `root`, in pipeline order."""
-    declared = (root / path for stage in STAGES for path in stage.metrics)
+    declared = (root / path for stage in stages.STAGES for path in stage.metrics)  # read at call time
     return [path for path in dict.fromkeys(declared) if path.is_file()]
 
 
