@@ -145,12 +145,24 @@ def _row(claim: Claim, interval: Interval | str, ev: Evidence, shots: int | None
     return row
 
 
+def _inversion_by_step(claim: Claim, ap: pl.DataFrame) -> str:
+    """Test-query mAP of the baseline and of the inverted queries at every recorded step (points)."""
+    test = ap.filter(pl.col("split") == "test")
+    base = 100 * test.filter(pl.col("method") == claim.worse)["ap"].mean()
+    steps = (test.filter(pl.col("method") == claim.better).group_by("step").agg(pl.col("ap").mean() * 100)
+             .sort("step"))
+    curve = ", ".join(f"{s}: {m:.1f}" for s, m in steps.iter_rows())
+    return f"{claim.worse} {base:.1f}, {claim.better} by step {curve}"
+
+
 def diagnose(claim: Claim, interval: Interval, said: str, ev: Evidence) -> str:
     """The measurement that explains a refuted or undecided claim."""
     ctx = ev.context
-    half = (interval.high - interval.low) / 2
-    noise = (f"the mean difference {interval.mean:+.2f} is within +-{half:.2f} of the interval"
-             if said == "undecided" else f"the difference is {interval.mean:+.2f}, the interval excludes 0")
+    bounds = f"[{interval.low:+.2f}, {interval.high:+.2f}]"
+    if said == "undecided":
+        noise = f"the interval {bounds} contains 0"
+    else:
+        noise = f"the interval {bounds} lies on the side the claim rules out"
     energy = ctx.get("gap_energy")
     if claim.key == "semobridge_vs_control" and energy:
         return (f"{noise}. Only {100 * energy['weak']:.1f}% of the test images' energy lies on the "
@@ -164,8 +176,8 @@ def diagnose(claim: Claim, interval: Interval, said: str, ev: Evidence) -> str:
     if claim.better in ctx.get("bank_selects_off", {}):
         off, tunings = ctx["bank_selects_off"][claim.better]
         return f"{noise}. Validation preferred the bank switched off in {off} of {tunings} tunings (seeds x worlds)."
-    if claim.family == "inversion":
-        return f"{noise} (mAP points over {interval.n} test queries)."
+    if claim.family == "inversion" and ev.per_query_ap is not None:
+        return f"{noise} over {interval.n} test queries; {_inversion_by_step(claim, ev.per_query_ap)}."
     if claim.family == "czsl_gap":
         return f"{noise}: across the trained rows RMG and AUC do not move together consistently over seeds."
     return f"{noise}: over {interval.n} seeds the effect cannot be told from seed noise." if said == "undecided" \
