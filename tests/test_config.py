@@ -29,8 +29,8 @@ def test_params_yaml_survives_dvcs_round_trip_byte_for_byte(tmp_path: Path) -> N
 
     copy = tmp_path / "params.yaml"
     copy.write_bytes((REPO / "params.yaml").read_bytes())
-    with modify_yaml(copy):
-        pass
+    with modify_yaml(copy) as params:  # read and written back unchanged, as `-S` does around its edit
+        assert params["fewshot"]["atol"] == 0.3
     assert copy.read_bytes() == (REPO / "params.yaml").read_bytes()
 
 

@@ -14,14 +14,12 @@ from typing import Any
 import polars as pl
 
 from pipeline_lib.claims.compute import LEVEL, N_BOOT, Evidence, evaluate_claims
+from pipeline_lib.czsl.stage import RESULTS as CZSL_RESULTS
+from pipeline_lib.diagnose.stage import GAP_DETAILS
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.io import write_csv, write_json
-
-# Files of the upstream stages' output folders that the claims read.
-FEWSHOT_RESULTS = "results.json"
-PER_QUERY_AP = "per_query_ap.parquet"
-CZSL_RESULTS = "results.json"
-GAP_DETAILS = "gap_details.json"
+from pipeline_lib.fewshot.stage import RESULTS as FEWSHOT_RESULTS
+from pipeline_lib.inversion.jobs import PER_QUERY_AP
 
 
 def _json(path: Path) -> dict[str, Any] | None:

@@ -20,6 +20,8 @@ from pipeline_lib.engine.store import read_array
 
 logger = logging.getLogger(__name__)
 
+GAP_DETAILS = "gap_details.json"  # metrics plus the details behind them, in the output folder
+
 
 def gap_report(store: Path, cfg: DiagnoseConfig) -> tuple[dict[str, Any], list[dict[str, float]], dict[str, Any]]:
     """(metrics, histogram rows, details) of the few-shot feature store at `store` (artifacts/features/fewshot.zarr)."""
@@ -72,7 +74,7 @@ def gap_report(store: Path, cfg: DiagnoseConfig) -> tuple[dict[str, Any], list[d
 def run_diagnose(ctx: StageContext) -> dict[str, Any]:
     """Modality-gap diagnostics of the few-shot feature store: the gap metrics and similarity histograms."""
     metrics, hist, details = gap_report(ctx.input("features") / "fewshot.zarr", ctx.cfg.backbone.diagnose)
-    write_json(ctx.output() / "gap_details.json", {**metrics, **details}, sort_keys=True)
+    write_json(ctx.output() / GAP_DETAILS, {**metrics, **details}, sort_keys=True)
     write_json(ctx.metrics(), metrics, sort_keys=True)
     write_csv(ctx.plot("gap_similarity"), ["cosine", "image_text", "image_image", "text_text"], hist)
     return metrics
