@@ -50,7 +50,7 @@ def test_tiny_geometry(tiny) -> None:
     model = tiny.model
     assert isinstance(model, open_clip.CLIP)
     assert tuple(model.text_projection.shape) == (128, 128)  # square, like ViT-B/16's 512x512
-    assert model.visual.pool_type == "avg" and model.visual.grid_size == (8, 8)
+    assert model.visual.pool_type == "tok" and model.visual.grid_size == (8, 8)
     assert not model.visual.positional_embedding.requires_grad  # fixed sin-cos positions
     assert tiny.image_size == 32 and tiny.context_length == 16
     assert tiny.tokenize(["a photo of a red star"]).shape == (1, 16)

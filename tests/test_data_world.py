@@ -128,6 +128,11 @@ def test_czsl_default_split_measures_composition() -> None:
     # 30 unseen over 16 attributes and 6 shapes: spread evenly
     assert max(sum(a == c for a, _ in unseen) for c in attrs) <= 2
     assert max(sum(o == s for _, o in unseen) for s in cfg.shapes) <= 5
+    # built alike: every shape has as many unseen pairs in val as in test (within one), and as many candidates
+    for split, split_unseen in ((pairs.val, pairs.val_unseen), (pairs.test, pairs.test_unseen)):
+        assert {sum(o == s for _, o in split) for s in cfg.shapes} == {5}
+        other = pairs.test_unseen if split_unseen is pairs.val_unseen else pairs.val_unseen
+        assert all(abs(sum(o == s for _, o in split_unseen) - sum(o == s for _, o in other)) <= 1 for s in cfg.shapes)
 
 
 def test_too_few_seen_pairs_to_hide_every_unseen_primitive_is_refused() -> None:
@@ -188,8 +193,8 @@ def test_stage_writes_outputs_and_deterministic_metrics(tmp_path: Path) -> None:
         assert (tmp_path / run / "artifacts/data" / vocab.PRETRAIN_IMAGES).is_file()
     metrics = [json.loads((tmp_path / r / "metrics/data.json").read_text()) for r in ("a", "b")]
     assert metrics[0] == metrics[1]  # no timings in metrics: same params + seed => same metrics
-    assert metrics[0]["images_total"] == 20 + 24 + 30 and metrics[0]["fewshot"]["test"] == 9
-    assert summaries[0]["content_sha256"] == metrics[0]["content_sha256"]
+    assert metrics[0]["images_total"] == 20 + 24 + 30 and metrics[0]["fewshot_test_images"] == 9
+    assert summaries[0]["fewshot"]["test"] == 9 and len(summaries[0]["content_sha256"]) == 64
     assert summaries[0]["seconds"]["total"] > 0 and summaries[0]["cpu_seconds"]["main"] > 0
     json.dumps(summaries[0])  # the summary must be JSON-serialisable
 

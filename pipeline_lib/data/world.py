@@ -189,9 +189,12 @@ def czsl_pairs(cfg: DataConfig) -> CzslPairs:
 
     One random pair per attribute and one per shape is protected; unseen pairs are then taken greedily, each time the
     candidate whose attribute and shape keep the largest share of their pairs seen (random tie-break), and dealt to
-    val and test in turn, so both splits are built alike. Val and test unseen pairs are disjoint. The seen pairs
-    listed in val/test are training pairs chosen so that no unseen pair is the only candidate with its attribute or
-    its shape (otherwise one primitive would identify it: a test of that primitive, not of the composition).
+    val and test so that each shape has as many unseen pairs in one as in the other (within one). Val and test unseen
+    pairs are disjoint. The seen pairs listed in val/test are training pairs chosen so that no unseen pair is the only
+    candidate with its attribute or its shape (otherwise one primitive would identify it: a test of that primitive,
+    not of the composition), then so that every shape has as many candidates as the others (within one). Shapes are
+    what the backbone recognises least well, so a split with more pairs of a hard shape is a harder split: balancing
+    them builds val and test alike, and val then predicts test.
     """
     attrs, objs = czsl_attributes(cfg), cfg.shapes
     rng = np.random.default_rng([cfg.seed, STREAM_CZSL_PAIRS])
@@ -233,14 +236,17 @@ def czsl_pairs(cfg: DataConfig) -> CzslPairs:
 
 
 def _deal(chosen: list[tuple[int, int]], n_val: int, n_test: int) -> tuple[list, list]:
-    """Deal pairs in order to the split that has the larger share still to fill (val first on ties)."""
+    """Deal pairs in order: to the split with fewer pairs of the pair's shape so far, then to the one with the larger
+    share still to fill (val first on ties); a full split takes no more."""
     val: list[tuple[int, int]] = []
     test: list[tuple[int, int]] = []
     for pair in chosen:
-        if len(test) >= n_test or (len(val) < n_val and (n_val - len(val)) / n_val >= (n_test - len(test)) / n_test):
-            val.append(pair)
-        else:
-            test.append(pair)
+        if len(val) >= n_val or len(test) >= n_test:
+            (test if len(val) >= n_val else val).append(pair)
+            continue
+        shape_val, shape_test = (sum(p[1] == pair[1] for p in split) for split in (val, test))
+        share_val, share_test = (n_val - len(val)) / n_val, (n_test - len(test)) / n_test
+        (val if (shape_val, -share_val) <= (shape_test, -share_test) else test).append(pair)
     return sorted(val), sorted(test)
 
 
@@ -257,7 +263,8 @@ def identifying_primitives(unseen: Sequence[tuple], candidates: Sequence[tuple])
 def _covering_seen_pairs(
     unseen: list[tuple[int, int]], train: list[tuple[int, int]], n: int, rng: np.random.Generator
 ) -> list[tuple[int, int]]:
-    """n training pairs to list beside `unseen`: first those sharing a primitive only one unseen pair has, then random.
+    """n training pairs to list beside `unseen`: first those sharing a primitive only one unseen pair has, then those
+    of the shape with the fewest candidates so far (random among equals), so every shape is about equally represented.
 
     Raises when n is too small for every unseen pair to share its colour and its shape with another candidate.
     """
@@ -267,7 +274,9 @@ def _covering_seen_pairs(
         lonely = identifying_primitives(unseen, unseen + picked)
         need_attr = {p[0] for p, side in lonely if side == "attr"}
         need_obj = {p[1] for p, side in lonely if side == "obj"}
-        best = max(pool, key=lambda p: (p[0] in need_attr) + (p[1] in need_obj))  # first best in the shuffled pool
+        shapes = [c[1] for c in unseen + picked]
+        # first best in the shuffled pool: covers a lonely primitive, else brings the rarest shape up
+        best = max(pool, key=lambda p: ((p[0] in need_attr) + (p[1] in need_obj), -shapes.count(p[1])))
         pool.remove(best)
         picked.append(best)
     lonely = identifying_primitives(unseen, unseen + picked)
