@@ -56,6 +56,9 @@ def test_wiring_is_not_code_registry_and_undeclared_param_sections_are_left_out(
     assert not {p for p in report if p.endswith("/config.py") and p != "pipeline_lib/engine/config.py"}
     # a module a stage's own code imports still counts, whichever package it lives in
     assert "pipeline_lib/data/captions.py" in backbone
+    # a stage that reads another's outputs imports only their file names: editing the method reruns just the method
+    claims = set(code_paths(get_stage("claims")))
+    assert "pipeline_lib/czsl/outputs.py" in claims and not claims & {m for m in EXPECTED_STALE if m.count("/") > 1}
 
 
 def test_every_stage_lists_its_closure_as_dvc_deps() -> None:

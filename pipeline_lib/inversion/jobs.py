@@ -23,11 +23,6 @@ from pipeline_lib.inversion.runner import BlockInverter, RunSpec, targets_digest
 log = logging.getLogger(__name__)
 
 STORE = "inversion.zarr"  # the inversion store inside the stage's output folder
-# Per-query average precision inside the stage's output folder (polars parquet), one row per (method, step, query):
-# direction "image" | "text", method "image_to_image" | "oti_to_image" | "text_to_text" | "ovi_to_text", step (int,
-# -1 for the intra-modal baselines, every recorded step for the inverted methods), query (int, row of the direction's
-# query set), split "val" | "test", ap (float64). For paired comparisons (bootstrap over the test queries).
-PER_QUERY_AP = "per_query_ap.parquet"
 
 
 @dataclass(frozen=True)
