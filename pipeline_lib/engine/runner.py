@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
+import json
 import logging
 import platform
 import shutil
@@ -21,15 +22,19 @@ from typing import Any, TypeVar
 
 from pipeline_lib import __version__
 from pipeline_lib.engine.artifacts import (
+    MANIFEST,
     content_digest,
+    discard_scratch,
     finalize_scratch,
     fingerprint,
-    is_complete_in_scratch,
     is_published,
     params_subset,
     publish,
     read_manifest,
+    reopen_scratch,
+    reseal_scratch,
     scratch_dir,
+    scratch_state,
     stage_lock,
 )
 from pipeline_lib.engine.closure import code_digest
@@ -85,6 +90,39 @@ def result_digests(base: Path, inst: StageInstance) -> dict[str, str]:
     """sha256 (16 hex) of each metrics and plot file of an instance under `base`, by repo-relative path."""
     paths = [inst.path(p) for p in inst.stage.metrics + tuple(plot.path for plot in inst.stage.plots)]
     return {p: hashlib.sha256((base / p).read_bytes()).hexdigest()[:16] for p in paths if (base / p).is_file()}
+
+
+def _finished_scratch(work: Path, inst: StageInstance, fp: str) -> bool:
+    """True when the scratch copy is finished for `fp` and still holds what its manifest describes.
+
+    A copy whose seal changed (a file of it was written in place, e.g. through a published hard link) is checked byte
+    for byte against the manifest's digests: intact, it is sealed again and republished; damaged, it is deleted, so
+    the stage recomputes from scratch instead of publishing (or resuming from) the damaged bytes.
+    """
+    state = scratch_state(work, fp)
+    if state != "changed":
+        return state == "complete"
+    try:
+        manifest = json.loads((work / inst.manifest_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        manifest = {}
+    intact = (
+        manifest.get("fingerprint") == fp
+        and manifest.get("content") == content_digest(work, inst)
+        and manifest.get("results", {}) == result_digests(work, inst)
+    )
+    if intact:
+        log.info("scratch copy of %s: file times changed, bytes match its manifest; sealed again", inst.id)
+        reseal_scratch(work, fp)
+        return True
+    log.warning(
+        "the scratch copy of %s (%s) was modified after it finished (a published file written in place?); "
+        "deleting it and recomputing the stage",
+        inst.id,
+        work,
+    )
+    discard_scratch(work)
+    return False
 
 
 def load_function(spec: str) -> Callable[..., dict[str, Any]]:
@@ -148,7 +186,7 @@ def _compute_or_reuse(
             summary = (read_manifest(root, inst) or {}).get("summary", {})
             return StageResult(inst.id, "cached", fp, time.perf_counter() - start, summary)
         work = scratch_dir(project, inst, fp)
-        source = work if is_complete_in_scratch(work, fp) else None
+        source = work if not force and _finished_scratch(work, inst, fp) else None
         if source is None and project != root and is_published(project, inst, fp):
             source = project  # the project's published outputs, same relative paths
         if not force and source is not None:
@@ -161,6 +199,7 @@ def _compute_or_reuse(
             shutil.rmtree(work, ignore_errors=True)  # recompute everything, including resumable blocks
         (work / "complete.json").unlink(missing_ok=True)
         work.mkdir(parents=True, exist_ok=True)
+        reopen_scratch(work)  # a resumed stage writes to private inodes, never through a published or cached link
         log.info("running stage %s (fingerprint %s)", inst.id, fp)
         ctx = StageContext(cfg=cfg, root=root, work=work, inst=inst)
         summary = load_function(inst.stage.func)(ctx)  # a matrix item reaches the stage once, as ctx.item
