@@ -36,7 +36,7 @@ test-fast: install lint typecheck
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install
-	$(BIN)/ruff check pipeline_lib flows tasks tests benchmarks
+	$(BIN)/ruff check pipeline_lib flows tasks tests benchmarks tools
 
 typecheck: install
 	$(BIN)/mypy

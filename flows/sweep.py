@@ -20,7 +20,15 @@ from prefect.artifacts import create_table_artifact
 
 from flows.pipeline import pipeline_flow
 from pipeline_lib.engine.stages import get_stage
-from pipeline_lib.engine.sweep import SWEEPS_DIR, comparison, grid_points, keep_point, point_name, validate_points
+from pipeline_lib.engine.sweep import (
+    SWEEPS_DIR,
+    comparison,
+    grid_points,
+    keep_point,
+    point_name,
+    transposed,
+    validate_points,
+)
 
 
 def new_sweep_dir(root: Path) -> Path:
@@ -70,6 +78,8 @@ def sweep_flow(
     columns, table = comparison(kept, only_changed=only_changed)
     write_comparison_csv(sweep_dir / "comparison.csv", columns, table)
     create_table_artifact(
-        key="bridgeflow-sweep-comparison", table=table, description=f"Headline metrics per sweep point ({sweep_dir})"
+        key="bridgeflow-sweep-comparison",
+        table=transposed(columns, table, list(grid), [folder.name for _, folder in kept]),
+        description=f"Swept values, then every metric, per sweep point (a column each, named as in {sweep_dir})",
     )
     return {"dir": str(sweep_dir), "columns": columns, "rows": table}
