@@ -3,13 +3,14 @@
 Which stages are sharded, and by which planner and worker functions, is the registry's `Stage.shards`
 (`pipeline_lib.engine.stages`: today features and inversion).
 
-When `runtime.dask` names a scheduler address or asks for a local cluster, the pipeline flow calls `run_shards` before
-the stage task of a sharded stage. It plans the shards in the flow process (which creates the stage's zarr arrays in
-its fingerprint-keyed scratch folder: one metadata writer), runs one task per shard in a sub-flow on a DaskTaskRunner
-(each writes whole zarr shard files and a done flag per block after its data), and returns. The stage task that
-follows runs the unchanged stage function, which finds every block done and only assembles, evaluates and publishes,
-so results equal a single-process run. A crashed worker or an interrupted flow leaves finished blocks in the scratch
-store; the next run resumes from them.
+When `runtime.dask` names a scheduler address or asks for a local cluster, the pipeline flow runs all its tasks on
+that cluster (`flows.lanes`), and for a sharded stage calls `submit_shards` once the stage's upstream instances are
+published. It plans the shards in the flow process (which creates the stage's zarr arrays in its fingerprint-keyed
+scratch folder: one metadata writer) and submits one task per shard (each writes whole zarr shard files and a done
+flag per block after its data); other instances keep running meanwhile. When every shard is done, the stage task runs
+the unchanged stage function, which finds every block done and only assembles, evaluates and publishes, so results
+equal a single-process run. A crashed worker or an interrupted flow leaves finished blocks in the scratch store; the
+next run resumes from them.
 
 Workers must see the project root at the same path as the flow process (shared filesystem), and import this
 project's code (the same checkout or installed package).
@@ -18,12 +19,13 @@ project's code (the same checkout or installed package).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pipeline_lib.engine.artifacts import is_complete_in_scratch, is_published, scratch_dir, stage_lock
@@ -104,44 +106,61 @@ def shard_task(root: str, instance_id: str, fingerprint: str, params: dict[str, 
     return worker(ctx, Shard(shard["group"], tuple(shard["blocks"])))
 
 
-@flow(name="bridgeflow-shards")
-def shards_flow(
-    root: str, instance_id: str, fingerprint: str, params: dict[str, Any], shards: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """One task per shard on the flow's task runner; fails when any shard fails (the finished ones stay done)."""
-    futures = [
-        shard_task.with_options(task_run_name=f"{instance_id}:{Shard(s['group'], tuple(s['blocks'])).name}").submit(
-            root, instance_id, fingerprint, params, s
-        )
-        for s in shards
-    ]
-    return [f.result() for f in futures]
+@dataclass
+class ShardBatch:
+    """The shard tasks of one sharded instance, in flight; holds the instance's stage lock until closed."""
+
+    inst: StageInstance
+    futures: list[Any]
+    started: float
+    lock: ExitStack
+
+    def summary(self) -> dict[str, Any]:
+        """The shards' summaries once all are done; the first failed shard's error (the finished ones stay done)."""
+        results = [future.result() for future in self.futures]
+        return {
+            "shards": len(self.futures),
+            "blocks_written": sum(r["blocks_written"] for r in results),
+            "seconds": round(time.perf_counter() - self.started, 2),
+            "results": results,
+        }
+
+    def close(self) -> None:
+        self.lock.close()
 
 
-def run_shards(root: Path, inst: StageInstance, fp: str, cfg: Config) -> dict[str, Any] | None:
-    """Compute a sharded stage's blocks on Dask before its stage task runs; None when there is nothing to shard
-    (Dask off, not a sharded stage, already published or complete in scratch)."""
+def submit_shards(
+    root: Path, inst: StageInstance, fp: str, cfg: Config, submit: Callable[[Any, dict[str, Any]], Any]
+) -> ShardBatch | None:
+    """Plan a sharded instance's pending blocks here (under its stage lock) and `submit` one task per shard.
+
+    None when there is nothing to shard: Dask off, not a sharded stage, already published or complete in scratch.
+    The caller waits for the batch's futures, reads `summary()` and closes the batch (releasing the lock) before it
+    submits the stage task, which takes the lock again and finds every block done.
+    """
     dask = cfg.runtime.dask
     if not dask.enabled or inst.stage.shards is None:
         return None
-    t0 = time.perf_counter()
-    with stage_lock(root, inst):  # the stage task takes the lock again after the shards
+    started = time.perf_counter()
+    lock = ExitStack()
+    lock.enter_context(stage_lock(root, inst))
+    try:
         work = scratch_dir(root, inst, fp)
         if is_published(root, inst, fp) or is_complete_in_scratch(work, fp):
+            lock.close()
             return None
         work.mkdir(parents=True, exist_ok=True)
         planner = load_function(_shards(inst).planner)
-        shards = planner(stage_context(root, inst, cfg, fp), dask.shards_per_task)
+        shards = cast(list[Shard], planner(stage_context(root, inst, cfg, fp), dask.shards_per_task))
         get_run_logger().info("%s: %d shards on Dask (%s)", inst.id, len(shards), dask.address or "local cluster")
-        results: list[dict[str, Any]] = []
-        if shards:
-            with task_runner(dask) as runner:
-                results = shards_flow.with_options(task_runner=runner, flow_run_name=f"{inst.id}-shards")(
-                    str(root), inst.id, fp, effective_params(cfg), [s.as_dict() for s in shards]
-                )
-    return {
-        "shards": len(shards),
-        "blocks_written": sum(r["blocks_written"] for r in results),
-        "seconds": round(time.perf_counter() - t0, 2),
-        "results": results,
-    }
+        params = effective_params(cfg)
+        futures = [
+            submit(shard_task.with_options(task_run_name=f"{inst.id}:{shard.name}"),
+                   {"root": str(root), "instance_id": inst.id, "fingerprint": fp, "params": params,
+                    "shard": shard.as_dict()})
+            for shard in shards
+        ]
+    except BaseException:
+        lock.close()
+        raise
+    return ShardBatch(inst, futures, started, lock)
