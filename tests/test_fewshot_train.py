@@ -106,6 +106,20 @@ def test_training_is_deterministic_and_selects_best_val():
     assert all(math.isfinite(x) for x in a.curves["total"])
 
 
+def test_validation_every_nth_step_and_the_last_selects_among_them():
+    every = TrainingConfig(steps=12, warmup_steps=3, lr=1e-2)
+    sparse = every.model_copy(update={"validate_every": 5})
+    a, b = _train(every), _train(sparse)
+    validated = [s for s, acc in enumerate(b.curves["val_acc"]) if math.isfinite(acc)]
+    assert validated == [4, 9, 11]  # after steps 5 and 10 (1-based) and the last
+    assert [b.curves["val_acc"][s] for s in validated] == [a.curves["val_acc"][s] for s in validated]
+    assert torch.equal(a.pinv_last, b.pinv_last)  # validation never changes the training
+    assert b.best_step in validated and b.best_val_acc == max(a.curves["val_acc"][s] for s in validated)
+    with pytest.raises(ValueError, match="validate_every >= 1"):
+        TrainingConfig(validate_every=0)  # best_val needs validation
+    assert TrainingConfig(validate_every=0, final_model="last_step").validate_every == 0
+
+
 def test_validation_uses_the_weights_after_each_step():
     cfg = TrainingConfig(steps=3, warmup_steps=0, lr=5e-2)
     support, w_txt, text, eos, val, val_y = _problem(1)

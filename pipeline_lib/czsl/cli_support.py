@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipeline_lib.czsl.data import WORLDS, Pair, load_czsl_dataset, read_pair_splits
-from pipeline_lib.czsl.evaluator import DEFAULT_CHUNK_SIZE, evaluate_split
+from pipeline_lib.czsl.evaluator import DEFAULT_CHUNK_SIZE, ScoreBlocks, evaluate_split
 from pipeline_lib.czsl.feasibility import (
     FILTER_VARIANTS,
     Feasibility,
@@ -121,8 +121,9 @@ def evaluate_scores_file(
     return result
 
 
-def _load_matrix(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """A float32 array of an exact shape from a float32/64 .npy (float32 files stay memory-mapped: read by chunks)."""
+def _load_matrix(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray | ScoreBlocks:
+    """A float32/64 .npy of an exact shape, checked: a score matrix as `ScoreBlocks` (rows read from the file as the
+    evaluator asks, so memory stays bounded at C-GQA's open world: benchmarks/czsl_scale.py), a vector as float32."""
     if not path.is_file():
         raise FileNotFoundError(f"{what}: file not found: {path}")
     try:
@@ -135,5 +136,6 @@ def _load_matrix(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray:
     if tuple(arr.shape) != shape:
         want = " x ".join(map(str, shape))
         raise ValueError(f"{what}: {path} has shape {' x '.join(map(str, arr.shape))}; expected {want}")
-    # float64 (numpy's default) becomes an in-memory float32 copy; a float32 file stays memory-mapped
-    return arr if arr.dtype == np.float32 else np.asarray(arr, dtype=np.float32)
+    if len(shape) == 2:
+        return ScoreBlocks.from_npy(path)
+    return np.asarray(arr, dtype=np.float32)

@@ -1,8 +1,11 @@
 """The standard CZSL evaluator (spec 2): seen/unseen accuracy curve over a calibration bias, AUC, best HM.
 
-It reproduces the algorithm shared by the reference CZSL code bases, quirks included, on a dense float32 score
-matrix S (N, P) processed in row chunks so that open-world C-GQA matrices (5098 x 278362) never need a second full
-copy in memory:
+It reproduces the algorithm shared by the reference CZSL code bases, quirks included, on a float32 score matrix
+S (N, P) read in row chunks, twice (passes 1 and 2 below). S may be a full matrix or a `ScoreBlocks` source that
+produces rows on demand (a model scoring images, a generator, an .npy file read with plain file reads), so an
+open-world C-GQA matrix (5098 x 278362, 5.7 GB in float32) never exists in memory: what is kept across chunks is
+O(N) per sample (correctness at the max and zero bias, the margin d_i) and O(B) hit counts per bias. float64 input
+is rounded to float32 chunk by chunk, which is what a whole-matrix cast would give.
 
 1. max-bias pass (b = 1e3, closed mask): per-sample correctness; U_max, S_at_max, and `match_max` on unseen samples;
 2. unbiased pass (b = 0, closed mask): attr_acc and obj_acc over all samples;
@@ -21,8 +24,9 @@ Ties in the top-1 prediction go to the lowest column index (torch.argmax), so re
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,10 +39,82 @@ MAX_BIAS = 1e3  # spec 2.4.1: hard-coded by the references (the yml `bias: 0.001
 MASK_VALUE = -1e10  # columns outside the closed mask
 BIAS_SHIFT = 1e-4  # spec 2.4.3: candidates sit just below each correct unseen margin
 N_BIAS_BINS = 20  # spec 2.4.3: step = max(n_kept // 20, 1)
-DEFAULT_CHUNK_SIZE = 512  # rows per chunk: 512 x 278362 float32 = 0.57 GB for open-world C-GQA
+# Rows per chunk: 512 x 278362 float32 = 0.57 GB for open-world C-GQA. At most two chunk-sized buffers live at once
+# (a block and its filtered copy, or the filtered chunk and its unseen columns), so the evaluator adds about 1.2 GB;
+# benchmarks/czsl_scale.py measures the whole evaluation's peak.
+DEFAULT_CHUNK_SIZE = 512
 
-Scores = torch.Tensor | np.ndarray
 ColumnTransform = Callable[[torch.Tensor], torch.Tensor]  # (n, P) float32 -> (n, P) float32, row-wise
+BlockReader = Callable[[int, int], "torch.Tensor | np.ndarray"]  # (lo, hi) -> rows lo..hi-1, (hi - lo, P)
+SCORE_DTYPES = (torch.float32, torch.float64)  # float64 is rounded to float32 per chunk; fp16 breaks the -1e10 mask
+NPY_ROWS_PER_READ = 64  # rows per file read in `ScoreBlocks.from_npy` (float64: 64 x 278362 x 8 B = 0.14 GB buffer)
+
+
+@dataclass(frozen=True)
+class ScoreBlocks:
+    """An (N, P) score matrix that exists only a row block at a time.
+
+    `read(lo, hi)` returns rows lo..hi-1 as a (hi - lo, P) float32 or float64 tensor or array. The evaluator asks for
+    every row twice (its two passes), with ranges set by its chunk_size, so `read` must give the same values for the
+    same rows on every call, whatever the range. The blocks are never modified.
+    """
+
+    shape: tuple[int, int]  # (N samples, P pairs)
+    read: BlockReader
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 2 or min(self.shape) < 0:
+            raise ValueError(f"ScoreBlocks shape {self.shape}; expected (N samples, P pairs)")
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @classmethod
+    def from_npy(cls, path: Path | str, rows_per_read: int = NPY_ROWS_PER_READ) -> ScoreBlocks:
+        """Rows of a 2-D float32/float64 .npy file read with ordinary file reads when asked for.
+
+        Unlike np.load(mmap_mode='r'), nothing stays mapped, so resident memory holds the chunk being evaluated and
+        not every page read so far; a float64 file goes through a buffer of `rows_per_read` rows, never a full copy.
+        """
+        path = Path(path)
+        if rows_per_read < 1:
+            raise ValueError(f"rows_per_read={rows_per_read}; expected >= 1")
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"{path}: .npy format version {version}; expected 1.0 or 2.0 (what np.save writes)")
+            data_offset = f.tell()
+        if len(shape) != 2 or fortran:
+            raise ValueError(f"{path}: array of shape {shape} (fortran order {fortran}); expected a C-order (N, P)")
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+            raise ValueError(f"{path}: dtype {dtype}; expected float32 or float64")
+        n, p = shape
+        row_bytes = p * dtype.itemsize
+        direct = dtype == np.dtype(np.float32)  # native float32: read straight into the output
+
+        def read(lo: int, hi: int) -> np.ndarray:
+            out = np.empty((hi - lo, p), dtype=np.float32)  # (n, P)
+            with path.open("rb") as f:
+                for start in range(lo, hi, rows_per_read):
+                    stop = min(start + rows_per_read, hi)
+                    buf = out[start - lo : stop - lo] if direct else np.empty((stop - start, p), dtype=dtype)
+                    f.seek(data_offset + start * row_bytes)
+                    got = f.readinto(buf)
+                    if got != buf.nbytes:
+                        raise ValueError(f"{path}: rows {start}..{stop - 1} truncated ({got} of {buf.nbytes} bytes)")
+                    if not direct:
+                        out[start - lo : stop - lo] = buf  # float64 -> float32, as np.asarray(..., float32) rounds
+            return out
+
+        return cls(shape=(int(n), int(p)), read=read)
+
+
+Scores = torch.Tensor | np.ndarray | ScoreBlocks
 
 
 @dataclass(frozen=True)
@@ -94,8 +170,11 @@ def evaluate(
 ) -> CzslMetrics:
     """Run the standard evaluator (spec 2.4) on a score matrix.
 
-    scores: (N, P) float32, a torch tensor or a NumPy array (a read-only np.load(mmap_mode='r') works: rows are
-        read chunk by chunk). Columns follow the candidate pair order; scores are used as given.
+    scores: (N, P) float32 or float64 (rounded to float32 per chunk): a torch tensor, a NumPy array or a
+        `ScoreBlocks` that produces row blocks on demand, so the full matrix need not exist. A read-only
+        np.load(mmap_mode='r') array works, but every page read stays mapped and counts as resident (7.4 GB peak on
+        open-world C-GQA test against 1.8 GB for `ScoreBlocks.from_npy` on the same file, benchmarks/czsl_scale.py).
+        Columns follow the candidate pair order; scores are used as given.
     attr_labels, obj_labels, pair_labels: (N,) int ground truth; pair_labels index the columns.
     pair_attrs, pair_objs: (P,) int attr / obj index of every column.
     seen_mask: (P,) bool, pair in train_pairs. closed_mask: (P,) bool candidate set (all ones in the open world).
@@ -149,6 +228,7 @@ def evaluate(
         correct = chunk.gather(1, y[:, None])[:, 0]  # (n,) c_i
         kth_seen = chunk[:, seen_d].topk(top_k, dim=1).values[:, top_k - 1]  # (n,) m_i
         margin[lo:hi] = (kth_seen - correct).cpu()
+        del chunk  # released before the next one is read: two chunk-sized buffers at a time, not three
 
     unseen_idx = ~sample_seen
     kept = margin[unseen_idx & match_max] - BIAS_SHIFT  # float32, as the references compute it
@@ -168,6 +248,7 @@ def evaluate(
             hit = (predictor(chunk, biases_d) == y[:, None, None]).any(2)  # (n, B)
             seen_hits += (hit & is_seen[:, None]).sum(0).cpu()
             unseen_hits += (hit & ~is_seen[:, None]).sum(0).cpu()
+            del chunk
 
     seen_at_max = _mean(match_max[sample_seen])
     unseen_at_max = _mean(match_max[unseen_idx])
@@ -215,8 +296,9 @@ def evaluate_split(
 ) -> CzslMetrics:
     """`evaluate` with labels and masks taken from a loaded dataset (split 'val' or 'test').
 
-    Score rows follow the split's row order, columns `dataset.pairs` (the dataset's world). The closed mask is the
-    phase's (spec 2.2): val -> val u train pairs, test -> test u train pairs, open world -> all pairs.
+    scores: a matrix or a `ScoreBlocks` source, as for `evaluate`. Score rows follow the split's row order, columns
+    `dataset.pairs` (the dataset's world). The closed mask is the phase's (spec 2.2): val -> val u train pairs,
+    test -> test u train pairs, open world -> all pairs.
     Keyword arguments go to `evaluate` (top_k, chunk_size, device, column_transform, max_bias).
     """
     if split not in ("val", "test"):
@@ -316,14 +398,13 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _chunks(scores: Scores, n: int, chunk_size: int, dev: torch.device, transform: ColumnTransform | None, p: int):
+def _chunks(
+    scores: Scores, n: int, chunk_size: int, dev: torch.device, transform: ColumnTransform | None, p: int
+) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (lo, hi, float32 chunk (hi - lo, P) on dev), transformed; never copies the whole matrix."""
     for lo in range(0, n, chunk_size):
         hi = min(lo + chunk_size, n)
-        if isinstance(scores, torch.Tensor):
-            chunk = scores[lo:hi].to(dev)
-        else:
-            chunk = torch.from_numpy(np.array(scores[lo:hi], dtype=np.float32, copy=True)).to(dev)  # memmap-safe
+        chunk = _read_rows(scores, lo, hi, p).to(dev)  # (hi - lo, P) float32
         if transform is not None:
             chunk = transform(chunk)
             if chunk.shape != (hi - lo, p) or chunk.dtype != torch.float32:
@@ -331,6 +412,31 @@ def _chunks(scores: Scores, n: int, chunk_size: int, dev: torch.device, transfor
                     f"column_transform returned {tuple(chunk.shape)} {chunk.dtype}; expected ({hi - lo}, {p}) float32"
                 )
         yield lo, hi, chunk
+        del chunk  # the caller has dropped it too (see `evaluate`), so reading the next block does not add a third
+
+
+def _read_rows(scores: Scores, lo: int, hi: int, p: int) -> torch.Tensor:
+    """Rows lo..hi-1 as a float32 tensor (a view when the input is a float32 tensor: chunks are never modified)."""
+    if isinstance(scores, ScoreBlocks):
+        block = scores.read(lo, hi)
+        if not isinstance(block, torch.Tensor | np.ndarray):
+            raise TypeError(f"ScoreBlocks.read({lo}, {hi}) returned {type(block).__name__}; expected a tensor or array")
+        if tuple(block.shape) != (hi - lo, p) or _torch_dtype(block.dtype) not in SCORE_DTYPES:
+            raise ValueError(
+                f"ScoreBlocks.read({lo}, {hi}) returned {tuple(block.shape)} {block.dtype}; "
+                f"expected ({hi - lo}, {p}) float32 or float64"
+            )
+        scores = block
+        lo, hi = 0, hi - lo
+    if isinstance(scores, torch.Tensor):
+        return scores[lo:hi].to(torch.float32)
+    return torch.from_numpy(np.array(scores[lo:hi], dtype=np.float32, copy=True))  # memmap-safe
+
+
+def _torch_dtype(dtype: torch.dtype | np.dtype) -> torch.dtype | None:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}.get(np.dtype(dtype))
 
 
 def _check_inputs(
@@ -347,9 +453,11 @@ def _check_inputs(
 ) -> tuple[int, int]:
     if scores.ndim != 2:
         raise ValueError(f"scores has shape {tuple(scores.shape)}; expected (N samples, P pairs)")
-    dtype_ok = scores.dtype == (torch.float32 if isinstance(scores, torch.Tensor) else np.float32)
-    if not dtype_ok:
-        raise ValueError(f"scores dtype is {scores.dtype}; expected float32 (fp16 breaks the -1e10 mask, spec 2.1)")
+    if not isinstance(scores, ScoreBlocks) and _torch_dtype(scores.dtype) not in SCORE_DTYPES:
+        raise ValueError(
+            f"scores dtype is {scores.dtype}; expected float32 or float64, evaluated in float32 (fp16 breaks the "
+            "-1e10 mask, spec 2.1)"
+        )
     n, p = scores.shape
     for name, v, size in (
         ("attr_labels", attr_labels, n),

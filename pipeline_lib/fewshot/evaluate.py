@@ -114,7 +114,7 @@ def trained(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: int,
         return x.to(dev)
 
     validator = (InitValidator(mv(inp.val_raw), mv(inp.val_labels), mv(inp.text_proj), mv(img_proto), mv(kl), t.init,
-                               cfg.logits, cfg.search.chunk_queries) if t.validate_every_step else None)
+                               cfg.logits, cfg.search.chunk_queries) if t.validate_every else None)
     tr = train_semobridge_t(mv(inp.support), mv(inp.w_txt), mv(fit.pinv), fit.scale, mv(inp.text_proj),
                             mv(inp.text_eos), t, validator)
     out.train = tr

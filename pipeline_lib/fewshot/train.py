@@ -183,9 +183,10 @@ def train_semobridge_t(
     """Train inv_text (init W+) and class_bias (init 0) for cfg.steps full-batch AdamW steps (torch.optim.AdamW's
     arithmetic, pipeline_lib.optim.adamw).
 
-    support (C, K', D_p) raw; validation (if a validator is given) runs after every step on the updated weights.
-    The forward pass of step t+1 uses exactly those weights, so its detached prototypes serve the validation of
-    step t (one bridging pass per step instead of two); a last forward after the loop validates the final step.
+    support (C, K', D_p) raw; validation (if a validator is given) runs after every `cfg.validate_every`-th step
+    and after the last, on the updated weights; best-val selection picks among the validated steps. The forward pass
+    of step t+1 uses exactly those weights, so its detached prototypes serve the validation of step t (one bridging
+    pass per step instead of two); a last forward after the loop validates the final step.
     """
     if cfg.final_model == "best_val" and validator is None:
         raise ValueError("final_model='best_val' needs a validator (per-step validation)")
@@ -214,7 +215,7 @@ def train_semobridge_t(
     for step in range(cfg.steps):
         out = semobridge_t_step(support, support_n, inv_text, class_bias, w_txt, scale, text_proj, text_eos, weights,
                                 cfg.logit_scale)
-        if validator is not None and step > 0:
+        if validator is not None and step > 0 and step % cfg.validate_every == 0:
             validate(step - 1, out.p_hat)
         lr = lr_at(step, cfg)
         for param, grad, (exp_avg, exp_avg_sq) in zip(params, (out.grad_pinv, out.grad_bias), moments, strict=False):
