@@ -1,0 +1,150 @@
+"""Our metrics files -> MeasuredRow, in one place a caller can adapt when those files change shape.
+
+Reads (all optional, missing keys skipped):
+- metrics/fewshot.json: test_acc[method][shots] = {mean, std, n} in points -> task fewshot, setting = shots;
+  zero_shot (identical at every shot count) once more as setting "0"; bridge.{sv_median, sv_max, n_dropped,
+  n_singular_values} -> dataset "-", method "bridge", setting "atol=<atol>".
+- metrics/czsl.json: rows[row][world][auc|hm|seen|unseen] as fractions (a number, or {mean, std, n}) -> task czsl,
+  setting = world; rows[row].rmg -> metric rmg, setting "closed".
+- metrics/inversion.json: image.{image_to_image, oti_to_image}.map and text.{text_to_text, ovi_to_text}.map as
+  fractions -> image_retrieval / text_retrieval, setting "-"; *.map_gain -> "<inverted>-minus-<native>", map_diff.
+  The *_selected entries (step chosen on validation queries) are left out: the paper keeps the last iterate.
+Rows whose key has no published counterpart are harmless: compare() drops them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline_lib.reproduction.compare import MeasuredRow
+from pipeline_lib.reproduction.published import backbone_id, dataset_id
+
+#: The text-retrieval set when features.retrieval_text.path is unset (the data stage's synthetic captions).
+DEFAULT_TEXT_DATASET = "shapes-captions"
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a run's numbers are keyed by, besides method, setting and metric."""
+
+    backbone: str  # the paper's form, from backbone_id(backbone.model, backbone.pretrained)
+    fewshot_dataset: str  # few-shot store and image retrieval (queries = its test split)
+    czsl_dataset: str
+    text_dataset: str  # text retrieval
+
+
+def run_identity(params: Mapping[str, Any]) -> RunIdentity:
+    """The identity from a loaded params.yaml (the dict; only the keys below are read)."""
+    backbone = params.get("backbone", {})
+    features = params.get("features", {})
+    text_path = features.get("retrieval_text", {}).get("path")
+    return RunIdentity(
+        backbone=backbone_id(str(backbone.get("model", "")), backbone.get("pretrained")),
+        fewshot_dataset=dataset_id(str(features.get("fewshot", {}).get("dataset_name", ""))),
+        czsl_dataset=dataset_id(str(params.get("czsl", {}).get("dataset", ""))),
+        text_dataset=dataset_id(Path(text_path).stem) if text_path else DEFAULT_TEXT_DATASET,
+    )
+
+
+Stat = tuple[float, float | None, int | None]  # (value, spread, n)
+
+
+def _stat(entry: Any) -> Stat | None:
+    """(value, spread, n) from a number or a {mean, std, n} dict; None when absent."""
+    if isinstance(entry, Mapping):
+        if "mean" not in entry:
+            return None
+        std, n = entry.get("std"), entry.get("n")
+        return float(entry["mean"]), None if std is None else float(std), None if n is None else int(n)
+    if isinstance(entry, int | float) and not isinstance(entry, bool):
+        return float(entry), None, None
+    return None
+
+
+def _row(
+    task: str, dataset: str, run: RunIdentity, method: str, setting: str, metric: str, stat: Stat, unit: str
+) -> MeasuredRow:
+    value, spread, n = stat
+    return MeasuredRow(task, dataset, run.backbone, method, setting, metric, value, unit, spread, n)
+
+
+def _fewshot_rows(run: RunIdentity, fewshot: Mapping[str, Any]) -> list[MeasuredRow]:
+    rows = []
+    for method, by_shot in fewshot.get("test_acc", {}).items():
+        for shots in sorted(by_shot, key=int):
+            stat = _stat(by_shot[shots])
+            if stat is not None:
+                rows.append(_row("fewshot", run.fewshot_dataset, run, method, str(shots), "accuracy", stat, "points"))
+        if method == "zero_shot" and by_shot:  # the same number at every shot count; the paper's setting is "0"
+            stat = _stat(by_shot[max(by_shot, key=int)])
+            if stat is not None:
+                rows.append(_row("fewshot", run.fewshot_dataset, run, method, "0", "accuracy", stat, "points"))
+    bridge = fewshot.get("bridge", {})
+    if "atol" in bridge:
+        setting = f"atol={float(bridge['atol']):g}"
+        units = {"sv_median": "ratio", "sv_max": "ratio", "n_dropped": "count", "n_singular_values": "count"}
+        for metric, unit in units.items():
+            stat = _stat(bridge.get(metric))
+            if stat is not None:
+                rows.append(_row("fewshot", "-", run, "bridge", setting, metric, stat, unit))
+    return rows
+
+
+def _czsl_rows(run: RunIdentity, czsl: Mapping[str, Any]) -> list[MeasuredRow]:
+    dataset = dataset_id(str(czsl.get("dataset", run.czsl_dataset)))
+    seeds = czsl.get("seeds")
+    n = seeds if isinstance(seeds, int) else len(seeds) if isinstance(seeds, list) else None
+    rows = []
+
+    def add(name: str, setting: str, metric: str, entry: Any, unit: str) -> None:
+        stat = _stat(entry)
+        if stat is not None:
+            rows.append(_row("czsl", dataset, run, name, setting, metric, (stat[0], stat[1], stat[2] or n), unit))
+
+    for name, row in czsl.get("rows", {}).items():
+        for world, metrics in row.items():
+            if isinstance(metrics, Mapping):
+                for metric in ("auc", "hm", "seen", "unseen"):
+                    add(name, world, metric, metrics.get(metric), "fraction")
+        add(name, "closed", "rmg", row.get("rmg"), "ratio")
+    return rows
+
+
+def _inversion_rows(run: RunIdentity, inversion: Mapping[str, Any]) -> list[MeasuredRow]:
+    rows = []
+    for direction, task, dataset, native, inverted in (
+        ("image", "image_retrieval", run.fewshot_dataset, "image_to_image", "oti_to_image"),
+        ("text", "text_retrieval", run.text_dataset, "text_to_text", "ovi_to_text"),
+    ):
+        block = inversion.get(direction) or {}
+        for method in (native, inverted):
+            entry = block.get(method) or {}
+            if "map" in entry:
+                n = entry.get("n_queries")
+                stat = (float(entry["map"]), None, None if n is None else int(n))
+                rows.append(_row(task, dataset, run, method, "-", "map", stat, "fraction"))
+        gain = _stat(block.get("map_gain"))
+        if gain is not None:
+            rows.append(_row(task, dataset, run, f"{inverted}-minus-{native}", "-", "map_diff", gain, "fraction"))
+    return rows
+
+
+def measured_rows(
+    run: RunIdentity,
+    *,
+    fewshot: Mapping[str, Any] | None = None,
+    czsl: Mapping[str, Any] | None = None,
+    inversion: Mapping[str, Any] | None = None,
+) -> list[MeasuredRow]:
+    """MeasuredRow for every number of the given metrics dicts (the parsed JSON files) that has a published kind."""
+    rows: list[MeasuredRow] = []
+    if fewshot:
+        rows += _fewshot_rows(run, fewshot)
+    if czsl:
+        rows += _czsl_rows(run, czsl)
+    if inversion:
+        rows += _inversion_rows(run, inversion)
+    return rows
