@@ -131,8 +131,9 @@ def run(
 
     for name in stage_names or []:
         get_stage(name)
-    rows = pipeline_flow(root=str(root.resolve()), stages=stage_names, profile=profile, overrides=list(set_ or []),
-                         publish=publish)
+    rows = pipeline_flow(
+        root=str(root.resolve()), stages=stage_names, profile=profile, overrides=list(set_ or []), publish=publish
+    )
     table = Table(title="bridgeflow run")
     for column in ("stage", "status", "seconds"):
         table.add_column(column)
@@ -142,8 +143,10 @@ def run(
     results = Path(rows[0]["results"]) if rows else root.resolve()
     _print_summary(results)
     if results != root.resolve():
-        console.print(f"results of this run: {results} (params differ from params.yaml; the workspace results are "
-                      "untouched; --publish writes them there)")
+        console.print(
+            f"results of this run: {results} (params differ from params.yaml; the workspace results are "
+            "untouched; --publish writes them there)"
+        )
 
 
 @app.command()
@@ -170,24 +173,40 @@ def sweep(
     ] = 1,
     only_changed: Annotated[
         bool,
-        typer.Option("--only-changed/--all-columns", help="Show only metrics that differ between points (prefect)."),
+        typer.Option("--only-changed/--all-columns", help="Show only the metrics that differ between points."),
     ] = True,
 ) -> None:
-    """Run every point of a params grid without clobbering results, then print a table of the headline metrics."""
+    """Run every point of a params grid without clobbering results, then print a table of the points' metrics.
+
+    The table has one column per point, headed by its swept values, and one row per metric (each metrics file's
+    keys); it fits the terminal's width (COLUMNS, else 100), wrapping many points into several blocks.
+    """
+    import shutil
+
     from pipeline_lib.engine.params import ParamsError
     from pipeline_lib.engine.stages import get_stage
-    from pipeline_lib.engine.sweep import grid_points, parse_grid, validate_points
+    from pipeline_lib.engine.sweep import TABLE_WIDTH, grid_points, parse_grid, render_comparison, validate_points
 
     for name in stage_names or []:
         get_stage(name)
     grid = parse_grid(axes)
     validate_points(root, profile, grid_points(grid))  # before any server starts or experiment is queued
+    width = shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
     if via == "dvc":
         if profile:
             raise ParamsError("--profile applies to --via prefect only: DVC experiments read params.yaml")
         from flows.dvc_sweep import dvc_sweep
 
-        typer.echo(dvc_sweep(root.resolve(), grid_points(grid), stage_names, jobs=jobs))
+        table = dvc_sweep(
+            root.resolve(),
+            grid_points(grid),
+            stage_names,
+            jobs=jobs,
+            only_changed=only_changed,
+            width=width,
+            say=lambda line: typer.echo(line, err=True),
+        )
+        typer.echo(table)
         return
     if via != "prefect" or jobs != 1:
         raise ParamsError(f"--via {via} --jobs {jobs}: expected --via dvc, or --via prefect with --jobs 1")
@@ -199,13 +218,8 @@ def sweep(
     result = sweep_flow(
         grid=grid, root=str(root.resolve()), stages=stage_names, profile=profile, only_changed=only_changed
     )
-    table = Table(title="bridgeflow sweep")
-    for column in result["columns"]:
-        table.add_column(column)
-    for row in result["rows"]:
-        table.add_row(*row.values())
-    Console().print(table)
-    console.print(f"each point's metrics and plots: {result['dir']}")
+    typer.echo(render_comparison(result["columns"], result["rows"], list(grid), width))
+    console.print(f"each point's metrics and plots, and comparison.csv: {result['dir']}")
 
 
 @app.command()
@@ -293,21 +307,26 @@ def summary(root: RootOpt = Path(".")) -> None:
 
 
 def _print_summary(root: Path) -> None:
-    from pipeline_lib.engine.summary import claims_lines, load_claims, summary_rows
+    from pipeline_lib.engine.summary import claims_lines, load_claims, reproduction_lines, results_lines
 
-    claims, rows = load_claims(root), summary_rows(root)
-    if claims is None and not rows:
+    claims, lines = load_claims(root), results_lines(root, width=_terminal_width())
+    if claims is None and not lines:
         console.print("no metrics yet: run `dvc repro` or `bridgeflow run`")
         return
-    typer.echo("\n".join(claims_lines(claims)))  # plain text: rich would read "[low, high]" as markup
-    if not rows:
-        return
-    table = Table(title="bridgeflow results")
-    for column in ("stage", "metric", "value"):
-        table.add_column(column)
-    for stage_name, metric, value in rows:
-        table.add_row(stage_name, metric, value)
-    Console().print(table)
+    # plain text: rich would read "[low, high]" as markup
+    typer.echo("\n".join(claims_lines(claims, width=_terminal_width())))
+    if lines:
+        typer.echo("\n".join(["", "bridgeflow results (metrics/*.json; means over seeds)", *lines]))
+        typer.echo("\n".join(["", "reproduction", *reproduction_lines(root, width=_terminal_width())]))
+
+
+def _terminal_width() -> int:
+    """The terminal's width, capped at the summary's width (80 when not a terminal, e.g. in a pipe)."""
+    import shutil
+
+    from pipeline_lib.engine.summary import SUMMARY_WIDTH
+
+    return min(SUMMARY_WIDTH, shutil.get_terminal_size((SUMMARY_WIDTH, 24)).columns)
 
 
 @app.command()

@@ -45,7 +45,7 @@ def test_backbone_stage_trains_and_publishes(tmp_path: Path) -> None:
         and set(summary["zero_shot"]) == {"shape", "colour", "pattern", "size"}
     )
     metrics = json.loads((tmp_path / "work" / "metrics" / "backbone.json").read_text())
-    assert metrics == json.loads(json.dumps(summary))
+    assert metrics == {"final_loss": summary["final_loss"], "zero_shot": summary["zero_shot"]}  # the rest: manifest
     with (tmp_path / "work" / "plots" / "backbone_loss.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["step"] for r in rows] == ["1", "2", "3", "4"] and rows[1]["zs_shape"] != "" and rows[0]["zs_shape"] == ""
@@ -93,7 +93,8 @@ def test_diagnose_stage_writes_gap_metrics(tmp_path: Path) -> None:
     assert metrics["text_projection"]["weak_count"] == 1 and metrics["energy"]["outside_row_space"] > 0.2
     assert 0 < metrics["centroid_distance"] < 2
     saved = json.loads((tmp_path / "work" / "metrics" / "gap.json").read_text())
-    assert saved == json.loads(json.dumps(metrics))
+    assert saved["energy"] == {"weak": metrics["energy"]["weak"]} and len(saved["retrieval_map"]) == 2
+    assert sum(len(v) if isinstance(v, dict) else 1 for v in saved.values()) == 9  # the headline, not all 30
     with (tmp_path / "work" / "plots" / "gap_similarity.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 10
     details = json.loads((tmp_path / "work" / "artifacts" / "diagnose" / "gap_details.json").read_text())

@@ -89,7 +89,10 @@ def test_seed_results_and_files(published):
 
 def test_report_aggregates_over_seeds(published):
     root, cfg, fit, seeds, _ = published
-    metrics = json.loads((root / "metrics/fewshot.json").read_text())
+    headline = json.loads((root / "metrics/fewshot.json").read_text())
+    metrics = json.loads((root / "artifacts/fewshot_report/summary.json").read_text())  # the full tables
+    assert list(headline) == ["test_acc"] and set(headline["test_acc"]) <= set(metrics["test_acc"])
+    assert headline["test_acc"]["zero_shot"]["2"] == round(metrics["test_acc"]["zero_shot"]["2"]["mean"], 2)
     assert metrics["bridge"] == fit  # the bridge summary, read through the runs the report declares as inputs
     accs = [s["test_acc"]["zero_shot"] for s in seeds if s["shots"] == 2]
     got = metrics["test_acc"]["zero_shot"]["2"]

@@ -22,7 +22,8 @@ from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.store import DONE
 from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.evaluate import select_step
-from pipeline_lib.inversion.jobs import PER_QUERY_AP, STORE, query_subset
+from pipeline_lib.inversion.jobs import STORE, query_subset
+from pipeline_lib.inversion.outputs import PER_QUERY_AP, RETRIEVAL
 from pipeline_lib.inversion.stage import run_inversion, similarity_histogram
 
 CFG = InversionConfig(
@@ -88,8 +89,14 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
     assert store["ovi/params"].shape == (3, 1, 96) and store["ovi/losses"].shape == (3, 2)
     assert store[f"oti/{DONE}"][...].all() and store["oti"].attrs["query_index"] == query_subset(18, 10).tolist()
 
-    metrics = json.loads(ctx.metrics().read_text())
+    metrics = json.loads((ctx.output() / RETRIEVAL).read_text())  # every number; the metrics file: the mAPs
     img, txt = metrics["image"], metrics["text"]
+    headline = json.loads(ctx.metrics().read_text())
+    assert headline["image"] == {"image_to_image": {"map": round(img["image_to_image"]["map"], 4)},
+                                 "oti_to_image": {"map": round(img["oti_to_image"]["map"], 4)},
+                                 "oti_to_image_selected": {"map": round(img["oti_to_image_selected"]["map"], 4)},
+                                 "selected_step": img["selected_step"]}
+    assert set(headline["text"]) == {"text_to_text", "ovi_to_text", "ovi_to_text_selected", "selected_step"}
     assert "best_step" not in img and "best_map" not in img
     assert set(img["by_step"]) == {"val", "test"} and set(img["by_step"]["val"]) == {"1", "2", "3"}
     assert set(txt["by_step"]["test"]) == {"1", "2"}
@@ -142,7 +149,7 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
 
     # a rerun finds every block finished and reproduces the metrics exactly
     run_inversion(ctx)
-    assert json.loads(ctx.metrics().read_text()) == metrics
+    assert json.loads((ctx.output() / RETRIEVAL).read_text()) == metrics
     assert pl.read_parquet(ctx.output() / PER_QUERY_AP).equals(table)
 
 

@@ -1,5 +1,5 @@
 """The report's Claims section: forest-plot data and panels, the section leading the page, escaped text, and a
-page without metrics/claims.json."""
+page without the claims table."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from test_summary import ACC, AUC, CLAIMS, MAP, RHO, claim, write_claims
 
 from pipeline_lib.engine.config import Config, effective_params
-from pipeline_lib.engine.summary import claim_panel
+from pipeline_lib.engine.summary import claim_panel, claims_path
 from pipeline_lib.report.claims import FOREST_PNG, PANEL_ORDER, forest_panels, forest_png
 from pipeline_lib.report.page import write_report
 
@@ -68,6 +68,7 @@ def test_claims_section_leads_the_page_and_escapes_text(tmp_path: Path) -> None:
     nasty["paper_effect"] = "<b>+2</b> points"
     nasty["claim"] = "A <img src=x onerror=alert(1)> beats B"
     write_claims(tmp_path, [*CLAIMS, nasty])
+    (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "gap.json").write_text(json.dumps({"matched_image_text": 0.5, "image_image": 0.2}))
     page, included = write_page(tmp_path)
 
@@ -96,13 +97,14 @@ def test_page_without_claims_says_so(tmp_path: Path) -> None:
     page, included = write_page(tmp_path)
     assert included["claims"] == 0
     assert page.index("<h2 id='claims'>Claims</h2>") < page.index("<h2>diagnose</h2>")
-    assert "No claims yet: metrics/claims.json is missing" in page
+    assert "No claims yet: artifacts/claims/claims.json is missing" in page
     assert not (tmp_path / "reports" / FOREST_PNG).exists()
 
 
 def test_page_with_unreadable_or_unrun_claims(tmp_path: Path) -> None:
     (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "claims.json").write_text("[1, 2")
+    claims_path(tmp_path).parent.mkdir(parents=True)
+    claims_path(tmp_path).write_text("[1, 2")
     page, _ = write_page(tmp_path)
     assert "could not be read" in page
     write_claims(tmp_path, [claim("kl_vs_vac", AUC, "not run", diagnostic="czsl did not run")])

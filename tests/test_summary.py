@@ -10,7 +10,15 @@ from typing import Any
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline_lib.engine.summary import SUMMARY_WIDTH, claims_lines, headline_rows, load_claims, summary_rows
+from pipeline_lib.claims.stage import headline as claims_headline
+from pipeline_lib.engine.summary import (
+    SUMMARY_WIDTH,
+    claims_lines,
+    claims_path,
+    headline_rows,
+    load_claims,
+    summary_rows,
+)
 
 ACC, MAP, AUC = "test accuracy, points", "test-query mAP", "closed-world test AUC"
 RHO = "Spearman correlation of RMG and AUC over the trained rows, per seed"
@@ -28,7 +36,7 @@ def claim(cid: str, metric: str, verdict: str, mean: float | None = None, low: f
     return {**row, "diagnostic": diagnostic}
 
 
-# Hand-written metrics/claims.json rows, shared with tests/test_report_claims.py.
+# Hand-written claims table rows (artifacts/claims/claims.json), shared with tests/test_report_claims.py.
 CLAIMS: list[dict[str, Any]] = [
     claim("semobridge_vs_prototype@1shot", ACC, "holds", 12.3, 9.1, 15.5),
     claim(LONG_ID, ACC, "refuted", -1.25, -2.5, -0.125, diagnostic="the difference is -1.25, the interval excludes 0."),
@@ -41,7 +49,7 @@ CLAIMS: list[dict[str, Any]] = [
 
 
 def write_claims(root: Path, claims: list[dict[str, Any]] | None = None) -> Path:
-    path = root / "metrics" / "claims.json"
+    path = claims_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"level": 0.95, "bootstrap_resamples": 2000, "claims": CLAIMS if claims is None else claims}
     path.write_text(json.dumps(doc, indent=1))
@@ -55,11 +63,9 @@ def write_metrics(root: Path, stem: str, data: dict[str, Any]) -> None:
 
 
 def czsl_metrics() -> dict[str, Any]:
-    """metrics/czsl.json as the multi-seed czsl stage writes it: means over seeds per row and world."""
-    world = {"auc": 0.5, "hm": 0.4, "seen": 0.6, "unseen": 0.7, "attr_acc": 0.8, "obj_acc": 0.9}
-    rows = {r: {"closed": dict(world), "open": dict(world), "rmg": 0.3} for r in ("baseline", "+sa", "+dynamic")}
-    return {"dataset": "shapes", "mode": "frozen", "worlds": ["closed", "open"], "seeds": 3,
-            "feasibility_source": None, "rows": rows, "bank_selects_off": {"+dynamic_closed": 1}, "seconds": 12.0}
+    """metrics/czsl.json as the czsl stage writes it: per row the closed-world table and the open-world AUC."""
+    closed = {"auc": 0.5, "hm": 0.4, "seen": 0.6, "unseen": 0.7}
+    return {r: {"closed": dict(closed), "open": {"auc": 0.25}} for r in ("baseline", "+sa", "+dynamic")}
 
 
 def summary_output(root: Path) -> str:
@@ -103,7 +109,7 @@ def test_summary_prints_claims_before_other_metrics(tmp_path: Path) -> None:
     write_claims(tmp_path)
     write_metrics(tmp_path, "czsl", czsl_metrics())
     out = summary_output(tmp_path)
-    assert out.index("claims (95% intervals") < out.index("bridgeflow results") < out.index("rows.baseline.closed.auc")
+    assert out.index("claims (95% intervals") < out.index("bridgeflow results") < out.index("czsl (closed)")
     assert "semobridge_vs_prototype@1shot" in out and "+12.30 [+9.10, +15.50] (n=5)" in out
     assert "bootstrap_resamples" not in out  # the claims file is not repeated as headline numbers
 
@@ -111,14 +117,14 @@ def test_summary_prints_claims_before_other_metrics(tmp_path: Path) -> None:
 def test_summary_without_claims_says_so(tmp_path: Path) -> None:
     write_metrics(tmp_path, "czsl", czsl_metrics())
     out = summary_output(tmp_path)
-    assert out.index("claims: none yet") < out.index("rows.baseline.closed.auc")
+    assert out.index("claims: none yet") < out.index("czsl (closed)")
     assert load_claims(tmp_path) is None
     summary_output(tmp_path / "empty")  # nothing at all: no crash
 
 
 def test_summary_survives_a_broken_claims_file(tmp_path: Path) -> None:
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "claims.json").write_text("{not json")
+    claims_path(tmp_path).parent.mkdir(parents=True)
+    claims_path(tmp_path).write_text("{not json")
     assert load_claims(tmp_path) is None
     write_metrics(tmp_path, "czsl", czsl_metrics())
     assert "claims: none yet" in summary_output(tmp_path)
@@ -130,22 +136,38 @@ def test_only_claims_no_other_metrics(tmp_path: Path) -> None:
     assert "ovi_vs_text" in out and "bridgeflow results" not in out
 
 
-def test_headline_patterns_resolve_on_current_layouts(tmp_path: Path) -> None:
+def test_results_read_every_shot_count_as_tables_within_the_width(tmp_path: Path) -> None:
     write_metrics(tmp_path, "czsl", czsl_metrics())
-    seeds = {"mean": 60.0, "std": 1.0, "n": 5}  # few-shot: 5 seeds now
-    write_metrics(tmp_path, "fewshot", {"test_acc": {"prototype": {"16": seeds, "1": seeds}},
-                                        "paired_test_diff": {"semobridge_all-minus-control": {"16": seeds}}})
+    shots = {"1": 35.6, "4": 44.9, "16": 51.0, "32": 55.5}  # in the order the stage writes them
+    write_metrics(tmp_path, "fewshot", {"test_acc": {"prototype": shots, "semobridge_t": shots}})
+    write_metrics(tmp_path, "gap", {"matched_image_text": 0.55, "energy": {"weak": 0.011}})
     keys = {(stem, key) for stem, key, _ in summary_rows(tmp_path)}
-    assert ("czsl", "seeds") in keys
-    assert {("czsl", f"rows.{r}.closed.auc") for r in ("baseline", "+sa", "+dynamic")} <= keys
-    assert {("czsl", "rows.+sa.closed.hm"), ("czsl", "rows.+sa.open.auc")} <= keys
-    assert ("czsl", "rows.+sa.closed.attr_acc") not in keys  # headlines only, not the first numbers
-    assert {("fewshot", "test_acc.prototype.16.mean"),
-            ("fewshot", "paired_test_diff.semobridge_all-minus-control.16.mean")} <= keys
+    assert {("fewshot", f"test_acc.prototype.{k}") for k in shots} <= keys  # every shot count, none hidden
+    lines = summary_output(tmp_path).splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("fewshot test_acc")))
+    assert lines[at].split()[2:] == ["1", "4", "16", "32"]  # shots as columns, methods as rows
+    assert lines[at + 1].split() == ["prototype", "35.6", "44.9", "51", "55.5"]
+    assert lines[lines.index("czsl (closed)  auc   hm  seen  unseen") + 1].split() == ["baseline", "0.5", "0.4",
+                                                                                       "0.6", "0.7"]
+    assert "gap  matched_image_text 0.55" in lines and "gap energy  weak 0.011" in lines
+    assert all(len(line) <= SUMMARY_WIDTH for line in lines)
+
+
+def test_wide_tables_continue_in_blocks_of_columns() -> None:
+    from pipeline_lib.engine.textgrid import grid_lines
+
+    rows = [(f"acc.{m}.{k}", f"{k}.00") for m in ("a", "b") for k in range(1, 30)]
+    lines = grid_lines("wide", rows, width=60)
+    assert all(len(line) <= 60 for line in lines) and len(lines) > 3
+    headers = [line for line in lines if line.startswith("wide acc")]
+    assert len(headers) == len(lines) // 3 and headers[0].split()[2] == "1"  # each block: header + 2 rows
+    assert [v for line in lines if line.strip().startswith("a ") for v in line.split()[1:]] == [
+        f"{k}.00" for k in range(1, 30)]
 
 
 def test_claims_headline_rows_one_per_claim(tmp_path: Path) -> None:
-    rows = dict(headline_rows(write_claims(tmp_path)))  # what Prefect artifacts and sweep comparisons show
+    write_metrics(tmp_path, "claims", claims_headline(CLAIMS))  # metrics/claims.json as the stage writes it
+    rows = dict(headline_rows(tmp_path / "metrics" / "claims.json"))  # what Prefect artifacts and sweeps show
     assert list(rows) == [c["id"] for c in CLAIMS]
-    assert rows["ovi_vs_text"] == "undecided +0.40 [-1.20, +2.00] (n=120)"
+    assert rows["ovi_vs_text"] == "undecided +0.40 [-1.20, +2.00]"
     assert rows["kl_vs_vac"] == "not run"

@@ -1,8 +1,9 @@
 """The `claims` stage: every paper claim as a paired comparison with a 95% interval and a verdict.
 
 It reads what the method stages published (few-shot runs per (shots, seed), inversion per-query AP, CZSL per-seed
-rows, the gap diagnostics), evaluates `claims.registry.CLAIMS` (`claims.compute`), and writes metrics/claims.json
-(the table `bridgeflow summary` and the report lead with) and plots/claims.csv (the forest plot's data).
+rows, the gap diagnostics), evaluates `claims.registry.CLAIMS` (`claims.compute`), and writes the full table
+(`outputs.TABLE`, what `bridgeflow summary` and the report lead with), metrics/claims.json (per claim the mean
+difference, its interval and the verdict) and plots/claims.csv (the forest plot's data).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from typing import Any
 import polars as pl
 
 from pipeline_lib.claims.compute import LEVEL, N_BOOT, Evidence, evaluate_claims
-from pipeline_lib.czsl.stage import RESULTS as CZSL_RESULTS
-from pipeline_lib.diagnose.stage import GAP_DETAILS
+from pipeline_lib.claims.outputs import TABLE
+from pipeline_lib.czsl.outputs import RESULTS as CZSL_RESULTS
+from pipeline_lib.diagnose.outputs import GAP_DETAILS
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.io import write_csv, write_json
-from pipeline_lib.fewshot.stage import RESULTS as FEWSHOT_RESULTS
-from pipeline_lib.inversion.jobs import PER_QUERY_AP
+from pipeline_lib.fewshot.outputs import RESULTS as FEWSHOT_RESULTS
+from pipeline_lib.inversion.outputs import PER_QUERY_AP
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -43,7 +45,7 @@ def load_evidence(ctx: StageContext) -> Evidence:
     gap = _json(ctx.input("diagnose") / GAP_DETAILS) or {}
     if "energy" in gap:
         context["gap_energy"] = gap["energy"]
-    context["mean_pooled_backbone"] = ctx.cfg.backbone.model.startswith("bf-tiny")
+    context["mean_pooled_backbone"] = czsl.get("global_token") == "patch mean"
     switched: dict[str, list[int]] = {}
     for bank in czsl.get("bank", {}).values():
         for key, chosen in bank.items():  # key: "<row>_<world>"
@@ -55,13 +57,24 @@ def load_evidence(ctx: StageContext) -> Evidence:
                     czsl=per_seed or None, context=context)
 
 
+def headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per claim: the mean difference (the one number to compare), its interval and how it was computed (over how
+    many seeds or queries) as text, and the verdict."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        measured = all(isinstance(r.get(k), (int, float)) for k in ("mean", "low", "high"))
+        out[r["id"]] = ({"difference": r["mean"], "interval": f"[{r['low']:+.2f}, {r['high']:+.2f}]",
+                         "over": r["interval"]} if measured else {}) | {"verdict": r["verdict"]}
+    return out
+
+
 def run_claims(ctx: StageContext) -> dict[str, Any]:
     """Stage entry point: evaluate every claim, write the table and the forest-plot data."""
     rows = evaluate_claims(load_evidence(ctx))
-    write_json(ctx.metrics(), {"level": LEVEL, "bootstrap_resamples": N_BOOT, "claims": rows}, indent=1)
+    write_json(ctx.output() / TABLE, {"level": LEVEL, "bootstrap_resamples": N_BOOT, "claims": rows}, indent=1)
+    write_json(ctx.metrics(), headline(rows), indent=1)
     write_csv(ctx.plot("claims"), ["claim", "metric", "mean", "low", "high", "verdict"],
               [[r["id"], r["metric"], r.get("mean", ""), r.get("low", ""), r.get("high", ""), r["verdict"]]
                for r in rows])
-    write_json(ctx.output() / "claims.json", rows, indent=1)
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("holds", "refuted", "undecided", "not run")}
     return {"claims": len(rows), **counts}

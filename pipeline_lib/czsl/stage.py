@@ -4,8 +4,9 @@ A thin entry point: it resolves the inputs through the stage context (data, back
 (`czsl.inputs`), runs the ablation on the loaded data (`czsl.experiment.run_experiment`) once per training seed
 (`czsl.seeds`) and writes the outputs: per seed a folder seed<k>/ (head checkpoints, test score matrices, stream
 orders, full results; a seed whose results.json exists is not rerun, so a killed run resumes), results.json with
-every seed's metric rows (what the claims compare), the metrics file (means over seeds per row and world), and the
-plots czsl_curve (seen / unseen trade-off on test) and czsl_loss (training loss per step), both of the first seed.
+every seed's metric rows (what the claims compare), the metrics file (the standard table per row, means over
+seeds), and the plots czsl_curve (seen / unseen trade-off on test) and czsl_loss (training loss per step), both of
+the first seed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 from pipeline_lib.czsl.config import CzslConfig
 from pipeline_lib.czsl.experiment import Backend, CzslOutcome, run_experiment
 from pipeline_lib.czsl.inputs import load_splits, load_worlds
-from pipeline_lib.czsl.train import seed_everything
+from pipeline_lib.czsl.outputs import RESULTS
+from pipeline_lib.czsl.train import global_token_kind, seed_everything
 from pipeline_lib.czsl.worlds import METRIC_KEYS
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.io import write_csv, write_json
@@ -31,7 +33,6 @@ from pipeline_lib.engine.io import write_csv, write_json
 log = logging.getLogger(__name__)
 
 STORE = "czsl.zarr"  # the CZSL feature store inside the features stage's output folder
-RESULTS = "results.json"  # per seed (seed<k>/results.json) and over all seeds (results.json: per-seed metric rows)
 LOSS = "loss.csv"
 
 
@@ -50,7 +51,7 @@ def row_metrics(results: dict[str, Any], worlds: list[str]) -> dict[str, Any]:
 
 
 def summarise(per_seed: dict[int, dict[str, Any]], worlds: list[str]) -> dict[str, Any]:
-    """Small JSON metrics: per row and world the mean over seeds of the headline numbers, and the mean gap."""
+    """Per row and world the mean over seeds of every evaluator number, and the mean gap (the manifest's summary)."""
     first = next(iter(per_seed.values()))
     rows: dict[str, Any] = {}
     for name in first:
@@ -58,6 +59,13 @@ def summarise(per_seed: dict[int, dict[str, Any]], worlds: list[str]) -> dict[st
         rows[name] = {w: {k: round(float(np.mean([r[w][k] for r in runs])), 4) for k in METRIC_KEYS} for w in worlds}
         rows[name]["rmg"] = round(float(np.mean([r["rmg"] for r in runs])), 4)
     return rows
+
+
+def headline(rows: dict[str, Any], worlds: list[str]) -> dict[str, Any]:
+    """The metrics file: per row the standard table's numbers in the closed world (AUC, HM, S, U) and the open
+    world's AUC, means over seeds. Every other number is in results.json (per seed) and the manifest."""
+    keys = {"closed": ("auc", "hm", "seen", "unseen"), "open": ("auc",)}
+    return {name: {w: {k: row[w][k] for k in keys.get(w, ("auc",))} for w in worlds} for name, row in rows.items()}
 
 
 def write_loss_csv(path: Path, loss_rows: list[dict]) -> None:
@@ -122,7 +130,7 @@ def run_czsl(ctx: StageContext) -> dict[str, Any]:
             for seed, r in results.items()}
     out_dir = ctx.output()
     write_json(out_dir / RESULTS, {"seeds": list(cfg.seeds), "worlds": world_names, "per_seed": per_seed,
-                                   "bank": bank}, indent=1)
+                                   "bank": bank, "global_token": global_token_kind(bb.model)}, indent=1)
     first = results[cfg.seeds[0]]
     write_curve_csv(ctx.plot("czsl_curve"), first, world_names)
     shutil.copyfile(seed_dir(out_dir, cfg.seeds[0]) / LOSS, ctx.plot("czsl_loss"))
@@ -134,5 +142,5 @@ def run_czsl(ctx: StageContext) -> dict[str, Any]:
         "bank_selects_off": {k: sum(b[k]["selects_off"] for b in bank.values()) for k in next(iter(bank.values()))},
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    write_json(ctx.metrics(), summary, indent=1)
+    write_json(ctx.metrics(), headline(summary["rows"], world_names), indent=1)
     return summary

@@ -82,6 +82,12 @@ class TokenSource:
         return encoder_tokens(self.clip, images.to(self.device))  # (B, T, D)
 
 
+def global_token_kind(clip: nn.Module) -> str:
+    """What token 0 of `encoder_tokens` is: a class token, or the mean of the patch tokens (avg-pooling towers),
+    which sparse alignment's max over [token 0, patches] cannot add information to."""
+    return "class token" if getattr(clip.visual, "pool_type", "tok") == "tok" else "patch mean"
+
+
 def encoder_tokens(clip: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """[global embedding, patch tokens] (B, 1 + L, D) in the joint space, from the shared tower hook."""
     from pipeline_lib.backbone.hooks import image_token_features

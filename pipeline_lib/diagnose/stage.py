@@ -14,13 +14,12 @@ import numpy as np
 
 from pipeline_lib.backbone.config import DiagnoseConfig
 from pipeline_lib.diagnose import gap as dg
+from pipeline_lib.diagnose.outputs import GAP_DETAILS
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.io import write_csv, write_json
 from pipeline_lib.engine.store import read_array
 
 logger = logging.getLogger(__name__)
-
-GAP_DETAILS = "gap_details.json"  # metrics plus the details behind them, in the output folder
 
 
 def gap_report(store: Path, cfg: DiagnoseConfig) -> tuple[dict[str, Any], list[dict[str, float]], dict[str, Any]]:
@@ -71,10 +70,33 @@ def gap_report(store: Path, cfg: DiagnoseConfig) -> tuple[dict[str, Any], list[d
     return metrics, hist, details
 
 
+#: The gap numbers a reader compares across runs (dotted keys of `gap_report`'s metrics); the rest is in GAP_DETAILS.
+HEADLINE = (
+    "matched_image_text",
+    "unmatched_image_text",
+    "image_image",
+    "text_text",
+    "centroid_distance",
+    "energy.weak",
+    "zero_shot_accuracy",
+    "retrieval_map.image_to_image",
+    "retrieval_map.class_text_to_image",
+)
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The HEADLINE entries of `metrics`, nested as they are there."""
+    out: dict[str, Any] = {}
+    for key in HEADLINE:
+        group, _, name = key.rpartition(".")
+        (out.setdefault(group, {}) if group else out)[name] = (metrics[group] if group else metrics)[name]
+    return out
+
+
 def run_diagnose(ctx: StageContext) -> dict[str, Any]:
     """Modality-gap diagnostics of the few-shot feature store: the gap metrics and similarity histograms."""
     metrics, hist, details = gap_report(ctx.input("features") / "fewshot.zarr", ctx.cfg.backbone.diagnose)
     write_json(ctx.output() / GAP_DETAILS, {**metrics, **details}, sort_keys=True)
-    write_json(ctx.metrics(), metrics, sort_keys=True)
+    write_json(ctx.metrics(), headline(metrics), sort_keys=True)
     write_csv(ctx.plot("gap_similarity"), ["cosine", "image_text", "image_image", "text_text"], hist)
     return metrics

@@ -118,7 +118,6 @@ STAGES: tuple[Stage, ...] = (
         params=("features",),
         deps=("data", "backbone"),
         outs=("artifacts/features",),
-        metrics=("metrics/features.json",),
         shards=Shards("pipeline_lib.features.shards:plan_shards", "pipeline_lib.features.shards:extract_shard"),
     ),
     Stage(

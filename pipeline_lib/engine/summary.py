@@ -1,57 +1,27 @@
 """The short results printed at the end of `./run.sh` and `bridgeflow run`, read from metrics/*.json.
 
-The claims (metrics/claims.json: one paired interval and verdict per paper claim) come first, one line each
-(`claims_lines`); then the headline numbers of every other metrics file (`summary_rows`).
+The claims (the claims stage's full table, `claims.outputs.TABLE`: one paired interval and verdict per paper claim)
+come first, one line each (`claims_lines`); then the headline numbers of every other metrics file (`summary_rows`).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
+from pipeline_lib.claims.outputs import TABLE as CLAIMS_TABLE
 from pipeline_lib.engine import stages
 from pipeline_lib.engine.stages import get_stage
+from pipeline_lib.engine.textgrid import grid_lines
 
 log = logging.getLogger(__name__)
 
-# The headline numbers per metrics file (fnmatch patterns over dotted keys); without a match, the first numbers.
-HEADLINES: dict[str, tuple[str, ...]] = {
-    "data": ("images_total",),
-    "backbone": ("zero_shot.*", "steps", "train_seconds"),
-    "features": ("images_encoded", "images_per_s", "seconds"),
-    "gap": (
-        "matched_image_text",
-        "image_image",
-        "text_text",
-        "centroid_distance",
-        "energy.weak",
-        "energy.outside_row_space",
-        "retrieval_map.*",
-        "zero_shot_accuracy",
-        "prototype_accuracy.*_shot",
-    ),
-    "fewshot": ("test_acc.*.16.mean", "paired_test_diff.*.16.mean"),
-    "inversion": (
-        "image.image_to_image.map",
-        "image.oti_to_image.map",
-        "image.class_text_to_image.map",
-        "image.oti_to_image_selected.map",
-        "image.selected_step",
-        "text.text_to_text.map",
-        "text.ovi_to_text.map",
-        "text.ovi_to_text_selected.map",
-        "text.selected_step",
-    ),
-    "czsl": ("seeds", "rows.*.closed.auc", "rows.*.closed.hm", "rows.*.open.auc"),  # rows: means over the seeds
-}
-MAX_ROWS_PER_FILE = 24
-
 CLAIMS_STEM = "claims"  # metrics/claims.json: printed first, one line per claim, not as headline numbers
 SUMMARY_WIDTH = 120
+MIN_REPRODUCTION_WIDTH = 90  # the reproduction table's narrowest layout
 VERDICTS = ("holds", "refuted", "undecided", "not run")
 # Panel (unit) of a claim's difference -> short unit label; inferred from the claim's `metric` by `claim_panel`.
 PANEL_UNITS = {"accuracy": "acc pts", "mAP": "mAP pts", "AUC": "AUC pts", "correlation": "rho", "other": ""}
@@ -80,17 +50,16 @@ def flatten_metrics(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def headline_rows(path: Path) -> list[tuple[str, str]]:
-    """(metric, formatted value) rows of one metrics file: its headline metrics, else its first numbers.
+    """(metric, formatted value) rows of one metrics file: every number in it (the stages write headlines only).
 
-    The claims file gives one row per claim: (claim id, "verdict mean [low, high] (n=..)").
+    The claims file gives one row per claim: (claim id, "verdict difference [low, high]").
     """
     if path.stem == CLAIMS_STEM:
-        doc = _claims_doc(json.loads(path.read_text()))
-        return [(str(c.get("id", "?")), _claim_result(c)) for c in (doc or {}).get("claims", [])]
-    flat = {k: v for k, v in flatten_metrics(json.loads(path.read_text())) if _is_number(v)}
-    keys = [k for pattern in HEADLINES.get(path.stem, ()) for k in flat if fnmatch.fnmatchcase(k, pattern)]
-    keys = list(dict.fromkeys(keys))[:MAX_ROWS_PER_FILE] or list(flat)[:MAX_ROWS_PER_FILE]
-    return [(key, _format(flat[key])) for key in keys]
+        doc = json.loads(path.read_text())
+        return [(str(cid), " ".join(str(c[k]) if k != "difference" else _num(c[k])
+                                    for k in ("verdict", "difference", "interval") if k in c))
+                for cid, c in (doc.items() if isinstance(doc, dict) else ()) if isinstance(c, dict)]
+    return [(k, _format(v)) for k, v in flatten_metrics(json.loads(path.read_text())) if _is_number(v)]
 
 
 def summary_rows(root: Path) -> list[tuple[str, str, str]]:
@@ -103,13 +72,30 @@ def summary_rows(root: Path) -> list[tuple[str, str, str]]:
     ]
 
 
+def results_lines(root: Path, width: int = SUMMARY_WIDTH) -> list[str]:
+    """Every metrics file but the claims as text within `width` columns (`textgrid`: shared leaves make tables)."""
+    lines = []
+    for path in metrics_files(root):
+        if path.stem != CLAIMS_STEM:
+            lines += grid_lines(path.stem, headline_rows(path), width)
+    return lines
+
+
+def reproduction_lines(root: Path, width: int = SUMMARY_WIDTH) -> list[str]:
+    """This run's numbers vs the papers' published ones (`reproduction`), or where published numbers exist."""
+    from pipeline_lib.reproduction.compare import render_text
+    from pipeline_lib.reproduction.sources import published_rows
+
+    return render_text(published_rows(root), width=max(width, MIN_REPRODUCTION_WIDTH))
+
+
 def metrics_files(root: Path) -> list[Path]:
     """The metrics JSON files the registry declares that exist under `root`, in pipeline order."""
     declared = (root / path for stage in stages.STAGES for path in stage.metrics)  # read at call time
     return [path for path in dict.fromkeys(declared) if path.is_file()]
 
 
-# --- claims: metrics/claims.json -------------------------------------------------------------------------------
+# --- claims: the claims stage's full table ----------------------------------------------------------------------
 
 
 def claim_panel(metric: str) -> str:
@@ -127,8 +113,8 @@ def claim_panel(metric: str) -> str:
 
 
 def claims_path(root: Path) -> Path:
-    """Where the claims stage writes its table (the registry's metrics file of `claims`)."""
-    return root / get_stage("claims").metrics[0]
+    """Where the claims stage writes its full table (in its output folder; the metrics file is the short form)."""
+    return root / get_stage("claims").manifest_dir / CLAIMS_TABLE
 
 
 def _claims_doc(doc: Any) -> dict[str, Any] | None:
@@ -138,7 +124,7 @@ def _claims_doc(doc: Any) -> dict[str, Any] | None:
 
 
 def load_claims(root: Path) -> dict[str, Any] | None:
-    """The claims stage's metrics ({"level", "claims": [...]}), or None when missing or unreadable."""
+    """The claims stage's full table ({"level", "claims": [...]}), or None when missing or unreadable."""
     path = claims_path(root)
     if not path.is_file():
         return None
@@ -159,14 +145,6 @@ def is_measured(claim: dict[str, Any]) -> bool:
 
 def _num(value: float) -> str:
     return f"{value:+.2f}" if math.isfinite(value) else str(value)
-
-
-def _claim_result(claim: dict[str, Any]) -> str:
-    verdict = str(claim.get("verdict", "?"))
-    if not is_measured(claim):
-        return verdict
-    n = f" (n={claim['n']})" if "n" in claim else ""
-    return f"{verdict} {_num(claim['mean'])} [{_num(claim['low'])}, {_num(claim['high'])}]{n}"
 
 
 def _fit(text: str, width: int) -> str:
@@ -190,10 +168,10 @@ def claims_lines(doc: dict[str, Any] | None, width: int = SUMMARY_WIDTH) -> list
     mean [low, high] (n) with the unit. Ids are shortened to fit, numbers never; a claim that did not run shows
     why, cut to the line."""
     if doc is None:
-        return ["claims: none yet (metrics/claims.json is missing or unreadable: run the claims stage)"]
+        return ["claims: none yet (the claims table is missing or unreadable: run the claims stage)"]
     claims = doc.get("claims", [])
     if not claims:
-        return [claims_header(doc), "  (no claims in metrics/claims.json)"]
+        return [claims_header(doc), "  (no claims in the claims table)"]
     measured = [c for c in claims if is_measured(c)]
     cols = {k: max((len(_num(c[k])) for c in measured), default=0) for k in ("mean", "low", "high")}
     n_w = max((len(str(c.get("n", ""))) for c in measured), default=0)

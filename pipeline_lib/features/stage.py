@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.engine.context import StageContext
-from pipeline_lib.engine.io import write_json
 from pipeline_lib.engine.store import file_count
 from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.groups import BlockHook, ExtractionRun, ImageGroup
@@ -106,8 +105,8 @@ def work_summary(run: ExtractionRun) -> dict[str, Any]:
 
 
 def run_features(ctx: StageContext) -> dict[str, Any]:
-    """Stage entry point (see module docstring); writes every enabled store and returns the summary also written to
-    the stage's metrics file."""
+    """Stage entry point (see module docstring); writes every enabled store and returns its summary (shapes, counts,
+    throughput), which goes to the stage's manifest: features measure nothing a reader compares, so no metrics file."""
     t0 = time.perf_counter()
     out_dir = ctx.output()
     run = extraction_run(ctx)
@@ -123,7 +122,6 @@ def run_features(ctx: StageContext) -> dict[str, Any]:
     summary.update(work_summary(run))
     summary["files"] = {p.name: file_count(p) for p in sorted(out_dir.glob("*.zarr"))}
     summary["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json(ctx.metrics(), summary, sort_keys=True)
     log.info(
         "features: %d images encoded at %.1f img/s in %.1f s",
         summary["images_encoded"], summary["images_per_s"], summary["seconds"],

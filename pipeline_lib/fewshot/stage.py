@@ -27,6 +27,7 @@ from pipeline_lib.engine.parallel import started_pool
 from pipeline_lib.fewshot.bridge import BridgeFit, fit_bridge
 from pipeline_lib.fewshot.config import FewshotConfig
 from pipeline_lib.fewshot.evaluate import FewshotInputs, SeedResult, aggregate, evaluate_seed, paired_differences
+from pipeline_lib.fewshot.outputs import REPORT_TABLES, RESULTS
 from pipeline_lib.fewshot.sampling import build_support, sample_fewshot_indices
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,10 @@ STORE = "fewshot.zarr"  # the features stage's few-shot store, inside its output
 BRIDGE_WEIGHTS = "bridge.pt"
 BRIDGE_META = "bridge.json"
 # Files of one (shots, seed) run that the report reads.
-RESULTS = "results.json"
 CURVES = "curves.csv"
 BIAS_NORMS = "bias_norms.csv"
+# The metrics file keeps the test accuracy of these methods; the full tables are in outputs.REPORT_TABLES.
+HEADLINE_METHODS = ("zero_shot", "prototype", "control", "semobridge_all", "semobridge_t")
 
 
 def read_store_array(store: Path, name: str, shape: tuple[int | None, ...] | None = None) -> np.ndarray:
@@ -171,6 +173,13 @@ def _write_training(out: Path, res: SeedResult) -> None:
 # ---------------------------------------------------------------------------------------------------- report
 
 
+def headline(table: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """Mean test accuracy (points) of each headline method at every shot count run: {"test_acc": {method: {shots}}},
+    shots in increasing order."""
+    return {"test_acc": {m: {k: round(v["mean"], 2) for k, v in sorted(table[m].items(), key=lambda kv: int(kv[0]))}
+                         for m in HEADLINE_METHODS if m in table}}
+
+
 def run_fewshot_report(ctx: StageContext) -> dict:
     """Mean +- population std over seeds per method x shots, paired differences, curves and bias norms."""
     cfg: FewshotConfig = ctx.cfg.fewshot
@@ -187,14 +196,15 @@ def run_fewshot_report(ctx: StageContext) -> dict:
     if bridge_meta.exists():
         meta = json.loads(bridge_meta.read_text())
         metrics["bridge"] = {k: v for k, v in meta.items() if k != "singular_values"}
-    write_json(ctx.metrics(), json_safe(metrics), sort_keys=True)
+    write_json(ctx.metrics(), headline(table))
 
     methods = list(table)
     rows = [[k, m, table[m][str(k)]["mean"], table[m][str(k)]["std"]]
             for k in cfg.shots for m in methods if str(k) in table[m]]
     write_csv(ctx.plot("fewshot_accuracy"), ["shots", "method", "accuracy", "std"], rows)
     _report_curves(ctx, cfg, run_dirs)
-    write_json(ctx.output() / "summary.json", json_safe({"runs": len(runs), "methods": methods}), sort_keys=True)
+    write_json(ctx.output() / REPORT_TABLES, json_safe({"runs": len(runs), "methods": methods, **metrics}),
+               sort_keys=True)
     return {m: {k: round(v["mean"], 3) for k, v in table[m].items()} for m in methods}
 
 

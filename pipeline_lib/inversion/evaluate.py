@@ -4,7 +4,7 @@ Each direction's inverted queries are split once into validation and test querie
 label, seeded). The optimisation step reported as "selected" is the one with the best mAP on the validation queries
 (`select_step`); every headline number is a mean over the test queries only: the intra-modal baseline, the inverted
 queries at the final step (the reference protocol: a fixed number of steps) and at the selected step. Per-query AP of
-every method at every recorded step is kept as a table (`jobs.PER_QUERY_AP`) for paired comparisons over queries.
+every method at every recorded step is kept as a table (`outputs.PER_QUERY_AP`) for paired comparisons over queries.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ toward their own modality the longer they are optimised.
 
 Each direction's queries are split into validation and test queries (`inversion.evaluate`): the step reported as
 selected is chosen on validation mAP alone, and every reported retrieval number (metrics JSON, mAP-vs-step plot) is a
-mean over the test queries. Per-query AP of every method at every step, both splits, goes to `jobs.PER_QUERY_AP` in
+mean over the test queries. Per-query AP of every method at every step, both splits, goes to `outputs.PER_QUERY_AP` in
 the output folder.
 """
 
@@ -34,7 +34,6 @@ from pipeline_lib.engine.parallel import run_shards_in_processes
 from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.evaluate import direction_split, evaluate_direction, write_per_query
 from pipeline_lib.inversion.jobs import (
-    PER_QUERY_AP,
     STORE,
     RetrievalInputs,
     load_inputs,
@@ -43,6 +42,7 @@ from pipeline_lib.inversion.jobs import (
     prepare_model,
 )
 from pipeline_lib.inversion.oti import Tokenizer
+from pipeline_lib.inversion.outputs import PER_QUERY_AP, RETRIEVAL
 from pipeline_lib.inversion.runner import Progress, run_blocks
 from pipeline_lib.inversion.shards import invert_shard, plan_shards
 
@@ -58,6 +58,22 @@ def similarity_histogram(a: Tensor, b: Tensor, edges: Tensor, chunk: int = 1024)
         counts += torch.histogram(sims, bins=edges).hist.double()
     width = float(edges[1] - edges[0])
     return (counts / max(float(counts.sum()), 1.0) / width).numpy()
+
+
+#: Per direction: (intra-modal baseline, inverted method); the metrics file keeps their test mAP at the final and the
+#: validation-selected step, and that step.
+DIRECTIONS = {"image": ("image_to_image", "oti_to_image"), "text": ("text_to_text", "ovi_to_text")}
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The test-query mAPs a reader compares, nested as in RETRIEVAL (so `{side}.{method}.map` reads the same)."""
+    out: dict[str, Any] = {}
+    for side, (baseline, inverted) in DIRECTIONS.items():
+        if side in metrics:
+            full = metrics[side]
+            out[side] = {m: {"map": round(full[m]["map"], 4)} for m in (baseline, inverted, f"{inverted}_selected")}
+            out[side]["selected_step"] = full["selected_step"]
+    return out
 
 
 def _metrics(q: np.ndarray | Tensor, ql: np.ndarray, g: np.ndarray, gl: np.ndarray, chunk: int) -> dict[str, float]:
@@ -123,7 +139,8 @@ def invert_and_evaluate(
         metrics["text"]["ovi_final_loss"] = float(np.mean(ovi["losses"][:, -1]))
         frames.append(frame)
 
-    write_json(metrics_path, metrics, sort_keys=True)
+    write_json(out_dir / RETRIEVAL, metrics, sort_keys=True)
+    write_json(metrics_path, headline(metrics), sort_keys=True)
     write_per_query(out_dir / PER_QUERY_AP, frames)
     _write_map_plot(map_plot_path, metrics["image"], metrics.get("text"))
     _write_similarity_plot(similarity_plot_path, cfg, inputs, targets, oti_snaps, g)

@@ -1,7 +1,8 @@
 """The report's first section: every paper claim with our paired 95% interval, as a forest plot and a table.
 
-Reads metrics/claims.json (the `claims` stage). The forest plot has one row per claim that ran: a point at the mean
-difference, a line from the interval's low to high end, a vertical line at 0, the marker coloured by verdict; one
+Reads the claims stage's full table (`summary.claims_path`). The forest plot has one row per claim that ran: a point
+at the mean difference, a line from the interval's low to high end, a vertical line at 0, the marker coloured by
+verdict; one
 panel per unit (accuracy, mAP and AUC points, the gap correlation: `summary.claim_panel` reads it from the claim's
 `metric`). Claims that did not run are listed under the plot and in the table, not plotted.
 """

@@ -4,7 +4,7 @@ Driven by the stage registry: every declared plot CSV becomes a PNG (one line pe
 column such as `method`), every metrics JSON a table. Summaries that only exist in a metrics JSON (the backbone's gap
 statistics, intra-modal vs inverted retrieval, the CZSL ablation) get bar charts from `METRIC_FIGURES`, and the last
 section plots every published instance's compute time and how often it ran vs was reused (the stage event log).
-The page opens with the Claims section (`report.claims`: forest plot and table of metrics/claims.json), which
+The page opens with the Claims section (`report.claims`: forest plot and table of the claims stage's full table), which
 replaces the claims stage's own section. The only script is inline and marks each image as loaded or broken, so a
 headless browser can check the page.
 """
@@ -26,8 +26,8 @@ from pipeline_lib.engine.config import effective_params
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.events import latest_status, outcome_counts, read_events
 from pipeline_lib.engine.params import get_dotted
-from pipeline_lib.engine.stages import STAGES, Plot, Stage, get_stage, instances
-from pipeline_lib.engine.summary import flatten_metrics
+from pipeline_lib.engine.stages import STAGES, Plot, Stage, instances
+from pipeline_lib.engine.summary import claims_path, flatten_metrics
 from pipeline_lib.report.claims import claims_section
 
 log = logging.getLogger(__name__)
@@ -163,17 +163,17 @@ def inversion_bars(inv: dict[str, Any]) -> Bars | None:
 
 
 def czsl_bars(czsl: dict[str, Any]) -> Bars | None:
-    """The SAM-CZSL ablation: AUC and harmonic mean of every row, per evaluation world."""
-    rows = czsl.get("rows", {})
-    worlds = [w for w in czsl.get("worlds", ("closed", "open")) if all(w in r for r in rows.values())]
-    if not rows or not worlds:
+    """The SAM-CZSL ablation ({row: {world: {metric: mean}}}): AUC and HM of every row in each world that has them."""
+    rows = {name: row for name, row in czsl.items() if isinstance(row, dict)}
+    if not rows:
         return None
     series = {
         f"{world} {metric.upper()}": [row[world][metric] for row in rows.values()]
-        for world in worlds
+        for world in ("closed", "open")
         for metric in ("auc", "hm")
+        if all(isinstance(row.get(world), dict) and metric in row[world] for row in rows.values())
     }
-    return list(rows), series
+    return (list(rows), series) if series else None
 
 
 @dataclass(frozen=True)
@@ -261,6 +261,15 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>{more}"
 
 
+def reproduction_section(root: Path) -> str:
+    """Measured vs published numbers (the papers' tables as data, `reproduction.published`), or which datasets and
+    backbones have published numbers when this run's have none."""
+    from pipeline_lib.reproduction.compare import render_html
+    from pipeline_lib.reproduction.sources import published_rows
+
+    return f"<h2 id='reproduction'>Reproduction</h2>{render_html(published_rows(root))}"
+
+
 def runs_section(runs: list[InstanceRun], out_dir: Path) -> tuple[str, list[str]]:
     """HTML and PNG names of the timings and cache-hits section."""
     ids = [r.id for r in runs]
@@ -339,8 +348,8 @@ def write_report(root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str,
     """Write index.html and its PNGs into out_dir; returns what was included."""
     out_dir.mkdir(parents=True, exist_ok=True)
     claims_html, pngs, claims = claims_section(root, out_dir)
-    sections: list[str] = [claims_html]  # first: the claims lead the page
-    metrics: list[str] = list(get_stage(CLAIMS_STAGE).metrics) if claims is not None else []
+    sections: list[str] = [claims_html, reproduction_section(root)]  # first: the claims lead the page
+    metrics: list[str] = [claims_path(root).relative_to(root).as_posix()] if claims is not None else []
     for stage in STAGES:
         if stage.name == CLAIMS_STAGE:  # shown by the Claims section above
             continue
