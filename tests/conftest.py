@@ -27,6 +27,23 @@ os.environ.setdefault("CI", "true")  # no progress bars in test output
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny tensors: one thread is faster and deterministic across machines
 
 
+@pytest.fixture(autouse=True)
+def _log_handlers_write_to_this_tests_stderr() -> None:
+    """Logging handlers built during an earlier test (Prefect's console handler) keep that test's captured stream,
+    which pytest has closed since; a record logged now (distributed's shutdown messages) would print a "Logging
+    error" traceback instead. Point such handlers at the current stderr."""
+    import logging
+    import sys
+
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    for handler in (h for logger in loggers for h in logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stderr  # not setStream: it would flush the closed stream first
+        console = getattr(handler, "console", None)  # Prefect's handler prints through a rich Console
+        if console is not None and getattr(console.file, "closed", False):
+            console.file = sys.stderr
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One Prefect test server for the whole session (starting one costs ~15 s here); never nest harnesses."""

@@ -127,7 +127,8 @@ def test_prefect_sweep_keeps_every_point(produced: Path, prefect_server: None) -
     assert [row["backbone.train.steps"] for row in result["rows"]] == ["3", "4"]
     assert {"backbone:zero_shot.shape", "data:images_total"} <= set(result["columns"])
     points = sorted(p for p in Path(result["dir"]).iterdir() if p.is_dir())
-    kept = [_manifest_summary(p, "backbone")["steps"] for p in points]  # each point's own results folder
+    published = [json.loads((p / "point.json").read_text())["stages"][-1]["results"] for p in points]
+    kept = [_manifest_summary(Path(folder), "backbone")["steps"] for folder in published]  # each point's own results
     assert kept == [3, 4]
     statuses = [[r["status"] for r in json.loads((p / "point.json").read_text())["stages"]] for p in points]
     # steps=3 differs from params.yaml: its own results folder, data linked from the workspace, backbone computed
