@@ -66,12 +66,22 @@ def test_local_cluster_shuts_down_without_comm_errors(prefect_server: None, capf
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = records.append  # type: ignore[method-assign]
+    # an earlier test's logging setup (dictConfig) may have disabled distributed's loggers or raised their level
+    names = ["distributed", *(n for n in list(logging.root.manager.loggerDict) if n.startswith("distributed."))]
+    saved = {n: (logging.getLogger(n).disabled, logging.getLogger(n).level) for n in names}
+    for name in names:
+        logging.getLogger(name).disabled = False
+    for name in ("distributed", "distributed.scheduler"):
+        logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("distributed").addHandler(handler)  # distributed's own handlers do not propagate to pytest's
     try:
         with task_runner(DaskConfig(local_workers=2, processes=False)) as runner:
             assert doubles.with_options(task_runner=runner)(4) == [0, 2, 4, 6]
     finally:
         logging.getLogger("distributed").removeHandler(handler)
+        for name, (disabled, level) in saved.items():
+            logging.getLogger(name).disabled = disabled
+            logging.getLogger(name).setLevel(level)
     out, err = capfd.readouterr()
     logged = "\n".join(f"{r.name}: {r.getMessage()} {r.exc_info or ''}" for r in records)
     for text in (out + err, logged):
