@@ -1,8 +1,9 @@
 """The stage-instance graph of a run, and the scheduler that starts each instance as soon as its upstream instances end.
 
-An instance waits for exactly the instances its fingerprint reads: every instance of each stage in its `deps`
-(`engine.runner.upstream_fingerprints`). So `fewshot_run@4-2` waits for `features` and `fewshot_bridge` only, the 25
-few-shot runs, `inversion` and `czsl` run side by side, and `fewshot_report` starts when the last few-shot run ends.
+An instance waits for exactly the instances its fingerprint reads: the instances of each stage in its `deps` that agree
+with it on their shared matrix variables (`engine.stages.upstream_instances`). So `fewshot_run@shapes-4-2` waits for
+`features_fewshot@shapes` and `fewshot_bridge@shapes` only, every dataset's few-shot runs, `inversion` and `czsl` run
+side by side, and `fewshot_report` starts when the last few-shot run ends.
 
 The scheduler knows nothing about Prefect: an instance is a *job*, a generator that yields the futures it waits for
 (shard tasks, then its stage task) and returns its summary row. It runs in the flow's thread, so everything a job does
@@ -17,7 +18,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from pipeline_lib.engine.stages import StageInstance, get_stage, instances, upstream_closure
+from pipeline_lib.engine.stages import StageInstance, instances, upstream_closure, upstream_instances
 
 T = TypeVar("T")
 
@@ -48,8 +49,8 @@ def instance_graph(names: list[str], params: dict[str, Any]) -> list[Node]:
     """Every instance the named stages need, in pipeline (registry) order, each with its upstream instance ids."""
     nodes: list[Node] = []
     for stage in upstream_closure(names):
-        upstream = tuple(up.id for dep in stage.deps for up in instances(get_stage(dep), params))
-        nodes += [Node(inst, upstream) for inst in instances(stage, params)]
+        for inst in instances(stage, params):
+            nodes.append(Node(inst, tuple(up.id for up in upstream_instances(inst, params))))
     return nodes
 
 

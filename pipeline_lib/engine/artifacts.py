@@ -73,7 +73,7 @@ def fingerprint(
         "version": FINGERPRINT_VERSION,
         "stage": inst.stage.name,
         "item": inst.item,
-        "params": params_subset(params, inst.stage.params),
+        "params": params_subset(params, inst.params),
         "upstream": dict(sorted(upstream.items())),
         "code": code,
     }

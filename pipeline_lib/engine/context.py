@@ -59,18 +59,28 @@ class StageContext:
         return dict(self.inst.item)
 
     def input(self, stage: str) -> Path:
-        """The published output folder of an upstream stage this one declares as a dependency."""
+        """The published output folder of the one instance of an upstream stage this instance reads.
+
+        For a matrix upstream that is the instance agreeing with this one's item and pins (`features_fewshot@pets`
+        for `fewshot_run@pets-4-1`); an upstream with several such instances needs `input_instance`.
+        """
+        from pipeline_lib.engine.config import effective_params
+        from pipeline_lib.engine.stages import upstream_instances
+
+        self._check_declared(stage)
+        found = [up for up in upstream_instances(self.inst, effective_params(self.cfg)) if up.stage.name == stage]
+        if len(found) != 1:
+            ids = ", ".join(up.id for up in found) or "none"
+            raise KeyError(f"{self.inst.id} reads {len(found)} instances of {stage!r} ({ids}): use ctx.input_instance")
+        return self.root / found[0].manifest_dir
+
+    def _check_declared(self, stage: str) -> None:
         if stage not in self.inst.stage.deps:
             raise KeyError(f"stage {self.inst.stage.name!r} reads {stage!r} but does not declare it in the registry")
-        up = get_stage(stage)
-        if up.matrix:
-            raise KeyError(f"{stage!r} has one output per matrix item: use ctx.input_instance({stage!r}, **item)")
-        return self.root / up.manifest_dir
 
     def input_instance(self, stage: str, **item: Any) -> Path:
         """The published output folder of one matrix item of an upstream matrix stage."""
-        if stage not in self.inst.stage.deps:
-            raise KeyError(f"stage {self.inst.stage.name!r} reads {stage!r} but does not declare it in the registry")
+        self._check_declared(stage)
         return self.root / StageInstance(get_stage(stage), item).manifest_dir
 
     def output(self) -> Path:

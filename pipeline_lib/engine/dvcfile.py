@@ -9,6 +9,7 @@ bad param stops `dvc repro` before any output is removed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,23 @@ HEADER = (
 )
 
 
+def upstream_out(template: str, bound: dict[str, str]) -> str:
+    """One upstream output path as this stage's DVC dep: its variables this stage binds become DVC references
+    (`${item.dataset}` or a pinned `${inversion.dataset}`); from the first part with an unbound variable on, the path
+    stops at the parent folder of the instances (`artifacts/fewshot_runs/${item.dataset}` for all shots and seeds)."""
+    parts: list[str] = []
+    for part in template.split("/"):
+        names = re.findall(r"\{(\w+)\}", part)
+        if any(name not in bound for name in names):
+            break
+        parts.append(re.sub(r"\{(\w+)\}", lambda m: bound[m.group(1)], part))
+    return "/".join(parts)
+
+
 def upstream_outs(stage: Stage) -> list[str]:
-    """The cached outputs of the stages this one reads; a matrix upstream is depended on through its parent folder."""
-    paths: list[str] = []
-    for dep in stage.deps:
-        up = get_stage(dep)
-        for out in up.outs:
-            paths.append(str(Path(out.split("{")[0]).parent) if "{" in out else out)
+    """The cached outputs of the upstream instances this stage reads (`stages.upstream_instances`, as DVC paths)."""
+    bound = {var: f"${{{key}}}" for var, key in stage.pins} | {var: f"${{item.{var}}}" for var, _ in stage.matrix}
+    paths = [upstream_out(out, bound) for dep in stage.deps for out in get_stage(dep).outs]
     return list(dict.fromkeys(paths))
 
 
@@ -45,7 +56,7 @@ def stage_entry(stage: Stage, root: Path) -> dict[str, Any]:
     entry["desc"] = stage.description
     entry["cmd"] = cmd
     entry["deps"] = code_paths(stage) + (upstream_outs(stage) if stage.deps else [PARAMS_CHECK])
-    entry["params"] = list(stage.params)
+    entry["params"] = [dvc_template(key) for key in stage.params]
     entry["outs"] = [dvc_template(p) for p in stage.outs]
     if stage.metrics:
         entry["metrics"] = [{dvc_template(p): {"cache": False}} for p in stage.metrics]

@@ -42,7 +42,7 @@ from pipeline_lib.engine.config import Config, effective_params
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.errors import MissingUpstreamError
 from pipeline_lib.engine.events import record_event
-from pipeline_lib.engine.stages import StageInstance, get_stage, instances
+from pipeline_lib.engine.stages import StageInstance, get_stage, instances, upstream_instances
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,15 +65,14 @@ def upstream_fingerprints(root: Path, inst: StageInstance, params: dict[str, Any
     Manifests written before content digests existed fall back to their fingerprint.
     """
     found: dict[str, str] = {}
-    for dep in inst.stage.deps:
-        for up in instances(get_stage(dep), params):
-            manifest = read_manifest(root, up)
-            if manifest is None:
-                raise MissingUpstreamError(
-                    f"stage {inst.id} needs the outputs of {up.id}, which are not published under {root}: "
-                    f"run `bridgeflow run --stage {inst.stage.name}` or `dvc repro {inst.stage.name}`"
-                )
-            found[up.id] = manifest.get("content", manifest["fingerprint"])
+    for up in upstream_instances(inst, params):
+        manifest = read_manifest(root, up)
+        if manifest is None:
+            raise MissingUpstreamError(
+                f"stage {inst.id} needs the outputs of {up.id}, which are not published under {root}: "
+                f"run `bridgeflow run --stage {inst.stage.name}` or `dvc repro {inst.stage.name}`"
+            )
+        found[up.id] = manifest.get("content", manifest["fingerprint"])
     return found
 
 
@@ -210,7 +209,7 @@ def _compute_or_reuse(
             "item": inst.item,
             "fingerprint": fp,
             "content": content_digest(work, inst),
-            "params": params_subset(params, inst.stage.params),
+            "params": params_subset(params, inst.params),
             "upstream": upstream,
             "seconds": round(seconds, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

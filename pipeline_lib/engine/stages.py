@@ -46,12 +46,15 @@ class Stage:
     name: str
     func: str  # "package.module:function" taking a StageContext and returning a small JSON summary
     description: str
-    params: tuple[str, ...]  # dotted params keys whose values version the stage (and DVC's `params:`)
+    params: tuple[str, ...]  # dotted params keys versioning the stage (DVC's `params:`); `{var}` = its matrix item
     deps: tuple[str, ...] = ()  # upstream stage names; their outputs become this stage's DVC deps
     outs: tuple[str, ...] = ()  # outputs cached by DVC; the first one is a directory holding manifest.json
     metrics: tuple[str, ...] = ()  # small JSON metrics (git-tracked, `dvc metrics show`)
     plots: tuple[Plot, ...] = ()  # CSV plot data (git-tracked, `dvc plots show`)
-    matrix: tuple[tuple[str, str], ...] = ()  # (item variable, params key holding its list of values)
+    matrix: tuple[tuple[str, str], ...] = ()  # (item variable, params key holding its values: a list, or a dict's keys)
+    # (variable, params key): upstream matrix instances this stage reads have that variable at that key's value
+    # (e.g. inversion reads the few-shot features of `inversion.dataset` only, not every dataset's)
+    pins: tuple[tuple[str, str], ...] = ()
     shards: Shards | None = None  # set for a stage whose blocks can be computed as shard tasks on a cluster
 
     @property
@@ -79,6 +82,11 @@ class StageInstance:
 
     def path(self, template: str) -> str:
         return template.format(**self.item)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The dotted params keys of this instance (`datasets.classification.{dataset}` filled in)."""
+        return tuple(self.path(key) for key in self.stage.params)
 
     @property
     def manifest_dir(self) -> str:
@@ -264,12 +272,33 @@ def upstream_closure(names: list[str]) -> list[Stage]:
 
 
 def instances(stage: Stage, params: dict[str, Any]) -> list[StageInstance]:
-    """Every matrix item of a stage under the given params (one instance for a plain stage)."""
+    """Every matrix item of a stage under the given params (one instance for a plain stage).
+
+    A matrix key holding a dict contributes its keys, as DVC's matrix does (`datasets.classification` -> names).
+    """
     if not stage.matrix:
         return [StageInstance(stage)]
     variables = [var for var, _ in stage.matrix]
     values = [list(get_dotted(params, key)) for _, key in stage.matrix]
     return [StageInstance(stage, dict(zip(variables, combo, strict=True))) for combo in itertools.product(*values)]
+
+
+def bound_variables(inst: StageInstance, params: dict[str, Any]) -> dict[str, Any]:
+    """The item variables that select which upstream instances `inst` reads: its own item plus its pins."""
+    return {**{var: get_dotted(params, key) for var, key in inst.stage.pins}, **inst.item}
+
+
+def upstream_instances(inst: StageInstance, params: dict[str, Any]) -> list[StageInstance]:
+    """The upstream instances `inst` reads: of each stage in its deps, those that agree with it on every variable
+    both name (`fewshot_run@pets-4-1` reads `features_fewshot@pets`; an unbound variable means every value, so the
+    report reads all runs). Adding a dataset therefore leaves every other dataset's instances' inputs unchanged."""
+    bound = bound_variables(inst, params)
+    return [
+        up
+        for dep in inst.stage.deps
+        for up in instances(get_stage(dep), params)
+        if all(bound[var] == value for var, value in up.item.items() if var in bound)
+    ]
 
 
 def parse_instance_id(text: str, params: dict[str, Any]) -> StageInstance:
