@@ -1,6 +1,6 @@
 """Does the embedded world measure what the methods claim to improve? Baseline-only numbers, printed as JSON.
 
-Run after `dvc repro features` (data, backbone and features published), before any method row:
+Run after `dvc repro features features_fewshot` (data, backbone and features published), before any method row:
 
     python benchmarks/world.py [--root .] [--seeds 0 1 2 3 4]
 
@@ -66,9 +66,11 @@ def czsl_baseline(root: Path, cfg, seeds: list[int]) -> dict:
 
 def retrieval_baselines(root: Path) -> dict:
     """Intra-modal mAP that OTI (image->image) and OVI (text->text) must improve on, from the cached features."""
+    from pipeline_lib.engine.stages import StageInstance
     from pipeline_lib.inversion.jobs import load_inputs
 
-    inputs = load_inputs(root / get_stage("features").manifest_dir)
+    fewshot = StageInstance(get_stage("features_fewshot"), {"dataset": "shapes"}).manifest_dir
+    inputs = load_inputs(root / fewshot, root / get_stage("features").manifest_dir)
     image = retrieval_metrics(inputs.image_query, inputs.image_query_labels, inputs.image_gallery,
                               inputs.image_gallery_labels)
     out = {"image_to_image_map": round(float(image.map), 4)}

@@ -85,7 +85,7 @@ def write_store(path: Path, rng: np.random.Generator) -> None:
 
 
 def test_diagnose_stage_writes_gap_metrics(tmp_path: Path) -> None:
-    write_store(tmp_path / "artifacts" / "features" / "fewshot.zarr", np.random.default_rng(0))
+    write_store(tmp_path / "artifacts" / "features" / "fewshot" / "shapes" / "fewshot.zarr", np.random.default_rng(0))
     cfg = BackboneConfig(diagnose={"shots": [1, 4, 64], "seeds": 2, "bins": 10})
     metrics = run_diagnose(backbone_ctx(tmp_path, tmp_path / "work", cfg, "diagnose"))
     assert metrics["zero_shot_accuracy"] == 1.0 and metrics["retrieval_map"]["class_text_to_image"] == 1.0

@@ -40,7 +40,8 @@ def test_bad_param_value_names_key_value_and_rule(project: Path) -> None:
 
 
 def test_missing_dataset_folder(project: Path, tmp_path: Path) -> None:
-    code, out = bridgeflow(project, "stage", "features", "-S", f"features.fewshot.root={tmp_path / 'nope'}")
+    code, out = bridgeflow(project, "stage", "features_fewshot@shapes", "-S",
+                           f"datasets.classification.shapes.root={tmp_path / 'nope'}")
     assert code == 2 and str(tmp_path / "nope") in out
     assert not (project / "artifacts/features").exists()
 
@@ -50,7 +51,8 @@ def test_corrupt_image_is_named(project: Path, tmp_path: Path) -> None:
     shutil.copytree(project / "artifacts/data/fewshot/shapes", broken)
     victim = min((broken / "images").rglob("*.png"))
     victim.write_bytes(victim.read_bytes()[:40])  # a truncated PNG
-    code, out = bridgeflow(project, "stage", "features", "-S", f"features.fewshot.root={broken}")
+    code, out = bridgeflow(project, "stage", "features_fewshot@shapes", "-S",
+                           f"datasets.classification.shapes.root={broken}")
     assert code == 2 and victim.name in out, out
     assert not (project / "artifacts/features").exists()
 

@@ -46,13 +46,15 @@ def test_each_instance_waits_for_exactly_what_its_fingerprint_reads(smoke_projec
         assert set(upstream_fingerprints(smoke_project, node.inst, params)) == set(node.upstream), node.id
         assert len(set(node.upstream)) == len(node.upstream), node.id
     upstream = {n.id: n.upstream for n in nodes}
-    runs = [f"fewshot_run@{k}-{s}" for k in (1, 2) for s in (1, 2)]
+    runs = [f"fewshot_run@shapes-{k}-{s}" for k in (1, 2) for s in (1, 2)]
     assert upstream["data"] == ()
-    assert upstream["fewshot_run@2-1"] == ("features", "fewshot_bridge")  # not another few-shot run
-    assert upstream["fewshot_report"] == ("fewshot_bridge", *runs)
+    # not another few-shot run
+    assert upstream["fewshot_run@shapes-2-1"] == ("features_fewshot@shapes", "fewshot_bridge@shapes")
+    assert upstream["fewshot_report"] == ("fewshot_bridge@shapes", *runs)
     assert upstream["czsl"] == ("data", "backbone", "features")  # runs beside the few-shot runs and inversion
-    assert [n.id for n in instance_graph(["fewshot_bridge"], params)] == ["data", "backbone", "features",
-                                                                          "fewshot_bridge"]
+    assert upstream["inversion"] == ("backbone", "features_fewshot@shapes", "features")
+    assert [n.id for n in instance_graph(["fewshot_bridge"], params)] == [
+        "data", "backbone", "features_fewshot@shapes", "fewshot_bridge@shapes"]
 
 
 def test_slots_share_the_process_budget() -> None:

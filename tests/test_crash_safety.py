@@ -38,8 +38,8 @@ pytestmark = pytest.mark.slow  # stages killed with SIGKILL in subprocesses, the
 
 BRIDGEFLOW = Path(sys.executable).with_name("bridgeflow")  # the console script of this environment
 PAUSED_CLI = Path(__file__).with_name("paused_cli.py")
-FEWSHOT_RUN = "fewshot_run@1-1"
-STORE = "artifacts/features/fewshot.zarr"
+FEWSHOT_RUN = "fewshot_run@shapes-1-1"
+STORE = "artifacts/features/fewshot/shapes/fewshot.zarr"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["inversion"]["oti"]["batch_size"] = 8
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = load_config(root)
-    for name in ("data", "backbone", "features", "fewshot_bridge", "inversion"):
+    for name in ("data", "backbone", "features_fewshot", "features", "fewshot_bridge", "inversion"):
         run_stage(root, name, cfg)
     run_instance(root, instance(root, FEWSHOT_RUN), cfg)
     return root
@@ -181,14 +181,15 @@ def store_contents(root: Path) -> dict[str, Any]:
     """Every array and store attribute of the published feature stores, minus the provenance's absolute data path
     (which differs between two project folders)."""
     found: dict[str, Any] = {}
-    for store in sorted((root / "artifacts/features").glob("*.zarr")):
+    for store in sorted((root / "artifacts/features").rglob("*.zarr")):
         group = zarr.open_group(str(store), mode="r")
         attrs = dict(group.attrs)
         attrs.get("provenance", {}).pop("source", None)
-        found[store.name] = attrs
+        label = store.relative_to(root).as_posix()
+        found[label] = attrs
         for name, member in group.members(max_depth=None):
             if isinstance(member, zarr.Array):
-                found[f"{store.name}/{name}"] = np.asarray(member[...])
+                found[f"{label}/{name}"] = np.asarray(member[...])
     return found
 
 
@@ -201,7 +202,7 @@ def test_sigkill_during_extraction_resumes_to_the_uninterrupted_store(produced: 
     marker, log = tmp_path / "paused", tmp_path / "killed.log"
     proc = start(project, "features", log=log, pause="features", marker=marker)
     wait_until(marker.exists, proc, log)
-    assert list((project / ".bridgeflow/work/features").glob("*/artifacts/features/*.zarr/*/_done/c/*"))
+    assert list((project / ".bridgeflow/work/features").glob("*/artifacts/features/czsl_and_texts/*.zarr/*/_done/c/*"))
     kill(proc)
     assert_not_published(project, "features")
 
@@ -284,7 +285,7 @@ def test_second_process_on_a_running_stage_waits_or_fails_clearly(produced: Path
 def test_publish_killed_between_its_renames_is_completed_by_the_next_run(project: Path) -> None:
     """What a kill between `dst -> .dst.outgoing-PID` and `.dst.incoming-PID -> dst` leaves: no published output,
     the old and the new copy aside. The next publish (a rerun republishes the complete scratch copy) clears both."""
-    inst = instance(project, "fewshot_bridge")
+    inst = instance(project, "fewshot_bridge@shapes")
     out = project / inst.manifest_dir
     manifest = read_manifest(project, inst)
     shutil.copytree(out, out.with_name(f".{out.name}.incoming-4242"))
@@ -306,7 +307,8 @@ def test_truncated_chunk_in_a_published_store_is_a_clear_error(project: Path, cu
     unpublish(project, "inversion")
     code, out = cli(project, "stage", "inversion")
     assert code == 2, out
-    assert "fewshot.zarr" in out and "array 'test/image'" in out and "bridgeflow stage features --force" in out
+    assert "fewshot.zarr" in out and "array 'test/image'" in out
+    assert "bridgeflow stage features_fewshot@shapes --force" in out
     assert_not_published(project, "inversion")
 
 

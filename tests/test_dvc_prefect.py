@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ import yaml
 pytestmark = pytest.mark.slow  # `dvc repro` and `dvc exp run` in subprocesses
 
 BIN = Path(sys.executable).parent
-FOUNDATION = ["data", "backbone", "features", "diagnose"]
+FOUNDATION = ["data", "backbone", "features_fewshot", "diagnose"]  # stage names, as `dvc repro` takes them
+IDS = ["data", "backbone", "features_fewshot@shapes", "diagnose"]  # their instances, as DVC and the flow name them
+MANIFESTS = ["artifacts/data", "artifacts/backbone", "artifacts/features/fewshot/shapes", "artifacts/diagnose"]
 
 
 def sh(cwd: Path, *args: str) -> str:
@@ -47,7 +50,7 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = copy_project(tmp_path_factory.mktemp("dvc") / "project")
     init_repo(root)
     out = sh(root, "dvc", "repro", *FOUNDATION)
-    assert ran_stages(out) == set(FOUNDATION)
+    assert ran_stages(out) == set(IDS)
     return root
 
 
@@ -61,7 +64,7 @@ def test_param_change_reruns_only_that_stage_and_dependents(dvc_project: Path) -
     params["features"]["batch_size"] = params["features"]["batch_size"] + 1
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(dvc_project, "dvc", "repro", *FOUNDATION)
-    assert ran_stages(out) == {"features", "diagnose"}
+    assert ran_stages(out) == {"features_fewshot@shapes", "diagnose"}
     sh(dvc_project, "git", "add", "-A")
     sh(dvc_project, "git", "commit", "-qm", "batch size")
 
@@ -79,7 +82,7 @@ def _fails(cwd: Path, *args: str) -> str:
         (lambda p: p["backbone"]["diagnose"].update(binz=p["backbone"]["diagnose"].pop("bins")),
          "backbone.diagnose.binz: unknown key (did you mean backbone.diagnose.bins?)"),
         (lambda p: p["features"].update(batch_size="abc"), "features.batch_size = 'abc'"),
-        (lambda p: p["features"]["fewshot"].update(root="no/such/folder"), "no such file or folder"),
+        (lambda p: p["datasets"]["classification"]["shapes"].update(root="no/such/folder"), "no such file or folder"),
         (lambda p: p["backbone"].update(model="ViT-B-61"), "did you mean ViT-B-16"),
     ],
 )
@@ -94,8 +97,8 @@ def test_bad_params_stop_dvc_repro_before_any_output_is_removed(dvc_project: Pat
     finally:
         path.write_text(original)
     assert expected in out and "Running stage 'data'" not in out, out
-    for stage in FOUNDATION:
-        assert (dvc_project / "artifacts" / stage / "manifest.json").is_file(), stage
+    for folder in MANIFESTS:
+        assert (dvc_project / folder / "manifest.json").is_file(), folder
 
 
 def test_bad_exp_run_value_leaves_every_output_in_place(dvc_project: Path) -> None:
@@ -105,8 +108,8 @@ def test_bad_exp_run_value_leaves_every_output_in_place(dvc_project: Path) -> No
     finally:
         (dvc_project / "params.yaml").write_text(original)
     assert "features.views = 'abc'" in out, out
-    for stage in FOUNDATION:
-        assert (dvc_project / "artifacts" / stage / "manifest.json").is_file(), stage
+    for folder in MANIFESTS:
+        assert (dvc_project / folder / "manifest.json").is_file(), folder
     assert ran_stages(sh(dvc_project, "dvc", "repro", *FOUNDATION)) == set()  # and nothing is stale afterwards
 
 
@@ -114,7 +117,7 @@ def test_prefect_flow_reuses_dvc_outputs(dvc_project: Path, prefect_server: None
     from flows.pipeline import pipeline_flow
 
     rows = pipeline_flow(root=str(dvc_project), stages=["diagnose"])
-    assert [r["stage"] for r in rows] == FOUNDATION
+    assert [r["stage"] for r in rows] == IDS
     assert all(r["status"] in ("cached", "cached (prefect)") for r in rows), rows
     # a Prefect run under new params computes; DVC then reuses that work from the scratch copy
     rows = pipeline_flow(root=str(dvc_project), stages=["diagnose"], overrides=["backbone.diagnose.bins=7"])
@@ -145,13 +148,13 @@ def test_override_run_publishes_apart_and_leaves_the_workspace_and_dvc_clean(dvc
     results = Path(rows[-1]["results"])
     assert results.parent == dvc_project / ".bridgeflow" / "runs", results
     assert {r["stage"]: r["status"] for r in rows} == {"data": "republished", "backbone": "republished",
-                                                       "features": "republished", "diagnose": "ran"}
+                                                       "features_fewshot@shapes": "republished", "diagnose": "ran"}
     assert json.loads((results / "artifacts/diagnose/manifest.json").read_text())["params"]["backbone.diagnose"][
         "bins"] == 9
     assert {p: (dvc_project / p).read_bytes() for p in tracked} == before  # the workspace results are untouched
     assert ran_stages(sh(dvc_project, "dvc", "repro", "--dry", *FOUNDATION)) == set()
     states = {r.id: (r.state, r.foreign_results) for r in instance_states(dvc_project, load_config(dvc_project))
-              if r.id in FOUNDATION}
+              if r.id in IDS}
     assert set(states.values()) == {("up to date", ())}, states
     # the same params as params.yaml publish into the workspace (nothing to do: all published)
     rows = pipeline_flow(root=str(dvc_project), stages=["diagnose"])
@@ -160,15 +163,43 @@ def test_override_run_publishes_apart_and_leaves_the_workspace_and_dvc_clean(dvc
 
 def test_exp_run_with_set_param(dvc_project: Path) -> None:
     out = sh(dvc_project, "dvc", "exp", "run", "-S", "features.views=3", *FOUNDATION)
-    assert ran_stages(out) == {"features", "diagnose"}
+    assert ran_stages(out) == {"features_fewshot@shapes", "diagnose"}
     assert "Running stage 'backbone'" not in out
 
 
 def test_exp_run_with_fewer_shots_reruns_only_the_aggregation(dvc_project: Path) -> None:
-    """Each fewshot_run@K-S depends on its own (shots, seed) only: dropping a shot count reruns just the report."""
+    """Each fewshot_run@D-K-S depends on its own (shots, seed) only: dropping a shot count reruns just the report."""
     out = sh(dvc_project, "dvc", "repro", "fewshot_report")
-    assert {"fewshot_run@1-1", "fewshot_run@2-2", "fewshot_report"} <= ran_stages(out)
+    assert {"fewshot_run@shapes-1-1", "fewshot_run@shapes-2-2", "fewshot_report"} <= ran_stages(out)
     out = sh(dvc_project, "dvc", "exp", "run", "-S", "fewshot.shots=[1]", "fewshot_report")
     assert ran_stages(out) == {"fewshot_report"}
     metrics = json.loads((dvc_project / "metrics/fewshot.json").read_text())
-    assert set(metrics["test_acc"]["zero_shot"]) == {"1"}
+    assert set(metrics["test_acc"]["shapes"]["zero_shot"]) == {"1"}
+
+
+def test_adding_a_dataset_runs_only_its_instances_and_removing_it_only_the_report(
+    dvc_project: Path, prefect_server: None
+) -> None:
+    """A second classification dataset (the shapes images in another folder, as a user's CoOp dataset would be): DVC
+    computes its feature, bridge and run instances and the report, nothing of shapes; the Prefect flow then reuses
+    all of it; dropping the dataset again reruns only the report."""
+    from flows.pipeline import pipeline_flow
+
+    sh(dvc_project, "dvc", "repro", "fewshot_report")  # shapes up to date
+    path = dvc_project / "params.yaml"
+    original = path.read_text()
+    shutil.copytree(dvc_project / "artifacts/data/fewshot/shapes", dvc_project / "more_shapes")
+    params = yaml.safe_load(original)
+    datasets = params["datasets"]["classification"]
+    datasets["more"] = {**datasets["shapes"], "root": "more_shapes"}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    runs = {f"fewshot_run@more-{k}-{s}" for k in params["fewshot"]["shots"] for s in params["fewshot"]["seeds"]}
+    out = sh(dvc_project, "dvc", "repro", "fewshot_report")
+    assert ran_stages(out) == {"features_fewshot@more", "fewshot_bridge@more", *runs, "fewshot_report"}, out
+    metrics = json.loads((dvc_project / "metrics/fewshot.json").read_text())
+    assert metrics["test_acc"]["more"] == metrics["test_acc"]["shapes"]  # same images, same numbers
+    rows = pipeline_flow(root=str(dvc_project), stages=["fewshot_report"])
+    assert {r["stage"] for r in rows} >= runs and all(r["status"].startswith("cached") for r in rows), rows
+    path.write_text(original)
+    assert ran_stages(sh(dvc_project, "dvc", "repro", "fewshot_report")) == {"fewshot_report"}
+    assert set(json.loads((dvc_project / "metrics/fewshot.json").read_text())["test_acc"]) == {"shapes"}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from pipeline_lib.datasets.config import ClassificationDataset, DatasetsConfig
 from pipeline_lib.features.augment import augment_view, view_generator
 from pipeline_lib.features.config import AugmentConfig, FeaturesConfig
 
@@ -66,6 +67,8 @@ def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="multiple"):
         FeaturesConfig(rows_per_chunk=100, rows_per_shard=250)
     with pytest.raises(ValueError, match="class slot"):
-        FeaturesConfig(templates=["no slot here"])
+        ClassificationDataset(templates=["no slot here"])
+    with pytest.raises(ValueError, match="lower-case"):
+        DatasetsConfig(classification={"Oxford-Pets": ClassificationDataset()})
     with pytest.raises(ValueError):
         FeaturesConfig(unknown_key=1)

@@ -17,6 +17,7 @@ from model_fixtures import TINY_CONTEXT, TINY_IMAGE_SIZE, tiny_clip, tiny_tokeni
 from PIL import Image, ImageDraw
 
 from pipeline_lib.backbone.load import Backbone
+from pipeline_lib.datasets.config import ClassificationDataset, DatasetsConfig
 from pipeline_lib.engine.config import Config, RuntimeConfig
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.store import ArraySpec, BlockGroup, read_array
@@ -91,12 +92,23 @@ def _backbone() -> Backbone:
     )
 
 
-def _ctx(root: Path, work: Path, **features) -> StageContext:
+def _ctx(root: Path, work: Path, name: str = "features_fewshot", **entry) -> StageContext:
+    """A context of `features_fewshot@shapes` (or of `features`), the shapes entry updated with `entry`."""
     cfg = Config(
-        features=FeaturesConfig(batch_size=4, views=3, rows_per_chunk=2, rows_per_shard=4, **features),
+        datasets=DatasetsConfig(classification={"shapes": ClassificationDataset(**entry)}),
+        features=FeaturesConfig(batch_size=4, views=3, rows_per_chunk=2, rows_per_shard=4),
         runtime=RuntimeConfig(device="cpu", num_workers=0, progress=False),
     )
-    return stage_context(root, "features", cfg, work)
+    item = {"dataset": "shapes"} if name == "features_fewshot" else {}
+    return stage_context(root, name, cfg, work, **item)
+
+
+def run_both(root: Path, work: Path) -> dict:
+    """Both feature stages into `work`: the few-shot summary, with the `features` stage's CZSL summary and work."""
+    fewshot = stage.run_features_fewshot(_ctx(root, work))
+    shared = stage.run_features(_ctx(root, work, "features"))
+    return {**fewshot, "czsl": shared["czsl"],
+            **{key: fewshot[key] + shared[key] for key in ("images_encoded", "blocks_skipped")}}
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +135,9 @@ class Killed(Exception):
 
 def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Backbone, monkeypatch) -> None:
     t0 = time.perf_counter()
-    summary = stage.run_features(_ctx(world, tmp_path / "full"))
+    summary = run_both(world, tmp_path / "full")
     elapsed = time.perf_counter() - t0
-    fs = tmp_path / "full" / "artifacts" / "features" / "fewshot.zarr"
+    fs = tmp_path / "full" / "artifacts" / "features" / "fewshot" / "shapes" / "fewshot.zarr"
 
     # Few-shot store: shapes, labels, views (view 0 = plain image), text and clip arrays.
     image = read_array(fs, "train/image")
@@ -147,14 +159,14 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     assert float(read_array(fs, "clip/logit_scale")) == pytest.approx(1 / 0.07, rel=1e-4)
 
     # CZSL store: tokens (CLS + 64 patches), labels into the closed-world pair list.
-    cz = tmp_path / "full" / "artifacts" / "features" / "czsl.zarr"
+    cz = tmp_path / "full" / "artifacts" / "features" / "czsl_and_texts" / "czsl.zarr"
     tokens = read_array(cz, "train/tokens")
     assert tokens.shape == (4, 65, 128)
     # One pass gives both: with 'tok' pooling the CLS token in the joint space is the pooled feature.
     np.testing.assert_allclose(tokens[:, 0], read_array(cz, "train/image"), rtol=1e-5, atol=1e-6)
     # closed-world pairs, sorted: blue circle, blue square, red circle, red square
     assert read_array(cz, "test/pair").tolist() == [0, 0, 2, 2]
-    rt = tmp_path / "full" / "artifacts" / "features" / "retrieval_text.zarr"
+    rt = tmp_path / "full" / "artifacts" / "features" / "czsl_and_texts" / "retrieval_text.zarr"
     assert read_array(rt, "gallery/text").shape == (3, 128)
     assert read_array(rt, "gallery/group").tolist() == [0, 1, 2]
 
@@ -172,17 +184,16 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
 
     monkeypatch.setattr(stage, "after_block", kill)
     with pytest.raises(Killed):
-        stage.run_features(_ctx(world, tmp_path / "resumed"))
+        stage.run_features_fewshot(_ctx(world, tmp_path / "resumed"))
     monkeypatch.setattr(stage, "after_block", None)
-    rerun = stage.run_features(_ctx(world, tmp_path / "resumed"))
+    rerun = run_both(world, tmp_path / "resumed")
     assert rerun["blocks_skipped"] == 3
     assert rerun["images_encoded"] == summary["images_encoded"]  # the killed run's blocks count too
     full_tree = _tree(tmp_path / "full" / "artifacts" / "features")
     assert full_tree == _tree(tmp_path / "resumed" / "artifacts" / "features")
     # Sharding: 8 chunks of 2 rows in 4 shard files of 4 rows (one per block).
-    assert sorted(k for k in full_tree if k.startswith("fewshot.zarr/train/views/c/")) == [
-        f"fewshot.zarr/train/views/c/{i}/0/0" for i in range(4)
-    ]
+    views = "fewshot/shapes/fewshot.zarr/train/views/c/"
+    assert sorted(k for k in full_tree if k.startswith(views)) == [f"{views}{i}/0/0" for i in range(4)]
 
 
 def test_summary_counts_the_blocks_shard_workers_encoded(
@@ -190,14 +201,17 @@ def test_summary_counts_the_blocks_shard_workers_encoded(
 ) -> None:
     """Under scale-out the stage call finds every image block done by shard workers; its summary (the manifest) still
     counts their work (from the block records they leave in the scratch folder), and the stores stay byte-identical."""
-    single = stage.run_features(_ctx(world, tmp_path / "single"))
-    planned = shards.plan_shards(_ctx(world, tmp_path / "sharded"))
-    for shard in reversed(planned):  # any order, each from a worker's own context
-        done = shards.extract_shard(_ctx(world, tmp_path / "sharded"), shard)
-        assert done["blocks_written"] == len(shard.blocks) and done["forwards"] > 0
-    sharded = stage.run_features(_ctx(world, tmp_path / "sharded"))
+    single = run_both(world, tmp_path / "single")
+    planned = 0
+    for name in ("features_fewshot", "features"):
+        shard_list = shards.plan_shards(_ctx(world, tmp_path / "sharded", name))
+        for shard in reversed(shard_list):  # any order, each from a worker's own context
+            done = shards.extract_shard(_ctx(world, tmp_path / "sharded", name), shard)
+            assert done["blocks_written"] == len(shard.blocks) and done["forwards"] > 0
+        planned += len(shard_list)
+    sharded = run_both(world, tmp_path / "sharded")
 
-    assert sharded["blocks_skipped"] == len(planned) > 1  # one block per shard, all written by the workers
+    assert sharded["blocks_skipped"] == planned > 1  # one block per shard, all written by the workers
     assert sharded["images_encoded"] == single["images_encoded"] == 15 * 3 + 3 + 6 + 4 + 2 + 4
     assert sharded["images_per_s"] > 0
     for store in ("fewshot", "czsl"):
@@ -212,8 +226,8 @@ def test_summary_counts_the_blocks_shard_workers_encoded(
 def test_bad_template_fails_before_extraction(world: Path, tmp_path: Path, published: Backbone) -> None:
     ctx = _ctx(world, tmp_path, cupl_file=str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="cupl_file"):
-        stage.run_features(ctx)
-    assert not (tmp_path / "artifacts" / "features" / "fewshot.zarr" / "train").exists()
+        stage.run_features_fewshot(ctx)
+    assert not (tmp_path / "artifacts" / "features" / "fewshot" / "shapes" / "fewshot.zarr" / "train").exists()
 
 
 def test_worker_processes_give_identical_features(world: Path, tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from pipeline_lib.fewshot.stage import run_fewshot_fit, run_fewshot_report, run_
 def ctx(root: Path, stage: str, cfg: FewshotConfig, processes: int = 1, **item: int) -> StageContext:
     """The real context of a few-shot stage: inputs under `root` and outputs into `root` too, so stages chain."""
     config = Config(fewshot=cfg, runtime=RuntimeConfig(device="cpu", processes=processes, progress=False))
-    return stage_context(root, stage, config, root, **item)
+    dataset = {"dataset": "shapes"} if stage != "fewshot_report" else {}  # the default classification dataset
+    return stage_context(root, stage, config, root, **dataset, **item)
 
 
 def _write_store(path: Path, c=4, d=8, v=2, n_train=6, n_val=3, n_test=6, seed=0):
@@ -54,7 +55,7 @@ def _write_store(path: Path, c=4, d=8, v=2, n_train=6, n_val=3, n_test=6, seed=0
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("fewshot")
-    _write_store(root / "artifacts/features/fewshot.zarr")
+    _write_store(root / "artifacts/features/fewshot/shapes/fewshot.zarr")
     smoke = load_config(REPO, "smoke").fewshot
     cfg = smoke.model_copy(update={"shots": [2]})  # the smoke profile, one shot count to stay fast
     fit = run_fewshot_fit(ctx(root, "fewshot_bridge", cfg))
@@ -65,14 +66,14 @@ def published(tmp_path_factory):
 
 def test_fit_summary(published):
     root, cfg, fit, _, _ = published
-    meta = json.loads((root / "artifacts/fewshot_bridge/bridge.json").read_text())
+    meta = json.loads((root / "artifacts/fewshot_bridge/shapes/bridge.json").read_text())
     assert fit["n_dropped"] == meta["n_dropped"] == sum(v <= cfg.atol for v in meta["singular_values"])
     assert fit["rank_pinv_wtxt"] == 8 - fit["n_dropped"]
 
 
 def test_seed_results_and_files(published):
     root, cfg, _, _, _ = published
-    rec = json.loads((root / "artifacts/fewshot_runs/k2-s1/results.json").read_text())
+    rec = json.loads((root / "artifacts/fewshot_runs/shapes/k2-s1/results.json").read_text())
     assert rec["support_shape"] == [4, 2 * (cfg.augment_epochs + 1), 8]
     names = {"zero_shot", "prototype", "control", "semobridge_z1", "semobridge_z2", "semobridge_z3",
              "semobridge_all", "semobridge_t"}
@@ -80,19 +81,19 @@ def test_seed_results_and_files(published):
     for m in rec["methods"].values():
         assert 0.0 <= m["test_acc"] <= 100.0
     assert rec["methods"]["semobridge_t"]["n_trials"] == cfg.search.n_trials
-    with (root / "artifacts/fewshot_runs/k2-s1/curves.csv").open() as fh:
+    with (root / "artifacts/fewshot_runs/shapes/k2-s1/curves.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == cfg.training.steps and float(rows[0]["lr"]) == cfg.training.warmup_min_lr
-    blob = torch.load(root / "artifacts/fewshot_runs/k2-s1/semobridge_t.pt")
+    blob = torch.load(root / "artifacts/fewshot_runs/shapes/k2-s1/semobridge_t.pt")
     assert blob["pinv_last"].shape == (8, 8) and blob["bias_last"].shape == (4, 8)
 
 
 def test_report_aggregates_over_seeds(published):
     root, cfg, fit, seeds, _ = published
-    headline = json.loads((root / "metrics/fewshot.json").read_text())
-    metrics = json.loads((root / "artifacts/fewshot_report/summary.json").read_text())  # the full tables
-    assert list(headline) == ["test_acc"] and set(headline["test_acc"]) <= set(metrics["test_acc"])
-    assert headline["test_acc"]["zero_shot"]["2"] == round(metrics["test_acc"]["zero_shot"]["2"]["mean"], 2)
+    headline = json.loads((root / "metrics/fewshot.json").read_text())["test_acc"]["shapes"]
+    metrics = json.loads((root / "artifacts/fewshot_report/summary.json").read_text())["datasets"]["shapes"]
+    assert set(headline) <= set(metrics["test_acc"]) and metrics["prompts"] == "Shapes"
+    assert headline["zero_shot"]["2"] == round(metrics["test_acc"]["zero_shot"]["2"]["mean"], 2)
     assert metrics["bridge"] == fit  # the bridge summary, read through the runs the report declares as inputs
     accs = [s["test_acc"]["zero_shot"] for s in seeds if s["shots"] == 2]
     got = metrics["test_acc"]["zero_shot"]["2"]
@@ -102,6 +103,7 @@ def test_report_aggregates_over_seeds(published):
     with (root / "plots/fewshot_accuracy.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert {r["method"] for r in rows} == set(metrics["test_acc"]) and {int(r["shots"]) for r in rows} == {2}
+    assert {r["dataset"] for r in rows} == {"shapes"}
     zs = next(r for r in rows if r["method"] == "zero_shot")
     assert float(zs["accuracy"]) == pytest.approx(got["mean"]) and float(zs["std"]) == pytest.approx(got["std"])
     with (root / "plots/fewshot_bias_norms.csv").open() as fh:
@@ -115,10 +117,10 @@ def test_parallel_searches_give_the_serial_results(published, tmp_path):
     root, cfg, _, _, _ = published
     other = tmp_path / "parallel"
     shutil.copytree(root / "artifacts/features", other / "artifacts/features")
-    shutil.copytree(root / "artifacts/fewshot_bridge", other / "artifacts/fewshot_bridge")
+    shutil.copytree(root / "artifacts/fewshot_bridge", other / "artifacts/fewshot_bridge")  # every dataset's
     run_fewshot_seed(ctx(other, "fewshot_run", cfg, processes=2, shots=2, seed=1))
-    serial = root / "artifacts/fewshot_runs/k2-s1"
-    parallel = other / "artifacts/fewshot_runs/k2-s1"
+    serial = root / "artifacts/fewshot_runs/shapes/k2-s1"
+    parallel = other / "artifacts/fewshot_runs/shapes/k2-s1"
 
     def without_timings(path: Path) -> dict:
         rec = json.loads(path.read_text())

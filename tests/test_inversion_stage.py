@@ -41,8 +41,8 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
         root.create_array(name, data=data)
 
 
-def _stores(features: Path) -> None:
-    """Few-shot and text-retrieval stores laid out like the features stage's, from clustered random features."""
+def _stores(fewshot: Path, texts: Path) -> None:
+    """Few-shot and text-retrieval stores laid out like the feature stages', from clustered random features."""
     gen = np.random.default_rng(0)
     centres = gen.normal(size=(3, 128)).astype(np.float32)
 
@@ -50,12 +50,12 @@ def _stores(features: Path) -> None:
         return (centres[labels] + 0.8 * gen.normal(size=(len(labels), 128))).astype(np.float32)
 
     test_l, train_l = np.repeat(np.arange(3), 6), np.repeat(np.arange(3), 5)
-    _write(features / "fewshot.zarr", {
+    _write(fewshot / "fewshot.zarr", {
         "test/image": sample(test_l), "test/label": test_l, "train/image": sample(train_l), "train/label": train_l,
         "text/class_proj": centres / np.linalg.norm(centres, axis=1, keepdims=True),
     })
     q_groups, g_groups = np.arange(3), np.repeat(np.arange(3), 2)
-    _write(features / "retrieval_text.zarr", {
+    _write(texts / "retrieval_text.zarr", {
         "query/text": sample(q_groups), "query/group": q_groups,
         "gallery/text": sample(g_groups), "gallery/group": g_groups,
     })
@@ -65,7 +65,7 @@ def _ctx(tmp_path: Path) -> StageContext:
     """The stage's real context: synthetic feature stores published under `repo`, outputs into `work`."""
     ctx = stage_context(tmp_path / "repo", "inversion", Config(inversion=CFG, runtime=RuntimeConfig(processes=1)),
                         tmp_path / "work")
-    _stores(ctx.input("features"))
+    _stores(ctx.input("features_fewshot"), ctx.input("features"))
     return ctx
 
 
@@ -130,7 +130,7 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
     # the test numbers are the metrics of the test queries alone, computed from scratch
     test_idx = (oti_rows["split"] == "test").to_numpy()
     qi = query_subset(18, 10)
-    fs = zarr.open_group(ctx.input("features") / "fewshot.zarr", mode="r")
+    fs = zarr.open_group(ctx.input("features_fewshot") / "fewshot.zarr", mode="r")
     ql, g, gl = fs["test/label"][...][qi], fs["train/image"][...], fs["train/label"][...]
     snaps = store["oti/snapshots"][...]
     assert retrieval_metrics(snaps[test_idx, 2], ql[test_idx], g, gl).as_dict() == pytest.approx(img["oti_to_image"])

@@ -64,7 +64,7 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     [
         ("fewshot.atol=abc", "fewshot.atol = 'abc'"),
         ("fewshot.atoll=0.3", "no such key (known here: atol,"),
-        ("features.fewshot.root=/no/such/folder", "no such file or folder"),
+        ("datasets.classification.shapes.root=/no/such/folder", "no such file or folder"),
         ("backbone.model=NotAModel-B-99", "not an open_clip model name"),
     ],
 )

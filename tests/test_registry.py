@@ -9,7 +9,7 @@ from pipeline_lib.engine.config import effective_params, load_config
 from pipeline_lib.engine.dvcfile import render
 from pipeline_lib.engine.params import get_dotted
 from pipeline_lib.engine.runner import load_function
-from pipeline_lib.engine.stages import PARAMS_CHECK, STAGES, get_stage
+from pipeline_lib.engine.stages import EXTRACTION, PARAMS_CHECK, STAGES, dvc_template, get_stage, instances
 
 
 def test_dvc_yaml_matches_registry() -> None:
@@ -25,7 +25,7 @@ def test_dvc_yaml_stages_names_params_deps_outs() -> None:
         if not stage.deps:  # the params check runs before every stage without upstream stages
             assert PARAMS_CHECK in dvc[stage.name]["deps"]
         entry = dvc[stage.name]
-        assert entry["params"] == list(stage.params)
+        assert entry["params"] == [dvc_template(key) for key in stage.params]
         assert entry["cmd"].startswith(f"bridgeflow stage {stage.name}")
         for dep in stage.deps:
             assert any(d.startswith(out.split("{")[0].rstrip("/").rsplit("/", 1)[0]) for out in get_stage(dep).outs
@@ -35,8 +35,20 @@ def test_dvc_yaml_stages_names_params_deps_outs() -> None:
 def test_declared_params_modules_and_functions_exist() -> None:
     params = effective_params(load_config(REPO))
     for stage in STAGES:
-        for key in stage.params:
-            get_dotted(params, key)
+        for inst in instances(stage, params):
+            for key in inst.params:
+                get_dotted(params, key)
         assert callable(load_function(stage.func))
         for _, key in stage.matrix:
-            assert isinstance(get_dotted(params, key), list)
+            assert isinstance(get_dotted(params, key), list | dict)
+        for _, key in stage.pins:
+            get_dotted(params, key)
+
+
+def test_feature_stages_are_versioned_by_every_extraction_key() -> None:
+    """EXTRACTION lists every `features` key except the `features` stage's own sources and patch-token switch."""
+    from pipeline_lib.features.config import FeaturesConfig
+
+    sources = {"czsl", "retrieval_text", "patch_tokens"}
+    assert set(EXTRACTION) == {f"features.{key}" for key in FeaturesConfig.model_fields if key not in sources}
+    assert set(EXTRACTION) <= set(get_stage("features_fewshot").params)

@@ -357,13 +357,14 @@ def test_text_fits_100_columns_and_html_has_every_row(table: PublishedTable) -> 
 
 # ----------------------------------------------------------------------------------- our metrics -> measured rows
 
-FEWSHOT = {
+FEWSHOT = {"datasets": {"imnet": {
+    "prompts": "ImageNet",
     "bridge": {"atol": 0.3, "sv_median": 0.8, "sv_max": 1.9, "n_dropped": 24, "n_singular_values": 128},
     "test_acc": {
         "zero_shot": {"1": {"mean": 60.1, "n": 5, "std": 0.0}, "16": {"mean": 60.1, "n": 5, "std": 0.0}},
         "semobridge_t": {"1": {"mean": 61.0, "n": 5, "std": 1.1}, "16": {"mean": 74.0, "n": 5, "std": 0.05}},
     },
-}
+}}}
 CZSL = {
     "dataset": "shapes",
     "seeds": 5,
@@ -387,10 +388,11 @@ INVERSION = {
 def test_metrics_files_map_to_measured_rows() -> None:
     params = {
         "backbone": {"model": "ViT-L-14", "pretrained": "openai"},
-        "features": {"fewshot": {"dataset_name": "ImageNet"}, "retrieval_text": {"path": None}},
+        "features": {"retrieval_text": {"path": None}},
+        "inversion": {"dataset": "imnet"},
         "czsl": {"dataset": "ut-zappos"},
     }
-    run = run_identity(params)
+    run = run_identity(params, {"imnet": "ImageNet"})
     assert run == RunIdentity("ViT-L/14", "imagenet", "ut-zappos", "shapes-captions")
     rows = {
         r.key: r

@@ -42,7 +42,7 @@ def test_shards_cover_whole_files_only() -> None:
 
 def test_registry_declares_the_sharded_stages() -> None:
     sharded = {stage.name: stage.shards for stage in STAGES if stage.shards is not None}
-    assert sorted(sharded) == ["features", "inversion"]
+    assert sorted(sharded) == ["features", "features_fewshot", "inversion"]
     for shards in sharded.values():  # both names resolve to functions
         assert callable(load_function(shards.planner)) and callable(load_function(shards.worker))
 
@@ -92,7 +92,7 @@ def test_local_cluster_shuts_down_without_comm_errors(prefect_server: None, capf
 def test_dask_params_are_runtime_only(smoke_project: Path) -> None:
     plain = effective_params(load_config(smoke_project))
     dask = effective_params(load_config(smoke_project, overrides=(*DASK, "runtime.dask.address=tcp://h:8786")))
-    for name in ("features", "inversion"):
+    for name in ("features_fewshot", "features", "inversion"):
         (inst,) = instances(get_stage(name), plain)
         assert fingerprint(inst, plain, {}, "code") == fingerprint(inst, dask, {}, "code")
     with pytest.raises(ParamsError, match="runtime.dask.address"):
@@ -171,11 +171,11 @@ def test_sharded_stages_on_local_cluster_equal_single_process(
     rows = pipeline_flow(root=str(root), stages=["inversion"], overrides=DASK)
     status = {row["stage"]: row["status"] for row in rows}
     cfg = load_config(root, overrides=("runtime.num_workers=0",))  # in-process decoding: no worker start-up cost
-    insts = {name: instances(get_stage(name), effective_params(cfg))[0] for name in ("features", "inversion")}
-    features_summary = read_manifest(root, insts["features"])["summary"]
+    insts = {name: instances(get_stage(name), effective_params(cfg))[0] for name in ("features_fewshot", "inversion")}
+    features_summary = read_manifest(root, insts["features_fewshot"])["summary"]
     blocks = features_summary["blocks_skipped"]  # the stage found every image block done by the shards...
     assert blocks > 1 and features_summary["images_encoded"] > 0 and features_summary["images_per_s"] > 0
-    assert status["features"].startswith(f"ran ({blocks} shards on Dask, "), status  # ...one block per shard
+    assert status["features_fewshot@shapes"].startswith(f"ran ({blocks} shards on Dask, "), status  # one per shard
     inversion = zarr.open_group(str(root / "artifacts/inversion/inversion.zarr"), mode="r")
     inv_shards = sum(-(-inversion[g][DONE].shape[0] // 2) for g in ("oti", "ovi"))  # whole zarr shards of 2 blocks
     assert inversion["oti"][DONE].shape == (4,) and status["inversion"].startswith(f"ran ({inv_shards} shards on")
@@ -184,12 +184,13 @@ def test_sharded_stages_on_local_cluster_equal_single_process(
 
     sharded = {name: tmp_path / name for name in insts}
     content = {name: read_manifest(root, inst)["content"] for name, inst in insts.items()}
-    for name in insts:
-        shutil.copytree(root / "artifacts" / name, sharded[name])
+    for name, inst in insts.items():
+        shutil.copytree(root / inst.manifest_dir, sharded[name])
     for name, inst in insts.items():  # features first: inversion reads the single-process features
         (result,) = run_stage(root, name, cfg, force=True)
         assert result.status == "ran"
-        _assert_same_stores(sharded[name], root / "artifacts" / name)
+        _assert_same_stores(sharded[name], root / inst.manifest_dir)
         assert read_manifest(root, inst)["content"] == content[name], name  # byte-identical outputs
     # the work is counted wherever it ran: the shards' images equal a single-process run's
-    assert read_manifest(root, insts["features"])["summary"]["images_encoded"] == features_summary["images_encoded"]
+    assert read_manifest(root, insts["features_fewshot"])["summary"]["images_encoded"] == features_summary[
+        "images_encoded"]

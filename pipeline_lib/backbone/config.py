@@ -64,6 +64,10 @@ class PretrainConfig(Section):
 class DiagnoseConfig(Section):
     """Modality-gap diagnostics on the few-shot feature store (the `diagnose` stage)."""
 
+    # The classification dataset (a key of `datasets.classification`) whose features are measured; the claims
+    # stage judges the few-shot claims on the same dataset, so the gap diagnostics explain them.
+    dataset: str = "shapes"
+
     # Feature-store split whose images are measured (test: the largest, never used for fitting).
     split: Literal["train", "val", "test"] = "test"
     # Singular values (and image-feature directions) of the text projection below this count as weak.

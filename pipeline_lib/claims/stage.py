@@ -1,9 +1,10 @@
 """The `claims` stage: every paper claim as a paired comparison with a 95% interval and a verdict.
 
-It reads what the method stages published (few-shot runs per (shots, seed), inversion per-query AP, CZSL per-seed
-rows, the gap diagnostics), evaluates `claims.registry.CLAIMS` (`claims.compute`), and writes the full table
-(`outputs.TABLE`, what `bridgeflow summary` and the report lead with), metrics/claims.json (per claim the mean
-difference, its interval and the verdict) and plots/claims.csv (the forest plot's data).
+It reads what the method stages published (few-shot runs per (shots, seed) of the dataset the gap is diagnosed on,
+`backbone.diagnose.dataset`; inversion per-query AP; CZSL per-seed rows; the gap diagnostics), evaluates
+`claims.registry.CLAIMS` (`claims.compute`), and writes the full table (`outputs.TABLE`, what `bridgeflow summary`
+and the report lead with), metrics/claims.json (per claim the mean difference, its interval and the verdict) and
+plots/claims.csv (the forest plot's data).
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 def load_evidence(ctx: StageContext) -> Evidence:
     """Gather the inputs of every claim from the published upstream outputs."""
-    fs = ctx.cfg.fewshot
+    fs, dataset = ctx.cfg.fewshot, ctx.cfg.backbone.diagnose.dataset  # the few-shot claims' dataset (its pin)
     fewshot = {}
     for k in fs.shots:
         for seed in fs.seeds:
-            run = _json(ctx.input_instance("fewshot_run", shots=k, seed=seed) / FEWSHOT_RESULTS)
+            run = _json(ctx.input_instance("fewshot_run", dataset=dataset, shots=k, seed=seed) / FEWSHOT_RESULTS)
             if run is None:
-                raise FileNotFoundError(f"few-shot run shots={k} seed={seed} has no {FEWSHOT_RESULTS}")
+                raise FileNotFoundError(f"fewshot_run@{dataset}-{k}-{seed} has no {FEWSHOT_RESULTS}")
             fewshot[k, seed] = {m: float(v["test_acc"]) for m, v in run["methods"].items() if "test_acc" in v}
     ap_path = ctx.input("inversion") / PER_QUERY_AP
     czsl = _json(ctx.input("czsl") / CZSL_RESULTS) or {}

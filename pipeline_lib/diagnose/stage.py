@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def gap_report(store: Path, cfg: DiagnoseConfig) -> tuple[dict[str, Any], list[dict[str, float]], dict[str, Any]]:
-    """(metrics, histogram rows, details) of the few-shot feature store at `store` (artifacts/features/fewshot.zarr)."""
+    """(metrics, histogram rows, details) of the few-shot feature store at `store` (of `backbone.diagnose.dataset`)."""
     if not Path(store).exists():
         raise FileNotFoundError(f"feature store {store} not found: run the features stage first")
     image = read_array(store, f"{cfg.split}/image")  # (N, D)
@@ -95,7 +95,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_diagnose(ctx: StageContext) -> dict[str, Any]:
     """Modality-gap diagnostics of the few-shot feature store: the gap metrics and similarity histograms."""
-    metrics, hist, details = gap_report(ctx.input("features") / "fewshot.zarr", ctx.cfg.backbone.diagnose)
+    metrics, hist, details = gap_report(ctx.input("features_fewshot") / "fewshot.zarr", ctx.cfg.backbone.diagnose)
     write_json(ctx.output() / GAP_DETAILS, {**metrics, **details}, sort_keys=True)
     write_json(ctx.metrics(), headline(metrics), sort_keys=True)
     write_csv(ctx.plot("gap_similarity"), ["cosine", "image_text", "image_image", "text_text"], hist)

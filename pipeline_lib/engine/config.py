@@ -16,6 +16,7 @@ from pydantic_core import ErrorDetails
 from pipeline_lib.backbone.config import BackboneConfig
 from pipeline_lib.czsl.config import CzslConfig
 from pipeline_lib.data.config import DataConfig
+from pipeline_lib.datasets.config import DatasetsConfig
 from pipeline_lib.engine.configbase import Section
 from pipeline_lib.engine.params import ParamsError, get_dotted, load_params
 from pipeline_lib.features.config import FeaturesConfig
@@ -67,6 +68,7 @@ class Config(Section):
     """Every knob of the pipeline, grouped by stage as in params.yaml."""
 
     data: DataConfig = DataConfig()
+    datasets: DatasetsConfig = DatasetsConfig()
     backbone: BackboneConfig = BackboneConfig()
     features: FeaturesConfig = FeaturesConfig()
     fewshot: FewshotConfig = FewshotConfig()

@@ -25,12 +25,14 @@ from pipeline_lib.engine.params import ParamsError, get_dotted, load_params
 
 #: params whose value names a file or folder that must exist when set (relative paths are from the project root)
 PATH_KEYS = (
-    "features.fewshot.root",
     "features.czsl.root",
     "features.retrieval_text.path",
-    "features.cupl_file",
     "czsl.ow_word_vectors",
 )
+#: path fields of each `datasets.classification` entry
+DATASET_PATH_FIELDS = ("root", "cupl_file")
+#: params naming the classification dataset a stage reads (its pin in the registry)
+DATASET_PINS = ("backbone.diagnose.dataset", "inversion.dataset")
 
 
 def unknown_keys(raw: dict[str, Any], model: type[BaseModel] = Config, prefix: str = "") -> Iterator[str]:
@@ -54,7 +56,9 @@ def missing_dvc_params(root: Path, raw: dict[str, Any]) -> list[str]:
     if not dvc_file.is_file():
         return []
     stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
-    declared = dict.fromkeys(k for entry in stages.values() for k in entry.get("params", []) if isinstance(k, str))
+    declared = dict.fromkeys(
+        k.split(".${")[0] for entry in stages.values() for k in entry.get("params", []) if isinstance(k, str)
+    )  # a per-item key (`datasets.classification.${item.dataset}`) needs its parent
     missing = []
     for key in declared:
         try:
@@ -65,10 +69,24 @@ def missing_dvc_params(root: Path, raw: dict[str, Any]) -> list[str]:
     return missing
 
 
+def path_keys(cfg: Config) -> list[str]:
+    """Every params key naming a file or folder: the fixed ones and each classification dataset's."""
+    entries = [f"datasets.classification.{name}.{field}" for name in cfg.datasets.classification
+               for field in DATASET_PATH_FIELDS]
+    return [*PATH_KEYS, *entries]
+
+
+def dataset_problems(cfg: Config) -> list[str]:
+    """A pin that names no listed classification dataset."""
+    params, names = cfg.model_dump(mode="json"), list(cfg.datasets.classification)
+    return [f"{key} = {get_dotted(params, key)!r}: not a key of datasets.classification (listed: {', '.join(names)})"
+            for key in DATASET_PINS if get_dotted(params, key) not in names]
+
+
 def missing_paths(root: Path, cfg: Config) -> list[str]:
     params = cfg.model_dump(mode="json")
     problems = []
-    for key in PATH_KEYS:
+    for key in path_keys(cfg):
         value = get_dotted(params, key)
         if value is not None and not (root / str(value)).exists():
             problems.append(f"{key} = {value!r}: no such file or folder (relative paths start at {root.resolve()})")
@@ -111,7 +129,7 @@ def preflight(root: Path, profile: str | None = None, overrides: list[str] | tup
     if problems:
         raise ParamsError("invalid params:\n  " + "\n  ".join(problems))
     cfg = load_config(root, profile, overrides)
-    problems = missing_paths(root, cfg) + backbone_problems(cfg)
+    problems = dataset_problems(cfg) + missing_paths(root, cfg) + backbone_problems(cfg)
     if problems:
         raise ParamsError("invalid params:\n  " + "\n  ".join(problems))
     return cfg

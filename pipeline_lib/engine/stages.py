@@ -96,6 +96,11 @@ class StageInstance:
         return tuple(self.path(p) for p in self.stage.all_outputs())
 
 
+#: The keys of the `features` section that decide how any image is encoded: every feature stage's fingerprint (the
+#: section's other keys name the `features` stage's sources; a test keeps this list equal to the section's fields).
+EXTRACTION = tuple(f"features.{key}" for key in (
+    "batch_size", "views", "augment", "seed", "dtype", "amp", "rows_per_chunk", "rows_per_shard"))
+
 #: Written by `bridgeflow check-params`, DVC's first stage; every stage without upstream stages depends on it, so
 #: `dvc repro` / `dvc exp run` stop on a bad param before DVC removes any output. Its content never changes.
 PARAMS_CHECK = "artifacts/params_check.txt"
@@ -120,12 +125,22 @@ STAGES: tuple[Stage, ...] = (
         plots=(Plot("plots/backbone_loss.csv", "step", ("loss",), "Tiny CLIP pretraining loss"),),
     ),
     Stage(
+        name="features_fewshot",
+        func="pipeline_lib.features.stage:run_features_fewshot",
+        description="Extract one classification dataset's image, augmented-view and class-prompt features (zarr).",
+        params=(*EXTRACTION, "datasets.classification.{dataset}"),
+        deps=("data", "backbone"),
+        outs=("artifacts/features/fewshot/{dataset}",),
+        matrix=(("dataset", "datasets.classification"),),
+        shards=Shards("pipeline_lib.features.shards:plan_shards", "pipeline_lib.features.shards:extract_shard"),
+    ),
+    Stage(
         name="features",
         func="pipeline_lib.features.stage:run_features",
-        description="Extract image, augmented-view, patch-token and text features into zarr stores.",
+        description="Extract the CZSL image and patch-token features and the text-retrieval features (zarr).",
         params=("features",),
         deps=("data", "backbone"),
-        outs=("artifacts/features",),
+        outs=("artifacts/features/czsl_and_texts",),
         shards=Shards("pipeline_lib.features.shards:plan_shards", "pipeline_lib.features.shards:extract_shard"),
     ),
     Stage(
@@ -133,8 +148,9 @@ STAGES: tuple[Stage, ...] = (
         func="pipeline_lib.diagnose.stage:run_diagnose",
         description="Measure the backbone's modality gap and intra-modal misalignment on the cached features.",
         params=("backbone.diagnose",),
-        deps=("features",),
+        deps=("features_fewshot",),
         outs=("artifacts/diagnose",),
+        pins=(("dataset", "backbone.diagnose.dataset"),),
         metrics=("metrics/gap.json",),
         plots=(
             Plot(
@@ -150,8 +166,9 @@ STAGES: tuple[Stage, ...] = (
         func="pipeline_lib.fewshot.stage:run_fewshot_fit",
         description="Fit the closed-form bridge: truncated pseudo-inverse of the text projection and rescale constant.",
         params=("fewshot.atol",),
-        deps=("features",),
-        outs=("artifacts/fewshot_bridge",),
+        deps=("features_fewshot",),
+        outs=("artifacts/fewshot_bridge/{dataset}",),
+        matrix=(("dataset", "datasets.classification"),),
     ),
     Stage(
         name="fewshot_run",
@@ -166,15 +183,16 @@ STAGES: tuple[Stage, ...] = (
             "fewshot.training",
             "fewshot.run_training",
         ),
-        deps=("features", "fewshot_bridge"),
-        outs=("artifacts/fewshot_runs/k{shots}-s{seed}",),
-        matrix=(("shots", "fewshot.shots"), ("seed", "fewshot.seeds")),
+        deps=("features_fewshot", "fewshot_bridge"),
+        outs=("artifacts/fewshot_runs/{dataset}/k{shots}-s{seed}",),
+        matrix=(("dataset", "datasets.classification"), ("shots", "fewshot.shots"), ("seed", "fewshot.seeds")),
     ),
     Stage(
         name="fewshot_report",
         func="pipeline_lib.fewshot.stage:run_fewshot_report",
         description="Aggregate the few-shot runs: mean and population std over seeds, paired differences, plots.",
-        params=("fewshot.shots", "fewshot.seeds"),
+        # the whole list of datasets: removing one reruns the report under DVC too (whose deps still hold its runs)
+        params=("fewshot.shots", "fewshot.seeds", "datasets.classification"),
         deps=("fewshot_bridge", "fewshot_run"),
         outs=("artifacts/fewshot_report",),
         metrics=("metrics/fewshot.json",),
@@ -189,7 +207,7 @@ STAGES: tuple[Stage, ...] = (
         func="pipeline_lib.inversion.stage:run_inversion",
         description="OTI on query images, OVI on query texts; intra- vs inter-modal retrieval at every snapshot step.",
         params=("inversion",),
-        deps=("backbone", "features"),
+        deps=("backbone", "features_fewshot", "features"),
         outs=("artifacts/inversion",),
         metrics=("metrics/inversion.json",),
         plots=(
@@ -207,6 +225,7 @@ STAGES: tuple[Stage, ...] = (
             ),
         ),
         shards=Shards("pipeline_lib.inversion.shards:plan_shards", "pipeline_lib.inversion.shards:invert_shard"),
+        pins=(("dataset", "inversion.dataset"),),
     ),
     Stage(
         name="czsl",
@@ -228,6 +247,7 @@ STAGES: tuple[Stage, ...] = (
         params=("fewshot.shots", "fewshot.seeds", "backbone.model"),
         deps=("diagnose", "fewshot_run", "inversion", "czsl"),
         outs=("artifacts/claims",),
+        pins=(("dataset", "backbone.diagnose.dataset"),),
         metrics=("metrics/claims.json",),
         plots=(Plot("plots/claims.csv", "mean", ("claim",), "Claims: paired difference and 95% interval",
                     "bar_horizontal"),),

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import platform
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -303,7 +304,18 @@ def open_store(path: Path | str) -> zarr.Group:
     return zarr.open_group(str(p), mode="r")
 
 
-REPAIR = "re-extract the store with `bridgeflow stage features --force`"
+def repair_hint(path: Path | str) -> str:
+    """How to rebuild a damaged store: rerun the stage instance whose output folder holds it, with --force."""
+    from pipeline_lib.engine.stages import STAGES
+
+    folder = Path(path).resolve().parent.as_posix()
+    for stage in STAGES:
+        pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(stage.manifest_dir))
+        found = re.search(f"(^|/){pattern}$", folder)
+        if found:
+            item = "-".join(found.group(var) for var, _ in stage.matrix)
+            return f"re-extract the store with `bridgeflow stage {stage.name}{'@' + item if item else ''} --force`"
+    return "re-extract the store with `bridgeflow stage <the stage that wrote it> --force`"
 
 
 def _check_group_complete(store: zarr.Group, path: Path | str, name: str) -> None:
@@ -314,7 +326,7 @@ def _check_group_complete(store: zarr.Group, path: Path | str, name: str) -> Non
         if not done.all():
             raise StoreError(
                 f"{path}: array {name!r}: its group is half written ({int(done.sum())} of {done.size} blocks "
-                f"done); {REPAIR}"
+                f"done); {repair_hint(path)}"
             )
 
 
@@ -326,7 +338,9 @@ def _check_no_empty_chunk_files(path: Path | str, name: str) -> None:
     """
     empty = sorted(str(p) for p in (Path(path) / name).rglob("*") if p.is_file() and p.stat().st_size == 0)
     if empty:
-        raise StoreError(f"{path}: array {name!r} has an empty chunk file ({empty[0]}); the store is damaged: {REPAIR}")
+        raise StoreError(
+            f"{path}: array {name!r} has an empty chunk file ({empty[0]}); the store is damaged: {repair_hint(path)}"
+        )
 
 
 def lazy_array(path: Path | str, name: str) -> zarr.Array:
@@ -357,13 +371,14 @@ def read_array(path: Path | str, name: str, shape: Sequence[int | None] | None =
     ):
         raise StoreError(
             f"{path}: array {name!r} has shape {tuple(arr.shape)}, expected {_shape_text(shape)} to match the store's "
-            f"other arrays; {REPAIR}"
+            f"other arrays; {repair_hint(path)}"
         )
     try:
         return np.asarray(arr[...])
     except (ValueError, RuntimeError) as err:  # what zarr and its codecs raise for a truncated or corrupt chunk
         raise StoreError(
-            f"{path}: array {name!r} cannot be read ({err}): one of its chunk files is truncated or corrupt; {REPAIR}"
+            f"{path}: array {name!r} cannot be read ({err}): one of its chunk files is truncated or corrupt; "
+            + repair_hint(path)
         ) from err
 
 

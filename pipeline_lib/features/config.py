@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pipeline_lib.engine.configbase import Section
+from pipeline_lib.engine.configbase import NamedPaths, Section
 
 
 class AugmentConfig(Section):
@@ -33,30 +33,6 @@ class AugmentConfig(Section):
         return v
 
 
-class NamedPaths(Section):
-    """A section whose text fields name files or folders: a name YAML read as a number is still a name.
-
-    (EuroSAT's CoOp layout keeps its images in `2750/`; `-S features.fewshot.image_dir=2750` must mean that folder.)
-    """
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _names_are_text(cls, v: object, info: ValidationInfo) -> object:
-        text_field = cls.model_fields[info.field_name or ""].annotation in (str, str | None)
-        return str(v) if text_field and isinstance(v, int | float) and not isinstance(v, bool) else v
-
-
-class FewshotSource(NamedPaths):
-    """A CoOp-format classification dataset: root/image_dir/<relpath> images and root/split_file."""
-
-    # None = the shapes world published by the data stage (artifacts/data/fewshot/shapes); relative paths are taken
-    # from the project root, so a user can point at e.g. /data/oxford_pets without touching code.
-    root: str | None = None
-    split_file: str = "split_zhou_Shapes.json"  # CoOp split json: {"train"|"val"|"test": [[relpath, label, name]]}
-    image_dir: str = "images"  # folder under root that relpaths are relative to
-    dataset_name: str = "Shapes"  # picks the CoOp prompt template(s) in pipeline_lib.features.prompts
-
-
 class CzslSource(NamedPaths):
     """A CZSL dataset in the standard layout (compositional-split-natural + metadata .t7 + images/)."""
 
@@ -72,7 +48,8 @@ class RetrievalTextSource(NamedPaths):
 
 
 class FeaturesConfig(Section):
-    """Everything the features stage reads; all of it (and nothing from runtime) enters its fingerprint."""
+    """How features are extracted (`engine.stages.EXTRACTION`: every feature stage's fingerprint) and the CZSL and
+    text-retrieval sources of the `features` stage; the classification datasets are in the `datasets` section."""
 
     batch_size: int = Field(128, ge=1)  # spec 1.1 uses 128; bigger only helps on a GPU
     views: int = Field(4, ge=1)  # V views per train image, view 0 un-augmented (spec's K' = K * (E + 1), E = V - 1)
@@ -83,9 +60,6 @@ class FeaturesConfig(Section):
     amp: bool = True  # bf16 autocast on CUDA (faster, slightly different numbers); CPU always runs fp32
     rows_per_chunk: int = Field(256, ge=1)  # read unit along samples (~128 kB at D = 128)
     rows_per_shard: int = Field(2048, ge=1)  # write unit = resumable block; keeps a store to tens of files
-    templates: list[str] | None = None  # None = clip_ensemble set of fewshot.dataset_name (prompts.py)
-    cupl_file: str | None = None  # optional CuPL json {classname: [sentence, ...]}, appended to the templates
-    fewshot: FewshotSource = FewshotSource()
     czsl: CzslSource = CzslSource()
     retrieval_text: RetrievalTextSource = RetrievalTextSource()
 
@@ -98,13 +72,3 @@ class FeaturesConfig(Section):
             )
         return self
 
-    @field_validator("templates")
-    @classmethod
-    def _templates_have_slot(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None:
-            if not v:
-                raise ValueError("features.templates=[]: expected at least one template, or null for the default")
-            bad = [t for t in v if t.count("{}") != 1]
-            if bad:
-                raise ValueError(f"features.templates {bad!r}: each template needs exactly one '{{}}' class slot")
-        return v

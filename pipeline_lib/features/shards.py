@@ -46,7 +46,7 @@ def _worker_state(ctx: StageContext) -> tuple[ExtractionRun, dict[str, ImageGrou
         run = extraction_run(ctx, num_workers=loader_workers(ctx.cfg.runtime.num_workers))
         return run, {g.key: g for g in image_groups(run, ctx)}
 
-    return per_thread(f"features:{ctx.work}", build)
+    return per_thread(f"{ctx.inst.id}:{ctx.work}", build)
 
 
 def extract_shard(ctx: StageContext, shard: Shard) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""The `features` stage: every CLIP feature later stages need, extracted once into zarr stores.
+"""The feature stages: every CLIP feature later stages need, extracted once into zarr stores.
 
-The entry point only resolves inputs through the stage context (the data stage's datasets unless params point
-elsewhere, the published backbone), calls the store writers of `features.stores` and writes the metrics. Stores land
+`features_fewshot@<dataset>` writes one classification dataset's store (`datasets.classification`); `features`
+writes the CZSL and text-retrieval stores. The entry points only resolve inputs through the stage context (the data
+stage's datasets unless params point elsewhere, the published backbone) and call the store writers of
+`features.stores`. Stores land
 in the stage's output folder; block records (what encoding each block took, wherever it ran) stay in the scratch
 folder, so the metrics count the work of every block, including blocks shard workers wrote (`features.shards`).
 """
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline_lib.datasets.config import ClassificationDataset
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.store import file_count
 from pipeline_lib.features.config import FeaturesConfig
@@ -30,11 +33,13 @@ from pipeline_lib.features.stores import (
 
 log = logging.getLogger(__name__)
 
+#: The few-shot store inside a `features_fewshot` instance's output folder.
+FEWSHOT_STORE = "fewshot.zarr"
 #: Folder of the block records inside the instance's scratch folder (never published: timings are not content).
 BLOCK_RECORDS = "block_records"
 #: Where each dataset lives under the data stage's output unless params name another place.
+FEWSHOT_DEFAULT = "fewshot/shapes"
 DATA_DEFAULTS = {
-    "fewshot.zarr": "fewshot/shapes",
     "czsl.zarr": "czsl/shapes",
     "retrieval_text.zarr": "retrieval/texts.parquet",
 }
@@ -49,11 +54,22 @@ def _after_block(store: str, group: str, block: int) -> None:
         after_block(store, group, block)
 
 
+def classification_entry(ctx: StageContext) -> ClassificationDataset:
+    """The `datasets.classification` entry of the instance's dataset."""
+    return ctx.cfg.datasets.classification[ctx.item["dataset"]]
+
+
+def fewshot_source(ctx: StageContext) -> Path:
+    """Where the instance's classification dataset lives (the data stage's shapes world when its root is null)."""
+    return resolve_source(Path(ctx.root), ctx.input("data"), classification_entry(ctx).root, FEWSHOT_DEFAULT)
+
+
 def sources(ctx: StageContext) -> dict[str, Path]:
-    """Where each enabled store's data lives, by store name (the data stage's defaults unless params say otherwise)."""
+    """Where each enabled store of the `features` stage reads its data, by store name (the data stage's defaults
+    unless params say otherwise)."""
     cfg: FeaturesConfig = ctx.cfg.features
     root, data_dir = Path(ctx.root), ctx.input("data")
-    configured = {"fewshot.zarr": cfg.fewshot.root}
+    configured = {}
     if cfg.czsl.enabled:
         configured["czsl.zarr"] = cfg.czsl.root
     if cfg.retrieval_text.enabled:
@@ -62,8 +78,8 @@ def sources(ctx: StageContext) -> dict[str, Path]:
 
 
 def cupl_source(ctx: StageContext) -> Path | None:
-    """The optional CuPL sentences file (relative paths from the project folder)."""
-    configured = ctx.cfg.features.cupl_file
+    """The dataset entry's optional CuPL sentences file (relative paths from the project folder)."""
+    configured = classification_entry(ctx).cupl_file
     return resolve_source(Path(ctx.root), Path(ctx.root), configured, "") if configured else None
 
 
@@ -80,13 +96,16 @@ def extraction_run(ctx: StageContext, num_workers: int | None = None) -> Extract
 
 
 def image_groups(run: ExtractionRun, ctx: StageContext) -> list[ImageGroup]:
-    """Every image group the stage writes, in order: what shard planning and shard workers enumerate."""
-    out_dir, found = ctx.output(), sources(ctx)
-    groups = fewshot_groups(run, out_dir / "fewshot.zarr", load_fewshot_source(run.cfg, found["fewshot.zarr"]),
-                            found["fewshot.zarr"])
-    if "czsl.zarr" in found:
-        groups += czsl_groups(run, out_dir / "czsl.zarr", load_czsl_source(run, found["czsl.zarr"]))
-    return groups
+    """Every image group the instance writes, in order: what shard planning and shard workers enumerate."""
+    out_dir = ctx.output()
+    if ctx.inst.stage.name == "features_fewshot":
+        entry, source = classification_entry(ctx), fewshot_source(ctx)
+        return fewshot_groups(run, out_dir / FEWSHOT_STORE, load_fewshot_source(entry, source), source,
+                              entry.image_dir)
+    found = sources(ctx)
+    if "czsl.zarr" not in found:
+        return []
+    return czsl_groups(run, out_dir / "czsl.zarr", load_czsl_source(run, found["czsl.zarr"]))
 
 
 def work_summary(run: ExtractionRun) -> dict[str, Any]:
@@ -104,26 +123,38 @@ def work_summary(run: ExtractionRun) -> dict[str, Any]:
     }
 
 
+def _finish(ctx: StageContext, run: ExtractionRun, summary: dict[str, Any], t0: float) -> dict[str, Any]:
+    out_dir = ctx.output()
+    summary.update(work_summary(run))
+    summary["files"] = {p.name: file_count(p) for p in sorted(out_dir.glob("*.zarr"))}
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    log.info("%s: %d images encoded at %.1f img/s in %.1f s",
+             ctx.inst.id, summary["images_encoded"], summary["images_per_s"], summary["seconds"])
+    return summary
+
+
+def run_features_fewshot(ctx: StageContext) -> dict[str, Any]:
+    """Stage entry point of `features_fewshot@<dataset>`: the dataset's few-shot store; returns its summary (shapes,
+    counts, throughput) for the manifest: features measure nothing a reader compares, so no metrics file."""
+    t0 = time.perf_counter()
+    run = extraction_run(ctx)
+    summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name, "dataset": ctx.item["dataset"]}
+    summary["fewshot"] = write_fewshot_store(run, ctx.output() / FEWSHOT_STORE, fewshot_source(ctx),
+                                             classification_entry(ctx), cupl_source(ctx))
+    return _finish(ctx, run, summary, t0)
+
+
 def run_features(ctx: StageContext) -> dict[str, Any]:
-    """Stage entry point (see module docstring); writes every enabled store and returns its summary (shapes, counts,
-    throughput), which goes to the stage's manifest: features measure nothing a reader compares, so no metrics file."""
+    """Stage entry point of `features`: the enabled CZSL and text-retrieval stores (see `run_features_fewshot`)."""
     t0 = time.perf_counter()
     out_dir = ctx.output()
     run = extraction_run(ctx)
     found = sources(ctx)
     summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name}
-    summary["fewshot"] = write_fewshot_store(run, out_dir / "fewshot.zarr", found["fewshot.zarr"], cupl_source(ctx))
     if "czsl.zarr" in found:
         summary["czsl"] = write_czsl_store(run, out_dir / "czsl.zarr", found["czsl.zarr"])
     if "retrieval_text.zarr" in found:
         summary["retrieval_text"] = write_retrieval_text_store(
             run, out_dir / "retrieval_text.zarr", found["retrieval_text.zarr"]
         )
-    summary.update(work_summary(run))
-    summary["files"] = {p.name: file_count(p) for p in sorted(out_dir.glob("*.zarr"))}
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    log.info(
-        "features: %d images encoded at %.1f img/s in %.1f s",
-        summary["images_encoded"], summary["images_per_s"], summary["seconds"],
-    )
-    return summary
+    return _finish(ctx, run, summary, t0)

@@ -20,8 +20,9 @@ import numpy as np
 import polars as pl
 import zarr
 
+from pipeline_lib.datasets.config import ClassificationDataset
+from pipeline_lib.engine.stages import EXTRACTION
 from pipeline_lib.engine.store import ArraySpec, BlockGroup, provenance, write_whole
-from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.groups import ExtractionRun, ImageGroup, check_tokens_supported
 from pipeline_lib.features.text import (
     class_prompts,
@@ -52,15 +53,17 @@ def resolve_source(root: Path, data_dir: Path, configured: str | None, default_r
 
 
 def store_provenance(run: ExtractionRun, source: Path, **extra: Any) -> dict[str, Any]:
-    """Store attributes; a source inside the project is recorded relative to it, so the same data in another
-    checkout gives the same bytes (and downstream stages stay reusable)."""
+    """Store attributes: the backbone, the extraction params and the source (plus `extra`, e.g. the dataset entry).
+
+    A source inside the project is recorded relative to it, so the same data in another checkout gives the same bytes
+    (and downstream stages stay reusable)."""
     b = run.backbone
     root = run.root.resolve() if run.root is not None else None
     where = source.resolve()
     label = where.relative_to(root).as_posix() if root is not None and where.is_relative_to(root) else str(where)
     return provenance(
         backbone={"name": b.name, "pretrained": b.pretrained, "fingerprint": b.fingerprint},
-        features=run.cfg.model_dump(mode="json"),
+        features={k: v for k, v in run.cfg.model_dump(mode="json").items() if f"features.{k}" in EXTRACTION},
         source=label,
         **extra,
     )
@@ -69,20 +72,19 @@ def store_provenance(run: ExtractionRun, source: Path, **extra: Any) -> dict[str
 # ------------------------------------------------------------------------------------------------------ few-shot
 
 
-def load_fewshot_source(cfg: FeaturesConfig, source: Path) -> Any:
-    """The CoOp dataset at `source`, with a clear error naming the param when its split file is missing."""
+def load_fewshot_source(entry: ClassificationDataset, source: Path) -> Any:
+    """The CoOp dataset at `source`, with a clear error naming the params entry when its split file is missing."""
     from pipeline_lib.data.coop import load_coop_dataset
 
-    src = cfg.fewshot
-    if not (source / src.split_file).is_file():
-        raise FileNotFoundError(f"few-shot split file {source / src.split_file} not found (features.fewshot.root)")
-    return load_coop_dataset(source, src.split_file, src.image_dir)
+    if not (source / entry.split_file).is_file():
+        raise FileNotFoundError(f"few-shot split file {source / entry.split_file} not found "
+                                "(root and split_file of its datasets.classification entry)")
+    return load_coop_dataset(source, entry.split_file, entry.image_dir)
 
 
-def fewshot_groups(run: ExtractionRun, store: Path, ds: Any, source: Path) -> list[ImageGroup]:
+def fewshot_groups(run: ExtractionRun, store: Path, ds: Any, source: Path, image_dir: str) -> list[ImageGroup]:
     """The few-shot store's image groups: one per split present (CoOp files may omit val), views on train."""
-    c = run.cfg
-    image_root = (source / c.fewshot.image_dir).resolve()
+    image_root = (source / image_dir).resolve()
     groups = []
     for split in [s for s in SPLITS if s in ds.splits]:
         df = ds.split(split)
@@ -91,15 +93,18 @@ def fewshot_groups(run: ExtractionRun, store: Path, ds: Any, source: Path) -> li
         labels = df["label"].to_numpy().astype(np.int64)
         rows = {"label": labels, "index": np.arange(len(paths), dtype=np.int64)}
         plan = run.plan(split=_digest([rel, labels.tolist()]))
-        groups.append(ImageGroup(store, split, paths, rows, plan, views=c.views if split == "train" else 1))
+        groups.append(ImageGroup(store, split, paths, rows, plan, views=run.cfg.views if split == "train" else 1))
     return groups
 
 
-def write_fewshot_store(run: ExtractionRun, store: Path, source: Path, cupl_path: Path | None) -> dict[str, Any]:
-    """fewshot.zarr: text side first (cheap, catches template errors early), then the three image splits."""
+def write_fewshot_store(
+    run: ExtractionRun, store: Path, source: Path, entry: ClassificationDataset, cupl_path: Path | None
+) -> dict[str, Any]:
+    """fewshot.zarr of one classification dataset: text side first (cheap, catches template errors early), then
+    the image splits."""
     c = run.cfg
-    ds = load_fewshot_source(c, source)
-    templates = list(c.templates) if c.templates is not None else default_templates(c.fewshot.dataset_name)
+    ds = load_fewshot_source(entry, source)
+    templates = list(entry.templates) if entry.templates is not None else default_templates(entry.prompts)
     prompts = class_prompts(ds.classnames, templates, cupl_path)
 
     top = zarr.open_group(str(store), mode="a")
@@ -113,7 +118,7 @@ def write_fewshot_store(run: ExtractionRun, store: Path, source: Path, cupl_path
     write_whole(cg, "logit_scale", np.asarray(logit_scale(model), dtype=np.float32))
 
     out: dict[str, Any] = {"classes": len(ds.classnames), "prompts_per_class": text.prompt_count.tolist()}
-    for g in fewshot_groups(run, store, ds, source):
+    for g in fewshot_groups(run, store, ds, source, entry.image_dir):
         out[g.name] = run.image_group(g)
     top.attrs.update(
         {
@@ -123,7 +128,7 @@ def write_fewshot_store(run: ExtractionRun, store: Path, source: Path, cupl_path
             "prompt_padding": "text/prompt_* rows past text/prompt_count[c] are NaN",
             "logit_scale": "exp(logit_scale), the multiplier on cosines",
             "views": "train/views[:, 0] is the un-augmented image (= train/image); views 1.. are offline augmentations",
-            "provenance": store_provenance(run, source),
+            "provenance": store_provenance(run, source, dataset=entry.model_dump(mode="json")),
         }
     )
     return out

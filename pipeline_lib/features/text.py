@@ -37,14 +37,15 @@ class ClassTextFeatures:
     class_eos_raw: np.ndarray  # (C, W)
 
 
-def default_templates(dataset_name: str) -> list[str]:
-    """The templates used when features.templates is null: the dataset's clip_ensemble set (spec 2.1)."""
+def default_templates(prompts: str) -> list[str]:
+    """The templates used when a dataset entry's `templates` is null: the clip_ensemble set its `prompts` names
+    (spec 2.1)."""
     try:
-        return clip_ensemble_templates(dataset_name)
+        return clip_ensemble_templates(prompts)
     except ValueError as e:
         raise ValueError(
-            f"features.fewshot.dataset_name={dataset_name!r} has no default template ({e}); "
-            "or set features.templates explicitly"
+            f"prompts={prompts!r} (datasets.classification entry) has no default template ({e}); "
+            "or set the entry's templates explicitly"
         ) from e
 
 
@@ -55,7 +56,7 @@ def class_prompts(classnames: list[str], templates: list[str], cupl_path: Path |
         try:
             sentences = load_cupl_sentences(cupl_path, classnames)
         except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"features.cupl_file: {e.args[0]}") from e
+            raise ValueError(f"cupl_file (datasets.classification entry): {e.args[0]}") from e
         for own, extra in zip(prompts, sentences, strict=True):
             own.extend(extra)
     return prompts

@@ -1,11 +1,12 @@
-"""Few-shot stage functions (stage contract): bridge fit, one (shots, seed) run, report over all runs.
+"""Few-shot stage functions (stage contract): bridge fit and (shots, seed) runs per dataset, report over all runs.
 
 Every path comes from the stage context (the registry, pipeline_lib/engine/stages.py, says where each output lives):
-- fewshot_bridge: bridge.pt (W+, L), bridge.json (spectrum, rank)
-- fewshot_run (one per shots x seed): results.json, search.csv, curves.csv, bias_norms.csv, semobridge_t.pt (last
-  and best weights)
-- fewshot_report: summary.json; its metrics (ctx.metrics()) and plots fewshot_accuracy (long: shots, method,
-  accuracy, std), fewshot_train_curve, fewshot_bias_norms (long: class, shots, norm)
+- fewshot_bridge (one per classification dataset): bridge.pt (W+, L), bridge.json (spectrum, rank)
+- fewshot_run (one per dataset x shots x seed): results.json, search.csv, curves.csv, bias_norms.csv,
+  semobridge_t.pt (last and best weights)
+- fewshot_report: summary.json (tables per dataset); its metrics (ctx.metrics(), per dataset) and plots
+  fewshot_accuracy (long: dataset, shots, method, accuracy, std), fewshot_train_curve (long: dataset, step, ...),
+  fewshot_bias_norms (long: dataset, class, shots, norm)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pipeline_lib.fewshot.sampling import build_support, sample_fewshot_indices
 
 log = logging.getLogger(__name__)
 
-STORE = "fewshot.zarr"  # the features stage's few-shot store, inside its output folder
+STORE = "fewshot.zarr"  # the few-shot store inside a `features_fewshot` instance's output folder
 BRIDGE_WEIGHTS = "bridge.pt"
 BRIDGE_META = "bridge.json"
 # Files of one (shots, seed) run that the report reads.
@@ -70,7 +71,7 @@ def json_safe(x: Any) -> Any:
 def run_fewshot_fit(ctx: StageContext) -> dict:
     """Truncated pinv of W_txt, the rescale constant L, the singular values and rank(W+ W_txt)."""
     cfg: FewshotConfig = ctx.cfg.fewshot
-    store = ctx.input("features") / STORE
+    store = ctx.input("features_fewshot") / STORE
     w_txt = _t(read_store_array(store, "clip/text_projection", (None, None)))  # (D_t, D_p)
     eos_raw = _t(read_store_array(store, "text/class_eos_raw", (None, w_txt.shape[0])))  # (C, D_t)
     fit = fit_bridge(w_txt, eos_raw, cfg.atol)
@@ -131,7 +132,7 @@ def run_fewshot_seed(ctx: StageContext) -> dict:
     """Sampling, training-free methods and SeMoBridge-T for the (shots, seed) of `ctx.item`."""
     shots, seed = int(ctx.item["shots"]), int(ctx.item["seed"])
     cfg: FewshotConfig = ctx.cfg.fewshot
-    store = ctx.input("features") / STORE
+    store = ctx.input("features_fewshot") / STORE
     bridge_dir = ctx.input("fewshot_bridge")
     parallel = ctx.cfg.runtime.processes > 1 and cfg.run_training
     with started_pool(1) if parallel else nullcontext() as pool:  # its worker starts before the store is opened
@@ -174,38 +175,55 @@ def _write_training(out: Path, res: SeedResult) -> None:
 
 
 def headline(table: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
-    """Mean test accuracy (points) of each headline method at every shot count run: {"test_acc": {method: {shots}}},
-    shots in increasing order."""
-    return {"test_acc": {m: {k: round(v["mean"], 2) for k, v in sorted(table[m].items(), key=lambda kv: int(kv[0]))}
-                         for m in HEADLINE_METHODS if m in table}}
+    """Mean test accuracy (points) of each headline method at every shot count run: {method: {shots}}, shots in
+    increasing order."""
+    return {m: {k: round(v["mean"], 2) for k, v in sorted(table[m].items(), key=lambda kv: int(kv[0]))}
+            for m in HEADLINE_METHODS if m in table}
 
 
-def run_fewshot_report(ctx: StageContext) -> dict:
-    """Mean +- population std over seeds per method x shots, paired differences, curves and bias norms."""
+def dataset_tables(ctx: StageContext, dataset: str) -> tuple[dict[str, Any], dict[tuple[int, int], Path]]:
+    """One dataset's tables over its runs (mean +- population std per method x shots, paired differences, the
+    bridge) and each run's folder by (shots, seed)."""
     cfg: FewshotConfig = ctx.cfg.fewshot
-    run_dirs = {(k, s): ctx.input_instance("fewshot_run", shots=k, seed=s) for k in cfg.shots for s in cfg.seeds}
+    run_dirs = {(k, s): ctx.input_instance("fewshot_run", dataset=dataset, shots=k, seed=s)
+                for k in cfg.shots for s in cfg.seeds}
     runs = []
     for (k, s), run_dir in run_dirs.items():
         p = run_dir / RESULTS
         if not p.exists():
-            raise FileNotFoundError(f"{p} missing: run the few-shot stage for shots={k}, seed={s} first")
+            raise FileNotFoundError(f"{p} missing: run fewshot_run@{dataset}-{k}-{s} first")
         runs.append(json.loads(p.read_text()))
-    table = aggregate(runs)
-    metrics = {"test_acc": table, "val_acc": aggregate(runs, "val_acc"), "paired_test_diff": paired_differences(runs)}
-    bridge_meta = ctx.input("fewshot_bridge") / BRIDGE_META
+    tables: dict[str, Any] = {"runs": len(runs), "test_acc": aggregate(runs), "val_acc": aggregate(runs, "val_acc"),
+                              "paired_test_diff": paired_differences(runs)}
+    tables["methods"] = list(tables["test_acc"])
+    tables["prompts"] = ctx.cfg.datasets.classification[dataset].prompts  # the CoOp name published numbers use
+    bridge_meta = ctx.input_instance("fewshot_bridge", dataset=dataset) / BRIDGE_META
     if bridge_meta.exists():
         meta = json.loads(bridge_meta.read_text())
-        metrics["bridge"] = {k: v for k, v in meta.items() if k != "singular_values"}
-    write_json(ctx.metrics(), headline(table))
+        tables["bridge"] = {k: v for k, v in meta.items() if k != "singular_values"}
+    return tables, run_dirs
 
-    methods = list(table)
-    rows = [[k, m, table[m][str(k)]["mean"], table[m][str(k)]["std"]]
-            for k in cfg.shots for m in methods if str(k) in table[m]]
-    write_csv(ctx.plot("fewshot_accuracy"), ["shots", "method", "accuracy", "std"], rows)
-    _report_curves(ctx, cfg, run_dirs)
-    write_json(ctx.output() / REPORT_TABLES, json_safe({"runs": len(runs), "methods": methods, **metrics}),
-               sort_keys=True)
-    return {m: {k: round(v["mean"], 3) for k, v in table[m].items()} for m in methods}
+
+def run_fewshot_report(ctx: StageContext) -> dict:
+    """Per classification dataset: mean +- population std over seeds per method x shots, paired differences, curves
+    and bias norms. Metrics: {"test_acc": {dataset: {method: {shots: mean}}}}."""
+    cfg: FewshotConfig = ctx.cfg.fewshot
+    tables, rows, curves, norms = {}, [], [], []
+    for dataset in ctx.cfg.datasets.classification:
+        table, run_dirs = dataset_tables(ctx, dataset)
+        tables[dataset] = table
+        acc = table["test_acc"]
+        rows += [[dataset, k, m, acc[m][str(k)]["mean"], acc[m][str(k)]["std"]]
+                 for k in cfg.shots for m in table["methods"] if str(k) in acc[m]]
+        curves += [[dataset, *row] for row in _train_curve(cfg, run_dirs)]
+        norms += [[dataset, *row] for row in _bias_norms(cfg, run_dirs)]
+    write_json(ctx.metrics(), {"test_acc": {d: headline(t["test_acc"]) for d, t in tables.items()}})
+    write_csv(ctx.plot("fewshot_accuracy"), ["dataset", "shots", "method", "accuracy", "std"], rows)
+    write_csv(ctx.plot("fewshot_train_curve"), ["dataset", *CURVE_COLUMNS], curves)
+    write_csv(ctx.plot("fewshot_bias_norms"), ["dataset", "class", "shots", "norm"], norms)
+    write_json(ctx.output() / REPORT_TABLES, json_safe({"datasets": tables}), sort_keys=True)
+    return {d: {m: {k: round(v["mean"], 3) for k, v in t["test_acc"][m].items()} for m in HEADLINE_METHODS
+                if m in t["test_acc"]} for d, t in tables.items()}
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -213,21 +231,26 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _report_curves(ctx: StageContext, cfg: FewshotConfig, run_dirs: dict[tuple[int, int], Path]) -> None:
-    """Training curve: mean over seeds at the largest shot count; bias norms (last step): per class and shot count,
-    mean over seeds."""
+CURVE_COLUMNS = ["step", "lr", "total", "img", "txte", "txtp", "cons", "bias", "val_acc"]
+
+
+def _train_curve(cfg: FewshotConfig, run_dirs: dict[tuple[int, int], Path]) -> list[list[Any]]:
+    """Training curve at the largest shot count, mean over seeds (rows of CURVE_COLUMNS)."""
     k_max = max(cfg.shots)
     curves = [_read_csv(p) for s in cfg.seeds if (p := run_dirs[k_max, s] / CURVES).exists()]
-    header = ["step", "lr", "total", "img", "txte", "txtp", "cons", "bias", "val_acc"]
-    rows = []
+    rows: list[list[Any]] = []
     if curves:
         for i in range(min(len(c) for c in curves)):
-            row = [int(curves[0][i]["step"])]
-            for col in header[1:]:
+            row: list[Any] = [int(curves[0][i]["step"])]
+            for col in CURVE_COLUMNS[1:]:
                 vals = [float(c[i][col]) for c in curves if c[i].get(col) not in (None, "", "nan")]
                 row.append(float(np.mean(vals)) if vals else "")
             rows.append(row)
-    write_csv(ctx.plot("fewshot_train_curve"), header, rows)
+    return rows
+
+
+def _bias_norms(cfg: FewshotConfig, run_dirs: dict[tuple[int, int], Path]) -> list[list[Any]]:
+    """Class-bias norms at the last step: (class, shots, mean over seeds) rows."""
     per_shot: dict[int, list[list[float]]] = {}
     for k in cfg.shots:
         for s in cfg.seeds:
@@ -237,5 +260,4 @@ def _report_curves(ctx: StageContext, cfg: FewshotConfig, run_dirs: dict[tuple[i
                 if vals:
                     per_shot.setdefault(k, []).append(vals)
     n_cls = min((len(v) for runs in per_shot.values() for v in runs), default=0)
-    brows = [[c, k, float(np.mean([v[c] for v in per_shot[k]]))] for k in sorted(per_shot) for c in range(n_cls)]
-    write_csv(ctx.plot("fewshot_bias_norms"), ["class", "shots", "norm"], brows)
+    return [[c, k, float(np.mean([v[c] for v in per_shot[k]]))] for k in sorted(per_shot) for c in range(n_cls)]

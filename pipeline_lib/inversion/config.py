@@ -76,6 +76,9 @@ class OviConfig(OptimConfig):
 class InversionConfig(Section):
     """OTI / OVI settings and how their retrieval is evaluated."""
 
+    # The classification dataset (a key of `datasets.classification`) whose test images query its train images.
+    dataset: str = "shapes"
+
     # Seeds the pseudo-token initialisation; each block derives its own seed from this and its index, so a resumed
     # run reproduces an uninterrupted one.
     seed: int = 42

@@ -40,18 +40,19 @@ class RetrievalInputs:
     text_gallery_groups: np.ndarray | None  # (Gt,)
 
 
-def load_inputs(features_dir: Path) -> RetrievalInputs:
-    """Read the few-shot store (and the retrieval-text store when present) from the published features.
+def load_inputs(fewshot_dir: Path, texts_dir: Path) -> RetrievalInputs:
+    """Read the few-shot store of `fewshot_dir` (a `features_fewshot` instance: `inversion.dataset`) and the
+    retrieval-text store of `texts_dir` (the `features` stage) when present.
 
     `pipeline_lib.engine.store.read_array` refuses half-written groups, so a crashed features run is never evaluated,
     and checks every feature array against the width D of the store's clip/text_projection (W, D) (of test/image in
     a store without one).
     """
-    fewshot = features_dir / "fewshot.zarr"
+    fewshot = fewshot_dir / "fewshot.zarr"
     fs = open_store(fewshot)  # a clear error when the features stage has not run
     d = lazy_array(fewshot, "clip/text_projection" if "clip/text_projection" in fs else "test/image").shape[-1]
     class_text = read_array(fewshot, "text/class_proj", (None, d)) if "text/class_proj" in fs else None
-    text_store = features_dir / "retrieval_text.zarr"
+    text_store = texts_dir / "retrieval_text.zarr"
     text: dict[str, np.ndarray | None] = dict.fromkeys(("query/text", "query/group", "gallery/text", "gallery/group"))
     if (text_store / "zarr.json").exists():
         for split in ("query", "gallery"):

@@ -1,9 +1,10 @@
 """Our metrics files -> MeasuredRow, in one place a caller can adapt when those files change shape.
 
 Reads (all optional, missing keys skipped):
-- metrics/fewshot.json: test_acc[method][shots] = {mean, std, n} in points -> task fewshot, setting = shots;
-  zero_shot (identical at every shot count) once more as setting "0"; bridge.{sv_median, sv_max, n_dropped,
-  n_singular_values} -> dataset "-", method "bridge", setting "atol=<atol>".
+- the few-shot report's tables: datasets[name].test_acc[method][shots] = {mean, std, n} in points -> task fewshot,
+  dataset = the entry's `prompts` (its CoOp name), setting = shots; zero_shot (identical at every shot count) once
+  more as setting "0"; datasets[name].bridge.{sv_median, sv_max, n_dropped, n_singular_values} -> dataset "-",
+  method "bridge", setting "atol=<atol>".
 - metrics/czsl.json: rows[row][world][auc|hm|seen|unseen] as fractions (a number, or {mean, std, n}) -> task czsl,
   setting = world; rows[row].rmg -> metric rmg, setting "closed".
 - metrics/inversion.json: image.{image_to_image, oti_to_image}.map and text.{text_to_text, ovi_to_text}.map as
@@ -31,19 +32,21 @@ class RunIdentity:
     """What a run's numbers are keyed by, besides method, setting and metric."""
 
     backbone: str  # the paper's form, from backbone_id(backbone.model, backbone.pretrained)
-    fewshot_dataset: str  # few-shot store and image retrieval (queries = its test split)
+    image_dataset: str  # image retrieval (queries = the test split of the classification dataset inversion reads)
     czsl_dataset: str
     text_dataset: str  # text retrieval
 
 
-def run_identity(params: Mapping[str, Any]) -> RunIdentity:
-    """The identity from a loaded params.yaml (the dict; only the keys below are read)."""
+def run_identity(params: Mapping[str, Any], prompts: Mapping[str, str] | None = None) -> RunIdentity:
+    """The identity from a loaded params.yaml (the dict; only the keys below are read); `prompts` maps a
+    classification dataset's name to its CoOp name (its entry's `prompts`)."""
     backbone = params.get("backbone", {})
     features = params.get("features", {})
     text_path = features.get("retrieval_text", {}).get("path")
+    image = str(params.get("inversion", {}).get("dataset", "shapes"))
     return RunIdentity(
         backbone=backbone_id(str(backbone.get("model", "")), backbone.get("pretrained")),
-        fewshot_dataset=dataset_id(str(features.get("fewshot", {}).get("dataset_name", ""))),
+        image_dataset=dataset_id((prompts or {}).get(image, image)),
         czsl_dataset=dataset_id(str(params.get("czsl", {}).get("dataset", ""))),
         text_dataset=dataset_id(Path(text_path).stem) if text_path else DEFAULT_TEXT_DATASET,
     )
@@ -73,16 +76,23 @@ def _row(
 
 def _fewshot_rows(run: RunIdentity, fewshot: Mapping[str, Any]) -> list[MeasuredRow]:
     rows = []
-    for method, by_shot in fewshot.get("test_acc", {}).items():
+    for name, table in fewshot.get("datasets", {}).items():
+        rows += _dataset_rows(run, dataset_id(str(table.get("prompts", name))), table)
+    return rows
+
+
+def _dataset_rows(run: RunIdentity, dataset: str, table: Mapping[str, Any]) -> list[MeasuredRow]:
+    rows = []
+    for method, by_shot in table.get("test_acc", {}).items():
         for shots in sorted(by_shot, key=int):
             stat = _stat(by_shot[shots])
             if stat is not None:
-                rows.append(_row("fewshot", run.fewshot_dataset, run, method, str(shots), "accuracy", stat, "points"))
+                rows.append(_row("fewshot", dataset, run, method, str(shots), "accuracy", stat, "points"))
         if method == "zero_shot" and by_shot:  # the same number at every shot count; the paper's setting is "0"
             stat = _stat(by_shot[max(by_shot, key=int)])
             if stat is not None:
-                rows.append(_row("fewshot", run.fewshot_dataset, run, method, "0", "accuracy", stat, "points"))
-    bridge = fewshot.get("bridge", {})
+                rows.append(_row("fewshot", dataset, run, method, "0", "accuracy", stat, "points"))
+    bridge = table.get("bridge", {})
     if "atol" in bridge:
         setting = f"atol={float(bridge['atol']):g}"
         units = {"sv_median": "ratio", "sv_max": "ratio", "n_dropped": "count", "n_singular_values": "count"}
@@ -116,7 +126,7 @@ def _czsl_rows(run: RunIdentity, czsl: Mapping[str, Any]) -> list[MeasuredRow]:
 def _inversion_rows(run: RunIdentity, inversion: Mapping[str, Any]) -> list[MeasuredRow]:
     rows = []
     for direction, task, dataset, native, inverted in (
-        ("image", "image_retrieval", run.fewshot_dataset, "image_to_image", "oti_to_image"),
+        ("image", "image_retrieval", run.image_dataset, "image_to_image", "oti_to_image"),
         ("text", "text_retrieval", run.text_dataset, "text_to_text", "ovi_to_text"),
     ):
         block = inversion.get(direction) or {}

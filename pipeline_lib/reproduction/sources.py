@@ -1,6 +1,7 @@
 """This run's measured rows, read from the full tables the stages publish (the metrics files keep only headlines).
 
-- few-shot: the report's tables (`fewshot.outputs.REPORT_TABLES`: mean / std / n per method and shots, the bridge);
+- few-shot: the report's tables (`fewshot.outputs.REPORT_TABLES`: per dataset, mean / std / n per method and shots,
+  the bridge, the CoOp name the dataset is published under);
 - CZSL: the czsl stage's manifest summary (means over seeds per row and world, the mean RMG, the seed count);
 - retrieval: the inversion stage's `outputs.RETRIEVAL` (mAP of each method over the test queries).
 """
@@ -31,7 +32,7 @@ def run_params(root: Path) -> dict[str, Any]:
     """The params the published results were computed with (each manifest records its stage's sections), so a
     results folder without params.yaml, or a workspace whose params.yaml changed since, is named correctly."""
     params: dict[str, Any] = {}
-    for name in ("backbone", "features", "czsl"):
+    for name in ("backbone", "features", "czsl", "inversion"):
         recorded = (_json(root / get_stage(name).manifest_dir / MANIFEST) or {}).get("params", {})
         for key, value in recorded.items():  # dotted keys: the parts of a section the stage declares
             *groups, leaf = key.split(".")
@@ -45,9 +46,11 @@ def run_params(root: Path) -> dict[str, Any]:
 def published_rows(root: Path) -> list[MeasuredRow]:
     """Measured rows of the results published under `root`; stages not published give no rows."""
     folder = {name: root / get_stage(name).manifest_dir for name in ("fewshot_report", "czsl", "inversion")}
+    fewshot = _json(folder["fewshot_report"] / REPORT_TABLES)
+    prompts = {name: str(t.get("prompts", name)) for name, t in (fewshot or {}).get("datasets", {}).items()}
     return measured_rows(
-        run_identity(run_params(root)),
-        fewshot=_json(folder["fewshot_report"] / REPORT_TABLES),
+        run_identity(run_params(root), prompts),
+        fewshot=fewshot,
         czsl=(_json(folder["czsl"] / MANIFEST) or {}).get("summary"),
         inversion=_json(folder["inversion"] / RETRIEVAL),
     )

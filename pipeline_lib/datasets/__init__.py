@@ -1,0 +1,1 @@
+"""The datasets a run uses, by task: the `datasets` params section (each entry is one instance of its stages)."""

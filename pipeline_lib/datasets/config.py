@@ -1,0 +1,62 @@
+"""params.yaml `datasets` section: every dataset of a run, by task, each named once and configured in one place.
+
+The keys of `datasets.classification` are a matrix axis of the pipeline: each name gets its own few-shot feature,
+bridge and run instances (`features_fewshot@pets`, `fewshot_run@pets-4-1`), versioned by its own entry only
+(`datasets.classification.pets`), so adding a dataset computes just its instances and removing one touches nothing
+else. The shapes world the data stage generates is the entry whose `root` is null.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from pipeline_lib.engine.configbase import NamedPaths, Section
+
+#: Dataset names become stage-instance ids (`fewshot_run@oxford_pets-4-1`) and folder names, where `-` separates
+#: matrix values.
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class ClassificationDataset(NamedPaths):
+    """One classification dataset in CoOp's layout: `root/image_dir/<relpath>` images and `root/split_file`."""
+
+    # null = the shapes world the data stage generates (artifacts/data/fewshot/shapes); relative paths start at the
+    # project folder, so a user points at e.g. /data/oxford_pets without touching code.
+    root: str | None = None
+    format: Literal["coop"] = "coop"  # CoOp split json: {"train"|"val"|"test": [[relpath, label, classname]]}
+    split_file: str = "split_zhou_Shapes.json"
+    image_dir: str = "images"  # folder under root that the split's relpaths are relative to
+    prompts: str = "Shapes"  # CoOp dataset name whose prompt templates are used (pipeline_lib.features.prompts)
+    templates: list[str] | None = None  # explicit templates instead of the `prompts` set, each with one "{}"
+    cupl_file: str | None = None  # optional CuPL json {classname: [sentence, ...]}, appended to the templates
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_have_slot(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("templates=[]: expected at least one template, or null for the `prompts` set")
+            bad = [t for t in v if t.count("{}") != 1]
+            if bad:
+                raise ValueError(f"templates {bad!r}: each template needs exactly one '{{}}' class slot")
+        return v
+
+
+class DatasetsConfig(Section):
+    """The run's datasets by task; a name is a key (and an instance id), its entry says where and how to read it."""
+
+    classification: dict[str, ClassificationDataset] = Field(
+        default_factory=lambda: {"shapes": ClassificationDataset()}, min_length=1
+    )
+
+    @field_validator("classification")
+    @classmethod
+    def _names(cls, v: dict[str, ClassificationDataset]) -> dict[str, ClassificationDataset]:
+        bad = [name for name in v if not NAME.match(name)]
+        if bad:
+            raise ValueError(f"dataset names {bad}: use lower-case letters, digits and '_' (they name stage "
+                             "instances and folders), starting with a letter")
+        return v
