@@ -193,9 +193,11 @@ def test_adding_a_dataset_runs_only_its_instances_and_removing_it_only_the_repor
     datasets = params["datasets"]["classification"]
     datasets["more"] = {**datasets["shapes"], "root": "more_shapes"}
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    runs = {f"fewshot_run@more-{k}-{s}" for k in params["fewshot"]["shots"] for s in params["fewshot"]["seeds"]}
+    seeds = params["fewshot"]["seeds"]
+    runs = {f"fewshot_run@more-{k}-{s}" for k in params["fewshot"]["shots"] for s in seeds}
+    support = {f"support@more-{s}" for s in seeds}
     out = sh(dvc_project, "dvc", "repro", "fewshot_report")
-    assert ran_stages(out) == {"features_fewshot@more", "fewshot_bridge@more", *runs, "fewshot_report"}, out
+    assert ran_stages(out) == {"features_fewshot@more", *support, "fewshot_bridge@more", *runs, "fewshot_report"}, out
     metrics = json.loads((dvc_project / "metrics/fewshot.json").read_text())
     assert metrics["test_acc"]["more"] == metrics["test_acc"]["shapes"]  # same images, same numbers
     rows = pipeline_flow(root=str(dvc_project), stages=["fewshot_report"])

@@ -12,6 +12,7 @@ import open_clip
 import polars as pl
 import pytest
 import torch
+import zarr
 from conftest import stage_context
 from model_fixtures import TINY_CONTEXT, TINY_IMAGE_SIZE, tiny_clip, tiny_tokenizer
 from PIL import Image, ImageDraw
@@ -24,6 +25,8 @@ from pipeline_lib.engine.store import ArraySpec, BlockGroup, read_array
 from pipeline_lib.features import shards, stage
 from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.extract import ImageViewsDataset, extract_to_blocks, image_encoder
+from pipeline_lib.fewshot.config import FewshotConfig
+from pipeline_lib.fewshot.sampling import sample_fewshot_indices
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
 SHAPES = ("circle", "square")
@@ -92,23 +95,28 @@ def _backbone() -> Backbone:
     )
 
 
+#: The feature stages' instances: the shapes dataset, its support for sampling seed 1, the CZSL and text stores.
+ITEMS = {"features_fewshot": {"dataset": "shapes"}, "support": {"dataset": "shapes", "seed": 1}, "features": {}}
+RUNNERS = {"features_fewshot": stage.run_features_fewshot, "support": stage.run_support,
+           "features": stage.run_features}
+
+
 def _ctx(root: Path, work: Path, name: str = "features_fewshot", **entry) -> StageContext:
-    """A context of `features_fewshot@shapes` (or of `features`), the shapes entry updated with `entry`."""
+    """A context of one feature stage instance (ITEMS), the shapes entry updated with `entry`; 2-shot samples."""
     cfg = Config(
         datasets=DatasetsConfig(classification={"shapes": ClassificationDataset(**entry)}),
         features=FeaturesConfig(batch_size=4, views=3, rows_per_chunk=2, rows_per_shard=4),
+        fewshot=FewshotConfig(shots=[2], seeds=[1]),
         runtime=RuntimeConfig(device="cpu", num_workers=0, progress=False),
     )
-    item = {"dataset": "shapes"} if name == "features_fewshot" else {}
-    return stage_context(root, name, cfg, work, **item)
+    return stage_context(root, name, cfg, work, **ITEMS[name])
 
 
-def run_both(root: Path, work: Path) -> dict:
-    """Both feature stages into `work`: the few-shot summary, with the `features` stage's CZSL summary and work."""
-    fewshot = stage.run_features_fewshot(_ctx(root, work))
-    shared = stage.run_features(_ctx(root, work, "features"))
-    return {**fewshot, "czsl": shared["czsl"],
-            **{key: fewshot[key] + shared[key] for key in ("images_encoded", "blocks_skipped")}}
+def run_all(root: Path, work: Path) -> dict:
+    """Every feature stage into `work`: each one's summary by name, and the work they did together."""
+    summaries = {name: run(_ctx(root, work, name)) for name, run in RUNNERS.items()}
+    return {**summaries, **{key: sum(s[key] for s in summaries.values()) for key in ("images_encoded",
+                                                                                     "blocks_skipped")}}
 
 
 @pytest.fixture(scope="module")
@@ -135,17 +143,22 @@ class Killed(Exception):
 
 def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Backbone, monkeypatch) -> None:
     t0 = time.perf_counter()
-    summary = run_both(world, tmp_path / "full")
+    summary = run_all(world, tmp_path / "full")
     elapsed = time.perf_counter() - t0
-    fs = tmp_path / "full" / "artifacts" / "features" / "fewshot" / "shapes" / "fewshot.zarr"
+    features = tmp_path / "full" / "artifacts" / "features"
+    fs = features / "fewshot" / "shapes" / "fewshot.zarr"
 
-    # Few-shot store: shapes, labels, views (view 0 = plain image), text and clip arrays.
+    # Few-shot store: shapes, labels, plain train images, text and clip arrays.
     image = read_array(fs, "train/image")
-    views = read_array(fs, "train/views")
-    assert image.shape == (15, 128) and views.shape == (15, 3, 128)
-    np.testing.assert_array_equal(views[:, 0], image)
-    assert not np.allclose(views[:, 1], image)
+    assert image.shape == (15, 128) and "views" not in zarr.open_group(str(fs))["train"]
     np.testing.assert_array_equal(read_array(fs, "train/label"), np.repeat([0, 1, 2], 5))
+    # Support store of seed 1: every view of the 2 x 3 images its 2-shot sample draws (view 0 = plain image).
+    sp = features / "support" / "shapes" / "s1" / "support.zarr"
+    index, views = read_array(sp, "train/index"), read_array(sp, "train/views")
+    assert index.tolist() == sorted(sample_fewshot_indices(np.repeat([0, 1, 2], 5).tolist(), 2, 1))
+    assert views.shape == (6, 3, 128) and read_array(sp, "sampling/labels").shape == (15,)
+    np.testing.assert_allclose(views[:, 0], image[index], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(views[:, 1], views[:, 0])
     np.testing.assert_array_equal(read_array(fs, "test/index"), np.arange(6))
     with torch.no_grad():
         ds = ImageViewsDataset(
@@ -159,18 +172,19 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     assert float(read_array(fs, "clip/logit_scale")) == pytest.approx(1 / 0.07, rel=1e-4)
 
     # CZSL store: tokens (CLS + 64 patches), labels into the closed-world pair list.
-    cz = tmp_path / "full" / "artifacts" / "features" / "czsl_and_texts" / "czsl.zarr"
+    cz = features / "czsl_and_texts" / "czsl.zarr"
     tokens = read_array(cz, "train/tokens")
     assert tokens.shape == (4, 65, 128)
     # One pass gives both: with 'tok' pooling the CLS token in the joint space is the pooled feature.
     np.testing.assert_allclose(tokens[:, 0], read_array(cz, "train/image"), rtol=1e-5, atol=1e-6)
     # closed-world pairs, sorted: blue circle, blue square, red circle, red square
     assert read_array(cz, "test/pair").tolist() == [0, 0, 2, 2]
-    rt = tmp_path / "full" / "artifacts" / "features" / "czsl_and_texts" / "retrieval_text.zarr"
+    rt = features / "czsl_and_texts" / "retrieval_text.zarr"
     assert read_array(rt, "gallery/text").shape == (3, 128)
     assert read_array(rt, "gallery/group").tolist() == [0, 1, 2]
 
-    assert summary["fewshot"]["train"]["forwards"] == 45 and summary["images_per_s"] > 0
+    assert summary["features_fewshot"]["fewshot"]["train"]["forwards"] == 15  # each train image once
+    assert summary["support"]["support"]["train"]["forwards"] == 18 and summary["support"]["images_per_s"] > 0
     assert not (tmp_path / "full" / "metrics").exists()  # bookkeeping is the manifest's, not a metrics file
     assert elapsed < 20, f"tiny stage took {elapsed:.1f} s"
 
@@ -186,14 +200,14 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     with pytest.raises(Killed):
         stage.run_features_fewshot(_ctx(world, tmp_path / "resumed"))
     monkeypatch.setattr(stage, "after_block", None)
-    rerun = run_both(world, tmp_path / "resumed")
+    rerun = run_all(world, tmp_path / "resumed")
     assert rerun["blocks_skipped"] == 3
     assert rerun["images_encoded"] == summary["images_encoded"]  # the killed run's blocks count too
     full_tree = _tree(tmp_path / "full" / "artifacts" / "features")
     assert full_tree == _tree(tmp_path / "resumed" / "artifacts" / "features")
-    # Sharding: 8 chunks of 2 rows in 4 shard files of 4 rows (one per block).
-    views = "fewshot/shapes/fewshot.zarr/train/views/c/"
-    assert sorted(k for k in full_tree if k.startswith(views)) == [f"{views}{i}/0/0" for i in range(4)]
+    # Sharding: 3 chunks of 2 rows in 2 shard files of 4 rows (one per block).
+    views = "support/shapes/s1/support.zarr/train/views/c/"
+    assert sorted(k for k in full_tree if k.startswith(views)) == [f"{views}{i}/0/0" for i in range(2)]
 
 
 def test_summary_counts_the_blocks_shard_workers_encoded(
@@ -201,24 +215,24 @@ def test_summary_counts_the_blocks_shard_workers_encoded(
 ) -> None:
     """Under scale-out the stage call finds every image block done by shard workers; its summary (the manifest) still
     counts their work (from the block records they leave in the scratch folder), and the stores stay byte-identical."""
-    single = run_both(world, tmp_path / "single")
+    single = run_all(world, tmp_path / "single")
     planned = 0
-    for name in ("features_fewshot", "features"):
+    for name in RUNNERS:
         shard_list = shards.plan_shards(_ctx(world, tmp_path / "sharded", name))
         for shard in reversed(shard_list):  # any order, each from a worker's own context
             done = shards.extract_shard(_ctx(world, tmp_path / "sharded", name), shard)
             assert done["blocks_written"] == len(shard.blocks) and done["forwards"] > 0
         planned += len(shard_list)
-    sharded = run_both(world, tmp_path / "sharded")
+    sharded = run_all(world, tmp_path / "sharded")
 
     assert sharded["blocks_skipped"] == planned > 1  # one block per shard, all written by the workers
-    assert sharded["images_encoded"] == single["images_encoded"] == 15 * 3 + 3 + 6 + 4 + 2 + 4
-    assert sharded["images_per_s"] > 0
-    for store in ("fewshot", "czsl"):
-        for split in ("train", "val", "test"):
-            got, want = sharded[store][split], single[store][split]
-            assert got["forwards"] == want["forwards"] and got["images"] == want["images"], (store, split)
-            assert got["blocks_written"] == 0 and got["seconds"] > 0 and got["images_per_s"] > 0, (store, split)
+    assert sharded["images_encoded"] == single["images_encoded"] == 15 + 3 + 6 + 6 * 3 + 4 + 2 + 4
+    assert all(sharded[name]["images_per_s"] > 0 for name in RUNNERS)
+    groups = [("features_fewshot", "fewshot", s) for s in ("train", "val", "test")] + [("support", "support", "train")]
+    for name, store, split in groups + [("features", "czsl", s) for s in ("train", "val", "test")]:
+        got, want = sharded[name][store][split], single[name][store][split]
+        assert got["forwards"] == want["forwards"] and got["images"] == want["images"], (store, split)
+        assert got["blocks_written"] == 0 and got["seconds"] > 0 and got["images_per_s"] > 0, (store, split)
     features = Path("artifacts") / "features"
     assert _tree(tmp_path / "sharded" / features) == _tree(tmp_path / "single" / features)  # no records in outputs
 

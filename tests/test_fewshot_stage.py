@@ -13,8 +13,10 @@ from conftest import REPO, stage_context
 
 from pipeline_lib.engine.config import Config, RuntimeConfig, load_config
 from pipeline_lib.engine.context import StageContext
+from pipeline_lib.features.stores import support_indices
 from pipeline_lib.fewshot.config import FewshotConfig
-from pipeline_lib.fewshot.stage import run_fewshot_fit, run_fewshot_report, run_fewshot_seed
+from pipeline_lib.fewshot.sampling import sample_fewshot_indices
+from pipeline_lib.fewshot.stage import run_fewshot_fit, run_fewshot_report, run_fewshot_seed, support_views
 
 
 def ctx(root: Path, stage: str, cfg: FewshotConfig, processes: int = 1, **item: int) -> StageContext:
@@ -25,21 +27,21 @@ def ctx(root: Path, stage: str, cfg: FewshotConfig, processes: int = 1, **item: 
 
 
 def _write_store(path: Path, c=4, d=8, v=2, n_train=6, n_val=3, n_test=6, seed=0):
+    """A few-shot store; returns the train split's views (N, V, D) and labels, for the support stores."""
     g = np.random.default_rng(seed)
     centres = g.normal(size=(c, d)).astype(np.float32)
     grp = zarr.open_group(str(path), mode="w")
 
-    def split(name, per_class, views=False):
+    def split(name, per_class):
         y = np.tile(np.arange(c), per_class).astype(np.int64)
         x = (centres[y] + 0.8 * g.normal(size=(len(y), d))).astype(np.float32)
         grp.create_array(f"{name}/image", data=x)
         grp.create_array(f"{name}/label", data=y)
         grp.create_array(f"{name}/index", data=np.arange(len(y), dtype=np.int64))
-        if views:
-            vv = np.stack([x] + [x + 0.1 * g.normal(size=x.shape).astype(np.float32) for _ in range(v - 1)], 1)
-            grp.create_array(f"{name}/views", data=vv.astype(np.float32))
+        return x, y
 
-    split("train", n_train, views=True)
+    x, y = split("train", n_train)
+    views = np.stack([x] + [x + 0.1 * g.normal(size=x.shape).astype(np.float32) for _ in range(v - 1)], 1)
     split("val", n_val)
     split("test", n_test)
     w_txt = (g.normal(size=(d, d)) / np.sqrt(d)).astype(np.float32)
@@ -50,14 +52,28 @@ def _write_store(path: Path, c=4, d=8, v=2, n_train=6, n_val=3, n_test=6, seed=0
     grp.create_array("text/class_eos", data=eos_raw / np.linalg.norm(eos_raw, axis=1, keepdims=True))
     grp.create_array("clip/text_projection", data=w_txt)
     grp.create_array("clip/logit_scale", data=np.array(100.0, dtype=np.float32))
+    return views.astype(np.float32), y
+
+
+def _write_support(path: Path, views: np.ndarray, labels: np.ndarray, shots: list[int], seed: int) -> None:
+    """The support store of one seed: only the rows its samples draw, as the support stage writes them."""
+    drawn = support_indices(labels.tolist(), shots, seed)
+    grp = zarr.open_group(str(path), mode="w")
+    grp.create_array("train/views", data=views[drawn])
+    grp.create_array("train/image", data=views[drawn, 0])
+    grp.create_array("train/label", data=labels[drawn])
+    grp.create_array("train/index", data=drawn)
+    grp.create_array("sampling/labels", data=labels)
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("fewshot")
-    _write_store(root / "artifacts/features/fewshot/shapes/fewshot.zarr")
+    views, labels = _write_store(root / "artifacts/features/fewshot/shapes/fewshot.zarr")
     smoke = load_config(REPO, "smoke").fewshot
     cfg = smoke.model_copy(update={"shots": [2]})  # the smoke profile, one shot count to stay fast
+    for seed in cfg.seeds:
+        _write_support(root / f"artifacts/features/support/shapes/s{seed}/support.zarr", views, labels, [1, 2], seed)
     fit = run_fewshot_fit(ctx(root, "fewshot_bridge", cfg))
     seeds = [run_fewshot_seed(ctx(root, "fewshot_run", cfg, shots=k, seed=s)) for k in cfg.shots for s in cfg.seeds]
     report = run_fewshot_report(ctx(root, "fewshot_report", cfg))
@@ -116,7 +132,7 @@ def test_parallel_searches_give_the_serial_results(published, tmp_path):
     """runtime.processes = 2 runs the training-free searches in a child process: same results file, byte for byte."""
     root, cfg, _, _, _ = published
     other = tmp_path / "parallel"
-    shutil.copytree(root / "artifacts/features", other / "artifacts/features")
+    shutil.copytree(root / "artifacts/features", other / "artifacts/features")  # few-shot and support stores
     shutil.copytree(root / "artifacts/fewshot_bridge", other / "artifacts/fewshot_bridge")  # every dataset's
     run_fewshot_seed(ctx(other, "fewshot_run", cfg, processes=2, shots=2, seed=1))
     serial = root / "artifacts/fewshot_runs/shapes/k2-s1"
@@ -131,3 +147,17 @@ def test_parallel_searches_give_the_serial_results(published, tmp_path):
 
     assert without_timings(parallel / "results.json") == without_timings(serial / "results.json")
     assert (parallel / "search.csv").read_bytes() == (serial / "search.csv").read_bytes()
+
+
+def test_support_rows_are_the_drawn_images_and_a_store_for_fewer_shots_is_refused(tmp_path: Path) -> None:
+    """A run redraws its sample from the support store's labels and reads exactly those images' views; a store made
+    for smaller shot counts misses images of a larger sample, which is an error naming the sample."""
+    views, labels = _write_store(tmp_path / "fewshot.zarr", n_train=6)
+    _write_support(tmp_path / "s1.zarr", views, labels, [1, 4], seed=1)
+    got, got_labels, idx = support_views(tmp_path / "s1.zarr", 4, 1, views.shape[-1])
+    drawn = zarr.open_group(str(tmp_path / "s1.zarr"))["train/index"].shape[0]
+    assert idx == sample_fewshot_indices(labels.tolist(), 4, 1) and drawn < len(labels)  # only the drawn images
+    np.testing.assert_array_equal(got, views[idx])
+    np.testing.assert_array_equal(got_labels, labels[idx])
+    with pytest.raises(KeyError, match="6-shot sample of seed 1"):
+        support_views(tmp_path / "s1.zarr", 6, 1, views.shape[-1])

@@ -23,7 +23,7 @@ from pipeline_lib.engine.stages import STAGES, get_stage
 
 BIN = Path(sys.executable).parent
 FEWSHOT = {"fewshot_bridge", "fewshot_run", "fewshot_report"}
-FEATURES = {"features_fewshot", "features"}
+FEATURES = {"features_fewshot", "support", "features"}
 
 #: module edited -> the stages whose code it is (directly; downstream stages key on upstream content instead)
 EXPECTED_STALE: dict[str, set[str]] = {

@@ -109,7 +109,8 @@ class ImageViewsDataset(Dataset):
     (its ToTensor + Normalize tail deferred to `finish`, on the whole batch; see BatchNormalize).
 
     View 0 is the plain image; view j > 0 is augmented with randomness from (seed, i, j) only, where i is the row in
-    the split list, so results do not depend on batching, workers or resumption.
+    the split list (or `view_ids[i]`, the image's index in its whole split when only some images are encoded), so
+    results do not depend on batching, workers, resumption or which other images are encoded.
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class ImageViewsDataset(Dataset):
         seed: int = 0,
         crop_size: int = 224,
         split: bool = True,
+        view_ids: Sequence[int] | None = None,
     ) -> None:
         if views < 1:
             raise ValueError(f"views={views}: expected >= 1")
@@ -132,14 +134,18 @@ class ImageViewsDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.crop_size = crop_size
+        self.view_ids = None if view_ids is None else [int(v) for v in view_ids]
+        if self.view_ids is not None and len(self.view_ids) != len(self.paths):
+            raise ValueError(f"{len(self.view_ids)} view ids for {len(self.paths)} images")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, Tensor]:
         img = _load_rgb(self.paths[i])
+        index = i if self.view_ids is None else self.view_ids[i]
         out = [
-            self.transform(augment_view(img, self.augment, self.seed, i, v, self.crop_size) if v else img)
+            self.transform(augment_view(img, self.augment, self.seed, index, v, self.crop_size) if v else img)
             for v in range(self.views)
         ]
         return i, torch.stack(out)  # (V, 3, H, W), uint8 when a batch tail finishes the preprocess

@@ -37,6 +37,7 @@ class ImageGroup:
     plan: dict[str, Any]
     views: int = 1
     tokens: bool = False
+    view_ids: tuple[int, ...] | None = None  # each image's index in its whole split (augmentation seeds); None = row
 
     @property
     def key(self) -> str:
@@ -161,7 +162,8 @@ class ExtractionRun:
         """Extract the group's pending blocks (all of them, or those among `blocks`); what this call did."""
         c = self.cfg
         dataset = ImageViewsDataset(
-            g.paths, self.backbone.preprocess, g.views, self._augment(g), c.seed, self.backbone.image_size
+            g.paths, self.backbone.preprocess, g.views, self._augment(g), c.seed, self.backbone.image_size,
+            view_ids=g.view_ids,
         )
         return extract_to_blocks(
             bg,

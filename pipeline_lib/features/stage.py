@@ -1,11 +1,12 @@
 """The feature stages: every CLIP feature later stages need, extracted once into zarr stores.
 
-`features_fewshot@<dataset>` writes one classification dataset's store (`datasets.classification`); `features`
-writes the CZSL and text-retrieval stores. The entry points only resolve inputs through the stage context (the data
-stage's datasets unless params point elsewhere, the published backbone) and call the store writers of
-`features.stores`. Stores land
-in the stage's output folder; block records (what encoding each block took, wherever it ran) stay in the scratch
-folder, so the metrics count the work of every block, including blocks shard workers wrote (`features.shards`).
+`features_fewshot@<dataset>` writes one classification dataset's store (`datasets.classification`): val, test and
+(unless the entry says otherwise) train images once, and the class prompts; `support@<dataset>-<seed>` writes every
+augmented view of the train images one sampling seed draws; `features` writes the CZSL and text-retrieval stores.
+The entry points only resolve inputs through the stage context (the data stage's datasets unless params point
+elsewhere, the published backbone) and call the store writers of `features.stores`. Stores land in the stage's
+output folder; block records (what encoding each block took, wherever it ran) stay in the scratch folder, so the
+summaries count the work of every block, including blocks shard workers wrote (`features.shards`).
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ from pipeline_lib.features.stores import (
     load_czsl_source,
     load_fewshot_source,
     resolve_source,
+    support_group,
     write_czsl_store,
     write_fewshot_store,
     write_retrieval_text_store,
+    write_support_store,
 )
 
 log = logging.getLogger(__name__)
 
 #: The few-shot store inside a `features_fewshot` instance's output folder.
 FEWSHOT_STORE = "fewshot.zarr"
+#: The support store inside a `support` instance's output folder.
+SUPPORT_STORE = "support.zarr"
 #: Folder of the block records inside the instance's scratch folder (never published: timings are not content).
 BLOCK_RECORDS = "block_records"
 #: Where each dataset lives under the data stage's output unless params name another place.
@@ -100,8 +105,12 @@ def image_groups(run: ExtractionRun, ctx: StageContext) -> list[ImageGroup]:
     out_dir = ctx.output()
     if ctx.inst.stage.name == "features_fewshot":
         entry, source = classification_entry(ctx), fewshot_source(ctx)
-        return fewshot_groups(run, out_dir / FEWSHOT_STORE, load_fewshot_source(entry, source), source,
-                              entry.image_dir)
+        return fewshot_groups(run, out_dir / FEWSHOT_STORE, load_fewshot_source(entry, source), source, entry)
+    if ctx.inst.stage.name == "support":
+        entry, source = classification_entry(ctx), fewshot_source(ctx)
+        ds = load_fewshot_source(entry, source)
+        return [support_group(run, out_dir / SUPPORT_STORE, ds, source, entry, ctx.cfg.fewshot.shots,
+                              int(ctx.item["seed"]))]
     found = sources(ctx)
     if "czsl.zarr" not in found:
         return []
@@ -141,6 +150,19 @@ def run_features_fewshot(ctx: StageContext) -> dict[str, Any]:
     summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name, "dataset": ctx.item["dataset"]}
     summary["fewshot"] = write_fewshot_store(run, ctx.output() / FEWSHOT_STORE, fewshot_source(ctx),
                                              classification_entry(ctx), cupl_source(ctx))
+    return _finish(ctx, run, summary, t0)
+
+
+def run_support(ctx: StageContext) -> dict[str, Any]:
+    """Stage entry point of `support@<dataset>-<seed>`: every view of the train images the seed's few-shot samples
+    draw at any configured shot count (see `run_features_fewshot`)."""
+    t0 = time.perf_counter()
+    run = extraction_run(ctx)
+    seed = int(ctx.item["seed"])
+    summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name, "dataset": ctx.item["dataset"],
+                               "seed": seed}
+    summary["support"] = write_support_store(run, ctx.output() / SUPPORT_STORE, fewshot_source(ctx),
+                                             classification_entry(ctx), ctx.cfg.fewshot.shots, seed)
     return _finish(ctx, run, summary, t0)
 
 

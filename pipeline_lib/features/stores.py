@@ -1,6 +1,7 @@
 """The feature stores, one writer per dataset: plain functions of an ExtractionRun, the store path and the source.
 
-  fewshot.zarr         {train,val,test}/image|label|index, train/views, text/*, clip/*
+  fewshot.zarr         {train,val,test}/image|label|index (train only with train_features), text/*, clip/*
+  support.zarr         train/image|views|label|index of the images one sampling seed draws, sampling/labels
   czsl.zarr            {train,val,test}/image|attr|obj|pair[|tokens]
   retrieval_text.zarr  {query,gallery}/text|group
 Image groups are written in resumable shard blocks (layout in pipeline_lib.engine.store): a killed run continues from
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,19 +84,59 @@ def load_fewshot_source(entry: ClassificationDataset, source: Path) -> Any:
     return load_coop_dataset(source, entry.split_file, entry.image_dir)
 
 
-def fewshot_groups(run: ExtractionRun, store: Path, ds: Any, source: Path, image_dir: str) -> list[ImageGroup]:
-    """The few-shot store's image groups: one per split present (CoOp files may omit val), views on train."""
-    image_root = (source / image_dir).resolve()
-    groups = []
-    for split in [s for s in SPLITS if s in ds.splits]:
-        df = ds.split(split)
-        paths = df["path"].to_list()
-        rel = [os.path.relpath(p, image_root) for p in paths]  # content identity, independent of where data lives
-        labels = df["label"].to_numpy().astype(np.int64)
-        rows = {"label": labels, "index": np.arange(len(paths), dtype=np.int64)}
-        plan = run.plan(split=_digest([rel, labels.tolist()]))
-        groups.append(ImageGroup(store, split, paths, rows, plan, views=run.cfg.views if split == "train" else 1))
-    return groups
+def fewshot_groups(run: ExtractionRun, store: Path, ds: Any, source: Path, entry: ClassificationDataset
+                   ) -> list[ImageGroup]:
+    """The few-shot store's image groups: one per split present (CoOp files may omit val; train only when the entry
+    asks for train features), one plain view each (the support stage encodes the augmented views)."""
+    splits = [s for s in SPLITS if s in ds.splits and (s != "train" or entry.train_features)]
+    return [_image_group(run, store, split, ds.split(split), source / entry.image_dir) for split in splits]
+
+
+def _image_group(run: ExtractionRun, store: Path, name: str, df: pl.DataFrame, image_root: Path,
+                 chosen: np.ndarray | None = None, views: int = 1) -> ImageGroup:
+    """The group of a split's images (or of its `chosen` rows), labelled, with each image's index in the split."""
+    index = np.arange(len(df), dtype=np.int64) if chosen is None else chosen
+    paths = [df["path"][int(i)] for i in index] if chosen is not None else df["path"].to_list()
+    rel = [os.path.relpath(p, image_root.resolve()) for p in paths]  # content identity, independent of where data is
+    labels = df["label"].to_numpy().astype(np.int64)[index]
+    plan = run.plan(split=_digest([rel, labels.tolist()] + ([index.tolist()] if chosen is not None else [])))
+    view_ids = tuple(index.tolist()) if chosen is not None else None
+    return ImageGroup(store, name, paths, {"label": labels, "index": index}, plan, views=views, view_ids=view_ids)
+
+
+def support_indices(labels: Sequence[int], shots: Sequence[int], seed: int) -> np.ndarray:
+    """The train indices that the (shots, seed) few-shot samples draw, over every shot count, sorted: the same
+    deterministic sampling the few-shot runs use (`fewshot.sampling`)."""
+    from pipeline_lib.fewshot.sampling import sample_fewshot_indices
+
+    drawn = {i for k in shots for i in sample_fewshot_indices(labels, k, seed)}
+    return np.array(sorted(drawn), dtype=np.int64)
+
+
+def support_group(run: ExtractionRun, store: Path, ds: Any, source: Path, entry: ClassificationDataset,
+                  shots: Sequence[int], seed: int) -> ImageGroup:
+    """The support store's one group: every view of the train images the seed's samples draw."""
+    df = ds.split("train")
+    chosen = support_indices(df["label"].to_list(), shots, seed)
+    return _image_group(run, store, "train", df, source / entry.image_dir, chosen, views=run.cfg.views)
+
+
+def write_support_store(run: ExtractionRun, store: Path, source: Path, entry: ClassificationDataset,
+                        shots: Sequence[int], seed: int) -> dict[str, Any]:
+    """support.zarr: train/views (row r = train image train/index[r]; view 0 un-augmented) and the whole split's
+    labels (`sampling/labels`), from which a run redraws its sample and finds its rows."""
+    ds = load_fewshot_source(entry, source)
+    g = support_group(run, store, ds, source, entry, shots, seed)
+    out = {"train": run.image_group(g), "train_images": len(ds.split("train")), "drawn": len(g.paths)}
+    top = zarr.open_group(str(store), mode="a")
+    write_whole(top.require_group("sampling"), "labels", ds.split("train")["label"].to_numpy().astype(np.int64))
+    top.attrs.update({
+        "shots": list(shots),
+        "seed": seed,
+        "views": "train/views[:, 0] is the un-augmented image (= train/image); views 1.. are offline augmentations",
+        "provenance": store_provenance(run, source, dataset=entry.model_dump(mode="json")),
+    })
+    return out
 
 
 def write_fewshot_store(
@@ -118,7 +160,7 @@ def write_fewshot_store(
     write_whole(cg, "logit_scale", np.asarray(logit_scale(model), dtype=np.float32))
 
     out: dict[str, Any] = {"classes": len(ds.classnames), "prompts_per_class": text.prompt_count.tolist()}
-    for g in fewshot_groups(run, store, ds, source, entry.image_dir):
+    for g in fewshot_groups(run, store, ds, source, entry):
         out[g.name] = run.image_group(g)
     top.attrs.update(
         {
@@ -127,7 +169,6 @@ def write_fewshot_store(
             "cupl_file": str(cupl_path) if cupl_path else None,
             "prompt_padding": "text/prompt_* rows past text/prompt_count[c] are NaN",
             "logit_scale": "exp(logit_scale), the multiplier on cosines",
-            "views": "train/views[:, 0] is the un-augmented image (= train/image); views 1.. are offline augmentations",
             "provenance": store_provenance(run, source, dataset=entry.model_dump(mode="json")),
         }
     )

@@ -34,6 +34,7 @@ from pipeline_lib.fewshot.sampling import build_support, sample_fewshot_indices
 log = logging.getLogger(__name__)
 
 STORE = "fewshot.zarr"  # the few-shot store inside a `features_fewshot` instance's output folder
+SUPPORT = "support.zarr"  # the support store inside a `support` instance's output folder
 BRIDGE_WEIGHTS = "bridge.pt"
 BRIDGE_META = "bridge.json"
 # Files of one (shots, seed) run that the report reads.
@@ -95,35 +96,50 @@ def load_bridge(path: Path) -> BridgeFit:
 # ------------------------------------------------------------------------------------------------------ seed
 
 
-def load_inputs(store: Path, shots: int, seed: int, augment_epochs: int) -> tuple[FewshotInputs, list[int]]:
-    """Sample the K-shot subset from the train split and gather the cached features every method needs.
+def support_views(support: Path, shots: int, seed: int, d_p: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The views of the K-shot sample (N_s, V, D_p), their labels and the sample's train indices (Dassl order).
+
+    The sample is drawn again from the whole split's labels (`sampling/labels`), exactly as the support stage drew
+    it; its images are the store's rows whose `train/index` they are.
+    """
+    labels = read_store_array(support, "sampling/labels", (None,)).astype(np.int64)
+    idx = sample_fewshot_indices(labels.tolist(), shots, seed)
+    index = read_store_array(support, "train/index", (None,)).astype(np.int64)
+    rows = np.searchsorted(index, idx)
+    missing = [i for i, r in zip(idx, rows, strict=True) if r >= len(index) or index[r] != i]
+    if missing:
+        raise KeyError(f"{support}: train images {missing[:5]} of the {shots}-shot sample of seed {seed} were not "
+                       "extracted (the support store was made for other shot counts or another split)")
+    views = read_store_array(support, "train/views", (len(index), None, d_p))[rows]  # (N_s, V, D_p)
+    return views, labels[idx], idx
+
+
+def load_inputs(store: Path, support: Path, shots: int, seed: int, augment_epochs: int
+                ) -> tuple[FewshotInputs, list[int]]:
+    """Sample the K-shot subset and gather the cached features every method needs: the support views from the
+    support store, everything else from the dataset's few-shot store.
 
     Every array is checked against the widths of clip/text_projection (D_t, D_p), so a store that does not hang
     together fails here, naming the array, rather than in a matmul.
     """
     w_txt = _t(read_store_array(store, "clip/text_projection", (None, None)))  # (D_t, D_p)
     d_t, d_p = w_txt.shape
-    train_labels = read_store_array(store, "train/label", (None,)).astype(np.int64)
-    n_train = len(train_labels)
     class_proj = _t(read_store_array(store, "text/class_proj", (None, d_p)))  # (C, D_p)
     n_classes = class_proj.shape[0]
-    idx = sample_fewshot_indices(train_labels.tolist(), shots, seed)
-    try:
-        views = read_store_array(store, "train/views", (n_train, None, d_p))  # (N, V, D_p)
-    except KeyError:  # a store extracted with features.views = 1 has no views array: the images are view 0
-        views = read_store_array(store, "train/image", (n_train, d_p))[:, None, :]  # (N, 1, D_p)
-    support = build_support(views, train_labels, idx, n_classes, augment_epochs)  # (C, K', D_p)
+    views, labels, idx = support_views(support, shots, seed, d_p)
+    support_set = build_support(views, labels, range(len(idx)), n_classes, augment_epochs)  # (C, K', D_p)
     split = {name: read_store_array(store, f"{name}/image", (None, d_p)) for name in ("val", "test")}  # (N_s, D_p)
-    labels = {name: read_store_array(store, f"{name}/label", (len(x),)).astype(np.int64) for name, x in split.items()}
+    labels_by = {name: read_store_array(store, f"{name}/label", (len(x),)).astype(np.int64)
+                 for name, x in split.items()}
     inp = FewshotInputs(
-        support=support,
+        support=support_set,
         text_proj=class_proj,
         text_eos=_t(read_store_array(store, "text/class_eos", (n_classes, d_t))),
         w_txt=w_txt,
         val_raw=_t(split["val"]),
-        val_labels=torch.from_numpy(labels["val"]),
+        val_labels=torch.from_numpy(labels_by["val"]),
         test_raw=_t(split["test"]),
-        test_labels=torch.from_numpy(labels["test"]),
+        test_labels=torch.from_numpy(labels_by["test"]),
     )
     return inp, idx
 
@@ -137,7 +153,7 @@ def run_fewshot_seed(ctx: StageContext) -> dict:
     parallel = ctx.cfg.runtime.processes > 1 and cfg.run_training
     with started_pool(1) if parallel else nullcontext() as pool:  # its worker starts before the store is opened
         fit = load_bridge(bridge_dir)
-        inp, idx = load_inputs(store, shots, seed, cfg.augment_epochs)
+        inp, idx = load_inputs(store, ctx.input("support") / SUPPORT, shots, seed, cfg.augment_epochs)
         res = evaluate_seed(inp, fit, cfg, seed, ctx.device, pool)
     out = ctx.output()
     record = {"shots": shots, "seed": seed, "support_shape": list(inp.support.shape), "train_indices": idx,
