@@ -232,6 +232,58 @@ def params(root: RootOpt = Path("."), profile: ProfileOpt = None, set_: SetOpt =
     typer.echo(yaml.safe_dump(effective_params(cfg), sort_keys=False, width=120), nl=False)
 
 
+def _amount(value: float, unit: str = "") -> str:
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.1f}{suffix}{unit}"
+    return f"{value:.0f}{unit}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else (
+        f"{seconds:.1f} s")
+
+
+@app.command()
+@friendly_errors
+def plan(
+    stage_names: Annotated[
+        list[str] | None, typer.Option("--stage", help="Plan this stage and what it needs (repeatable; default all).")
+    ] = None,
+    root: RootOpt = Path("."),
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    probe: Annotated[bool, typer.Option(help="Time the backbone on the configured device to estimate hours.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="The plan as one JSON object on stdout.")] = False,
+) -> None:
+    """Before anything runs: each stage instance's forward passes (or optimisation steps), estimated time and disk.
+
+    Times come from a few-second probe of the configured backbone (random weights, nothing downloaded) on the
+    configured device; steps on cached features are counted, not timed. Published instances are planned too.
+    """
+    from pipeline_lib.engine.preflight import preflight
+    from pipeline_lib.plan.build import build_plan
+
+    cfg = preflight(root, profile, tuple(set_ or ()))
+    result = build_plan(root.resolve(), cfg, stage_names, with_probe=probe)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=1))
+        return
+    table = Table(title="bridgeflow plan")
+    for column in ("instance", "work", "time", "disk", "note"):
+        table.add_column(column)
+    for row in result.rows:
+        work = ", ".join(f"{_amount(n)} {kind}" for kind, n in row["work"].items()) or "-"
+        table.add_row(row["instance"], work, _duration(row["seconds"]), _amount(row["disk_bytes"], "B"), row["note"])
+    Console().print(table)
+    totals = result.totals()
+    rates = ", ".join(f"{kind} {rate:.1f}/s" for kind, rate in result.probe.rates.items()) if result.probe else "none"
+    console.print(f"{totals['instances']} instances, {_duration(totals['seconds'])} of timed work, "
+                  f"{_amount(totals['disk_bytes'], 'B')} of features; probe: {rates}")
+
+
 @app.command("check-params")
 @friendly_errors
 def check_params(

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_dvc_prefect import FOUNDATION, init_repo, ran_stages, sh
+from test_dvc_prefect import FOUNDATION, IDS, init_repo, ran_stages, sh
 
 
 def status_states(output: str) -> dict[str, str]:
@@ -21,7 +21,7 @@ def test_fresh_clone_pulls_results_and_recomputes_nothing(tmp_path: Path) -> Non
     origin = copy_project(tmp_path / "origin")
     init_repo(origin)
     out = sh(origin, "dvc", "repro", *FOUNDATION)
-    assert ran_stages(out) == set(FOUNDATION)
+    assert ran_stages(out) == set(IDS)
     remote = tmp_path / "remote"
     remote.mkdir()
     sh(origin, "dvc", "remote", "add", "-d", "local", str(remote))
@@ -40,5 +40,5 @@ def test_fresh_clone_pulls_results_and_recomputes_nothing(tmp_path: Path) -> Non
     assert "Running stage" not in out, out
     assert not (clone / ".bridgeflow/work").exists()  # no stage command ran, not even to find itself cached
     states = status_states(sh(clone, "bridgeflow", "status", "--json"))
-    assert {stage: states.get(stage) for stage in FOUNDATION} == dict.fromkeys(FOUNDATION, "up to date"), states
+    assert {stage: states.get(stage) for stage in IDS} == dict.fromkeys(IDS, "up to date"), states
     assert sh(clone, "git", "status", "--porcelain").strip() == ""  # dvc.lock and metrics unchanged

@@ -1,0 +1,230 @@
+"""What each stage instance computes, counted from params and dataset sizes before anything runs.
+
+One estimator per stage: it returns the instance's work as (kind, amount) parts and the disk its outputs take.
+Dataset sizes come from the datasets themselves (split files and metadata are read, images are not opened); the
+shapes world, before the data stage has generated it, from the data params. Kinds with a probe rate
+(`plan.probe`) get a time estimate; optimisation steps on cached features do not (they are not the cost at scale).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pipeline_lib.engine.config import Config
+from pipeline_lib.engine.stages import StageInstance, get_stage
+from pipeline_lib.plan.probe import IMAGE_FORWARD, IMAGE_TRAIN, OTI_STEPS, OVI_STEPS
+
+FEWSHOT_DEFAULT = "fewshot/shapes"  # the shapes world's few-shot folder under the data stage's output
+CZSL_DEFAULT = "czsl/shapes"
+TEXTS_DEFAULT = "retrieval/texts.parquet"
+BANK_ROWS = ("+bank_seen", "+dynamic")  # CZSL rows that reuse the +kl model instead of training one
+
+
+@dataclass(frozen=True)
+class Work:
+    """One instance's work: (kind, amount) parts, the bytes its outputs take, and what the counts leave out."""
+
+    parts: tuple[tuple[str, int], ...] = ()
+    disk_bytes: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ClassificationSizes:
+    train_labels: list[int]
+    val: int
+    test: int
+
+
+@dataclass
+class PlanInputs:
+    """What the estimators read: the project, the config, the model's widths; dataset sizes are read once each."""
+
+    root: Path
+    cfg: Config
+    arch: dict[str, int]  # embed_dim, tokens (plan.probe.architecture)
+    _sizes: dict[str, ClassificationSizes] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / get_stage("data").manifest_dir
+
+    @property
+    def bytes_per_value(self) -> int:
+        return 2 if self.cfg.features.dtype == "float16" else 4
+
+    def source(self, configured: str | None, default: str) -> Path:
+        if configured is None:
+            return self.data_dir / default
+        path = Path(configured).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def classification(self, name: str) -> ClassificationSizes:
+        if name not in self._sizes:
+            self._sizes[name] = self._read_classification(name)
+        return self._sizes[name]
+
+    def _read_classification(self, name: str) -> ClassificationSizes:
+        from pipeline_lib.data.coop import load_coop_dataset
+
+        entry = self.cfg.datasets.classification[name]
+        folder = self.source(entry.root, FEWSHOT_DEFAULT)
+        if entry.root is None and not (folder / entry.split_file).is_file():  # not generated yet: its params say
+            d = self.cfg.data
+            labels = [c for c in range(len(d.shapes)) for _ in range(d.fewshot_train_per_class)]
+            return ClassificationSizes(labels, len(d.shapes) * d.fewshot_val_per_class,
+                                       len(d.shapes) * d.fewshot_test_per_class)
+        ds = load_coop_dataset(folder, entry.split_file, entry.image_dir, check_files=False)
+        val = len(ds.split("val")) if "val" in ds.splits else 0
+        return ClassificationSizes(ds.split("train")["label"].to_list(), val, len(ds.split("test")))
+
+    @cached_property
+    def czsl_images(self) -> dict[str, int] | None:
+        """Images per CZSL split, None when the dataset is not there yet (the shapes world before the data stage)."""
+        from pipeline_lib.czsl.data import load_czsl_dataset
+
+        folder = self.source(self.cfg.features.czsl.root, CZSL_DEFAULT)
+        if not folder.is_dir():
+            return None
+        ds = load_czsl_dataset(folder, "closed", check_sizes=False)
+        return {split: len(ds.split(split)) for split in ("train", "val", "test")}
+
+    @cached_property
+    def texts(self) -> dict[str, int] | None:
+        """Query and gallery texts of the retrieval table, None when it is not there yet."""
+        import polars as pl
+
+        path = self.source(self.cfg.features.retrieval_text.path, TEXTS_DEFAULT)
+        if not path.is_file():
+            return None
+        counts = pl.read_parquet(path, columns=["split"])["split"].value_counts()
+        return {str(row[0]): int(row[1]) for row in counts.iter_rows()}
+
+
+def _features(p: PlanInputs, rows: int, per_row: int = 1) -> int:
+    """Bytes of `rows` stored features of `per_row` vectors each."""
+    return rows * per_row * p.arch["embed_dim"] * p.bytes_per_value
+
+
+def data(p: PlanInputs, inst: StageInstance) -> Work:
+    d = p.cfg.data
+    fewshot = len(d.shapes) * (d.fewshot_train_per_class + d.fewshot_val_per_class + d.fewshot_test_per_class)
+    return Work((("images drawn", d.pretrain_images + fewshot),), note="pretraining corpus and few-shot world")
+
+
+def backbone(p: PlanInputs, inst: StageInstance) -> Work:
+    if not p.cfg.backbone.trains_here:
+        return Work(note="records the weights' spec")
+    train = p.cfg.backbone.train
+    return Work(((IMAGE_TRAIN, train.steps * train.batch_size),), note="contrastive pretraining")
+
+
+def features_fewshot(p: PlanInputs, inst: StageInstance) -> Work:
+    name = inst.item["dataset"]
+    sizes, entry = p.classification(name), p.cfg.datasets.classification[name]
+    images = sizes.val + sizes.test + (len(sizes.train_labels) if entry.train_features else 0)
+    return Work(((IMAGE_FORWARD, images),), _features(p, images),
+                "val + test" + (" + train" if entry.train_features else "") + " images, one view each")
+
+
+def support(p: PlanInputs, inst: StageInstance) -> Work:
+    from pipeline_lib.features.stores import support_indices
+
+    labels = p.classification(inst.item["dataset"]).train_labels
+    drawn = len(support_indices(labels, p.cfg.fewshot.shots, int(inst.item["seed"])))
+    views = p.cfg.features.views
+    return Work(((IMAGE_FORWARD, drawn * views),), _features(p, drawn, views + 1),
+                f"{drawn} of {len(labels)} train images x {views} views (every train image: "
+                f"{len(labels) * views:,} forwards)")
+
+
+def features(p: PlanInputs, inst: StageInstance) -> Work:
+    f, parts, disk, notes = p.cfg.features, [], 0, []
+    if f.czsl.enabled:
+        czsl = p.czsl_images
+        if czsl is None:
+            notes.append("CZSL images counted once the data stage has run")
+        else:
+            images = sum(czsl.values())
+            parts.append((IMAGE_FORWARD, images))
+            disk += _features(p, images, 1 + (p.arch["tokens"] if f.patch_tokens else 0))
+    if f.retrieval_text.enabled:
+        texts = p.texts
+        if texts is None:
+            notes.append("texts counted once the data stage has run")
+        else:
+            parts.append(("text forwards", sum(texts.values())))
+            disk += _features(p, sum(texts.values()))
+    return Work(tuple(parts), disk, "; ".join(notes))
+
+
+def no_model_work(p: PlanInputs, inst: StageInstance) -> Work:
+    return Work(note="reads published outputs")
+
+
+def fewshot_run(p: PlanInputs, inst: StageInstance) -> Work:
+    fs = p.cfg.fewshot
+    parts = [("search trials", fs.search.n_trials * len(fs.subsets))]
+    if fs.run_training:
+        parts.append(("training steps", fs.training.steps))
+    return Work(tuple(parts), note="on cached features")
+
+
+def inversion(p: PlanInputs, inst: StageInstance) -> Work:
+    inv = p.cfg.inversion
+    cap = inv.max_queries or math.inf
+    images = int(min(p.classification(inv.dataset).test, cap))
+    parts = [(OTI_STEPS, images * inv.oti.steps)]
+    texts = p.texts
+    if texts is not None:
+        parts.append((OVI_STEPS, int(min(texts.get("query", 0), cap)) * inv.ovi.steps))
+    return Work(tuple(parts), note="OTI" + (" and OVI" if texts is not None else "; OVI counted once texts exist"))
+
+
+def czsl(p: PlanInputs, inst: StageInstance) -> Work:
+    c = p.cfg.czsl
+    images = p.czsl_images
+    if images is None:
+        return Work(note="counted once the data stage has run")
+    trained = len([r for r in c.rows if r not in BANK_ROWS]) * len(c.seeds)
+    if c.mode == "lora":
+        return Work(((IMAGE_TRAIN, c.epochs * images["train"] * trained),), note=f"{trained} trainings")
+    steps = c.epochs * math.ceil(images["train"] / c.batch_size) * trained
+    return Work((("training steps", steps),), note=f"{trained} trainings on cached tokens")
+
+
+ESTIMATORS: dict[str, Callable[[PlanInputs, StageInstance], Work]] = {
+    "data": data,
+    "backbone": backbone,
+    "features_fewshot": features_fewshot,
+    "support": support,
+    "features": features,
+    "diagnose": no_model_work,
+    "fewshot_bridge": no_model_work,
+    "fewshot_run": fewshot_run,
+    "fewshot_report": no_model_work,
+    "inversion": inversion,
+    "czsl": czsl,
+    "claims": no_model_work,
+    "report": no_model_work,
+}
+
+
+def estimate(p: PlanInputs, inst: StageInstance) -> Work:
+    return ESTIMATORS[inst.stage.name](p, inst)
+
+
+def seconds(work: Work, rates: dict[str, float] | None) -> float | None:
+    """Estimated seconds of the parts that have a rate (None when none has)."""
+    timed = [amount / rates[kind] for kind, amount in work.parts if rates and kind in rates and rates[kind] > 0]
+    return sum(timed) if timed else None
+
+
+def as_row(inst: StageInstance, work: Work, rates: dict[str, float] | None) -> dict[str, Any]:
+    return {"instance": inst.id, "work": {kind: amount for kind, amount in work.parts},
+            "seconds": seconds(work, rates), "disk_bytes": work.disk_bytes, "note": work.note}
