@@ -48,9 +48,9 @@ def test_each_instance_waits_for_exactly_what_its_fingerprint_reads(smoke_projec
     upstream = {n.id: n.upstream for n in nodes}
     runs = [f"fewshot_run@shapes-{k}-{s}" for k in (1, 2) for s in (1, 2)]
     assert upstream["data"] == ()
-    # its dataset's features, its seed's support views and its dataset's bridge: not another few-shot run
+    # its dataset's features, its own sample's support views and its dataset's bridge: not another few-shot run
     assert upstream["fewshot_run@shapes-2-1"] == (
-        "features_fewshot@shapes", "support@shapes-1", "fewshot_bridge@shapes")
+        "features_fewshot@shapes", "support@shapes-2-1", "fewshot_bridge@shapes")
     assert upstream["fewshot_report"] == ("fewshot_bridge@shapes", *runs)
     assert upstream["czsl"] == ("data", "backbone", "features")  # runs beside the few-shot runs and inversion
     assert upstream["inversion"] == ("backbone", "features_fewshot@shapes", "features")

@@ -55,7 +55,7 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config(root)
     for name in ("data", "backbone", "features_fewshot", "features", "fewshot_bridge", "inversion"):
         run_stage(root, name, cfg)
-    run_instance(root, instance(root, "support@shapes-1"), cfg)
+    run_instance(root, instance(root, "support@shapes-1-1"), cfg)
     run_instance(root, instance(root, FEWSHOT_RUN), cfg)
     return root
 

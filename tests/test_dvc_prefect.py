@@ -195,7 +195,7 @@ def test_adding_a_dataset_runs_only_its_instances_and_removing_it_only_the_repor
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     seeds = params["fewshot"]["seeds"]
     runs = {f"fewshot_run@more-{k}-{s}" for k in params["fewshot"]["shots"] for s in seeds}
-    support = {f"support@more-{s}" for s in seeds}
+    support = {f"support@more-{k}-{s}" for k in params["fewshot"]["shots"] for s in seeds}
     out = sh(dvc_project, "dvc", "repro", "fewshot_report")
     assert ran_stages(out) == {"features_fewshot@more", *support, "fewshot_bridge@more", *runs, "fewshot_report"}, out
     metrics = json.loads((dvc_project / "metrics/fewshot.json").read_text())

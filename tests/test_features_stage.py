@@ -25,7 +25,6 @@ from pipeline_lib.engine.store import ArraySpec, BlockGroup, read_array
 from pipeline_lib.features import shards, stage
 from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.extract import ImageViewsDataset, extract_to_blocks, image_encoder
-from pipeline_lib.fewshot.config import FewshotConfig
 from pipeline_lib.fewshot.sampling import sample_fewshot_indices
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
@@ -95,18 +94,18 @@ def _backbone() -> Backbone:
     )
 
 
-#: The feature stages' instances: the shapes dataset, its support for sampling seed 1, the CZSL and text stores.
-ITEMS = {"features_fewshot": {"dataset": "shapes"}, "support": {"dataset": "shapes", "seed": 1}, "features": {}}
+#: The feature stages' instances: the shapes dataset, its 2-shot seed-1 sample's support, the CZSL and text stores.
+ITEMS = {"features_fewshot": {"dataset": "shapes"}, "support": {"dataset": "shapes", "shots": 2, "seed": 1},
+         "features": {}}
 RUNNERS = {"features_fewshot": stage.run_features_fewshot, "support": stage.run_support,
            "features": stage.run_features}
 
 
 def _ctx(root: Path, work: Path, name: str = "features_fewshot", **entry) -> StageContext:
-    """A context of one feature stage instance (ITEMS), the shapes entry updated with `entry`; 2-shot samples."""
+    """A context of one feature stage instance (ITEMS), the shapes entry updated with `entry`."""
     cfg = Config(
         datasets=DatasetsConfig(classification={"shapes": ClassificationDataset(**entry)}),
         features=FeaturesConfig(batch_size=4, views=3, rows_per_chunk=2, rows_per_shard=4),
-        fewshot=FewshotConfig(shots=[2], seeds=[1]),
         runtime=RuntimeConfig(device="cpu", num_workers=0, progress=False),
     )
     return stage_context(root, name, cfg, work, **ITEMS[name])
@@ -153,7 +152,7 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     assert image.shape == (15, 128) and "views" not in zarr.open_group(str(fs))["train"]
     np.testing.assert_array_equal(read_array(fs, "train/label"), np.repeat([0, 1, 2], 5))
     # Support store of seed 1: every view of the 2 x 3 images its 2-shot sample draws (view 0 = plain image).
-    sp = features / "support" / "shapes" / "s1" / "support.zarr"
+    sp = features / "support" / "shapes" / "k2-s1" / "support.zarr"
     index, views = read_array(sp, "train/index"), read_array(sp, "train/views")
     assert index.tolist() == sorted(sample_fewshot_indices(np.repeat([0, 1, 2], 5).tolist(), 2, 1))
     assert views.shape == (6, 3, 128) and read_array(sp, "sampling/labels").shape == (15,)
@@ -206,7 +205,7 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     full_tree = _tree(tmp_path / "full" / "artifacts" / "features")
     assert full_tree == _tree(tmp_path / "resumed" / "artifacts" / "features")
     # Sharding: 3 chunks of 2 rows in 2 shard files of 4 rows (one per block).
-    views = "support/shapes/s1/support.zarr/train/views/c/"
+    views = "support/shapes/k2-s1/support.zarr/train/views/c/"
     assert sorted(k for k in full_tree if k.startswith(views)) == [f"{views}{i}/0/0" for i in range(2)]
 
 

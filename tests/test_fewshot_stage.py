@@ -55,8 +55,8 @@ def _write_store(path: Path, c=4, d=8, v=2, n_train=6, n_val=3, n_test=6, seed=0
     return views.astype(np.float32), y
 
 
-def _write_support(path: Path, views: np.ndarray, labels: np.ndarray, shots: list[int], seed: int) -> None:
-    """The support store of one seed: only the rows its samples draw, as the support stage writes them."""
+def _write_support(path: Path, views: np.ndarray, labels: np.ndarray, shots: int, seed: int) -> None:
+    """The support store of one (shots, seed) sample: only the rows it draws, as the support stage writes them."""
     drawn = support_indices(labels.tolist(), shots, seed)
     grp = zarr.open_group(str(path), mode="w")
     grp.create_array("train/views", data=views[drawn])
@@ -73,7 +73,7 @@ def published(tmp_path_factory):
     smoke = load_config(REPO, "smoke").fewshot
     cfg = smoke.model_copy(update={"shots": [2]})  # the smoke profile, one shot count to stay fast
     for seed in cfg.seeds:
-        _write_support(root / f"artifacts/features/support/shapes/s{seed}/support.zarr", views, labels, [1, 2], seed)
+        _write_support(root / f"artifacts/features/support/shapes/k2-s{seed}/support.zarr", views, labels, 2, seed)
     fit = run_fewshot_fit(ctx(root, "fewshot_bridge", cfg))
     seeds = [run_fewshot_seed(ctx(root, "fewshot_run", cfg, shots=k, seed=s)) for k in cfg.shots for s in cfg.seeds]
     report = run_fewshot_report(ctx(root, "fewshot_report", cfg))
@@ -151,9 +151,9 @@ def test_parallel_searches_give_the_serial_results(published, tmp_path):
 
 def test_support_rows_are_the_drawn_images_and_a_store_for_fewer_shots_is_refused(tmp_path: Path) -> None:
     """A run redraws its sample from the support store's labels and reads exactly those images' views; a store made
-    for smaller shot counts misses images of a larger sample, which is an error naming the sample."""
+    for another sample misses some of its images, which is an error naming the sample."""
     views, labels = _write_store(tmp_path / "fewshot.zarr", n_train=6)
-    _write_support(tmp_path / "s1.zarr", views, labels, [1, 4], seed=1)
+    _write_support(tmp_path / "s1.zarr", views, labels, 4, seed=1)
     got, got_labels, idx = support_views(tmp_path / "s1.zarr", 4, 1, views.shape[-1])
     drawn = zarr.open_group(str(tmp_path / "s1.zarr"))["train/index"].shape[0]
     assert idx == sample_fewshot_indices(labels.tolist(), 4, 1) and drawn < len(labels)  # only the drawn images

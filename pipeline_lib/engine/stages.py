@@ -137,11 +137,11 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="support",
         func="pipeline_lib.features.stage:run_support",
-        description="Extract every augmented view of the train images one sampling seed draws, over all shot counts.",
-        params=(*EXTRACTION, "datasets.classification.{dataset}", "fewshot.shots"),
+        description="Extract every augmented view of the train images one (shots, seed) few-shot sample draws.",
+        params=(*EXTRACTION, "datasets.classification.{dataset}"),
         deps=("data", "backbone"),
-        outs=("artifacts/features/support/{dataset}/s{seed}",),
-        matrix=(("dataset", "datasets.classification"), ("seed", "fewshot.seeds")),
+        outs=("artifacts/features/support/{dataset}/k{shots}-s{seed}",),
+        matrix=(("dataset", "datasets.classification"), ("shots", "fewshot.shots"), ("seed", "fewshot.seeds")),
         shards=Shards("pipeline_lib.features.shards:plan_shards", "pipeline_lib.features.shards:extract_shard"),
     ),
     Stage(

@@ -1,8 +1,9 @@
 """The feature stages: every CLIP feature later stages need, extracted once into zarr stores.
 
 `features_fewshot@<dataset>` writes one classification dataset's store (`datasets.classification`): val, test and
-(unless the entry says otherwise) train images once, and the class prompts; `support@<dataset>-<seed>` writes every
-augmented view of the train images one sampling seed draws; `features` writes the CZSL and text-retrieval stores.
+(unless the entry says otherwise) train images once, and the class prompts; `support@<dataset>-<shots>-<seed>`
+writes every augmented view of the train images one few-shot sample draws; `features` writes the CZSL and
+text-retrieval stores.
 The entry points only resolve inputs through the stage context (the data stage's datasets unless params point
 elsewhere, the published backbone) and call the store writers of `features.stores`. Stores land in the stage's
 output folder; block records (what encoding each block took, wherever it ran) stay in the scratch folder, so the
@@ -109,7 +110,7 @@ def image_groups(run: ExtractionRun, ctx: StageContext) -> list[ImageGroup]:
     if ctx.inst.stage.name == "support":
         entry, source = classification_entry(ctx), fewshot_source(ctx)
         ds = load_fewshot_source(entry, source)
-        return [support_group(run, out_dir / SUPPORT_STORE, ds, source, entry, ctx.cfg.fewshot.shots,
+        return [support_group(run, out_dir / SUPPORT_STORE, ds, source, entry, int(ctx.item["shots"]),
                               int(ctx.item["seed"]))]
     found = sources(ctx)
     if "czsl.zarr" not in found:
@@ -154,15 +155,14 @@ def run_features_fewshot(ctx: StageContext) -> dict[str, Any]:
 
 
 def run_support(ctx: StageContext) -> dict[str, Any]:
-    """Stage entry point of `support@<dataset>-<seed>`: every view of the train images the seed's few-shot samples
-    draw at any configured shot count (see `run_features_fewshot`)."""
+    """Stage entry point of `support@<dataset>-<shots>-<seed>`: every view of the train images that few-shot sample
+    draws (see `run_features_fewshot`)."""
     t0 = time.perf_counter()
     run = extraction_run(ctx)
-    seed = int(ctx.item["seed"])
-    summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name, "dataset": ctx.item["dataset"],
-                               "seed": seed}
+    shots, seed = int(ctx.item["shots"]), int(ctx.item["seed"])
+    summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name, **ctx.item}
     summary["support"] = write_support_store(run, ctx.output() / SUPPORT_STORE, fewshot_source(ctx),
-                                             classification_entry(ctx), ctx.cfg.fewshot.shots, seed)
+                                             classification_entry(ctx), shots, seed)
     return _finish(ctx, run, summary, t0)
 
 

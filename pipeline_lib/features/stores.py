@@ -1,7 +1,7 @@
 """The feature stores, one writer per dataset: plain functions of an ExtractionRun, the store path and the source.
 
   fewshot.zarr         {train,val,test}/image|label|index (train only with train_features), text/*, clip/*
-  support.zarr         train/image|views|label|index of the images one sampling seed draws, sampling/labels
+  support.zarr         train/image|views|label|index of the images one few-shot sample draws, sampling/labels
   czsl.zarr            {train,val,test}/image|attr|obj|pair[|tokens]
   retrieval_text.zarr  {query,gallery}/text|group
 Image groups are written in resumable shard blocks (layout in pipeline_lib.engine.store): a killed run continues from
@@ -104,25 +104,24 @@ def _image_group(run: ExtractionRun, store: Path, name: str, df: pl.DataFrame, i
     return ImageGroup(store, name, paths, {"label": labels, "index": index}, plan, views=views, view_ids=view_ids)
 
 
-def support_indices(labels: Sequence[int], shots: Sequence[int], seed: int) -> np.ndarray:
-    """The train indices that the (shots, seed) few-shot samples draw, over every shot count, sorted: the same
-    deterministic sampling the few-shot runs use (`fewshot.sampling`)."""
+def support_indices(labels: Sequence[int], shots: int, seed: int) -> np.ndarray:
+    """The train indices the (shots, seed) few-shot sample draws, sorted: the same deterministic sampling the few-shot
+    runs use (`fewshot.sampling`)."""
     from pipeline_lib.fewshot.sampling import sample_fewshot_indices
 
-    drawn = {i for k in shots for i in sample_fewshot_indices(labels, k, seed)}
-    return np.array(sorted(drawn), dtype=np.int64)
+    return np.array(sorted(sample_fewshot_indices(labels, shots, seed)), dtype=np.int64)
 
 
 def support_group(run: ExtractionRun, store: Path, ds: Any, source: Path, entry: ClassificationDataset,
-                  shots: Sequence[int], seed: int) -> ImageGroup:
-    """The support store's one group: every view of the train images the seed's samples draw."""
+                  shots: int, seed: int) -> ImageGroup:
+    """The support store's one group: every view of the train images the (shots, seed) sample draws."""
     df = ds.split("train")
     chosen = support_indices(df["label"].to_list(), shots, seed)
     return _image_group(run, store, "train", df, source / entry.image_dir, chosen, views=run.cfg.views)
 
 
 def write_support_store(run: ExtractionRun, store: Path, source: Path, entry: ClassificationDataset,
-                        shots: Sequence[int], seed: int) -> dict[str, Any]:
+                        shots: int, seed: int) -> dict[str, Any]:
     """support.zarr: train/views (row r = train image train/index[r]; view 0 un-augmented) and the whole split's
     labels (`sampling/labels`), from which a run redraws its sample and finds its rows."""
     ds = load_fewshot_source(entry, source)
@@ -131,7 +130,7 @@ def write_support_store(run: ExtractionRun, store: Path, source: Path, entry: Cl
     top = zarr.open_group(str(store), mode="a")
     write_whole(top.require_group("sampling"), "labels", ds.split("train")["label"].to_numpy().astype(np.int64))
     top.attrs.update({
-        "shots": list(shots),
+        "shots": shots,
         "seed": seed,
         "views": "train/views[:, 0] is the un-augmented image (= train/image); views 1.. are offline augmentations",
         "provenance": store_provenance(run, source, dataset=entry.model_dump(mode="json")),

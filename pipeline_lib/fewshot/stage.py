@@ -100,7 +100,7 @@ def support_views(support: Path, shots: int, seed: int, d_p: int) -> tuple[np.nd
     """The views of the K-shot sample (N_s, V, D_p), their labels and the sample's train indices (Dassl order).
 
     The sample is drawn again from the whole split's labels (`sampling/labels`), exactly as the support stage drew
-    it; its images are the store's rows whose `train/index` they are.
+    it; its images are the store's rows whose `train/index` they are (sorted there, in Dassl's order here).
     """
     labels = read_store_array(support, "sampling/labels", (None,)).astype(np.int64)
     idx = sample_fewshot_indices(labels.tolist(), shots, seed)
@@ -109,7 +109,7 @@ def support_views(support: Path, shots: int, seed: int, d_p: int) -> tuple[np.nd
     missing = [i for i, r in zip(idx, rows, strict=True) if r >= len(index) or index[r] != i]
     if missing:
         raise KeyError(f"{support}: train images {missing[:5]} of the {shots}-shot sample of seed {seed} were not "
-                       "extracted (the support store was made for other shot counts or another split)")
+                       "extracted (the support store was made for another sample or another split)")
     views = read_store_array(support, "train/views", (len(index), None, d_p))[rows]  # (N_s, V, D_p)
     return views, labels[idx], idx
 

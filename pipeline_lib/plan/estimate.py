@@ -136,11 +136,10 @@ def support(p: PlanInputs, inst: StageInstance) -> Work:
     from pipeline_lib.features.stores import support_indices
 
     labels = p.classification(inst.item["dataset"]).train_labels
-    drawn = len(support_indices(labels, p.cfg.fewshot.shots, int(inst.item["seed"])))
+    drawn = len(support_indices(labels, int(inst.item["shots"]), int(inst.item["seed"])))
     views = p.cfg.features.views
     return Work(((IMAGE_FORWARD, drawn * views),), _features(p, drawn, views + 1),
-                f"{drawn} of {len(labels)} train images x {views} views (every train image: "
-                f"{len(labels) * views:,} forwards)")
+                f"{drawn} of {len(labels)} train images x {views} views")
 
 
 def features(p: PlanInputs, inst: StageInstance) -> Work:

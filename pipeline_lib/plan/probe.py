@@ -49,8 +49,8 @@ def architecture(cfg: Config) -> dict[str, int]:
 
 
 def _rate(step: Callable[[], Any], samples: int, batches: int, device: torch.device) -> float:
-    step()  # warm-up: allocation, kernel selection
     if device.type == "cuda":
+        step()  # warm-up: allocation, kernel selection (a CPU has none worth a second call)
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(batches):
@@ -61,8 +61,8 @@ def _rate(step: Callable[[], Any], samples: int, batches: int, device: torch.dev
 
 
 def probe(cfg: Config, batches: int = 2) -> Probe:
-    """Rates at the extraction batch size (at most 16 on a CPU, to stay short); OTI and OVI at their own batch size
-    (at most 64 on a CPU), since a step's cost depends on it."""
+    """Rates at the stages' batch sizes on a GPU; on a CPU (where a ViT-B/16 forward takes a fraction of a second
+    per image) at 4 images and 8 inversion queries, once each, so the probe stays within seconds to a minute."""
     from pipeline_lib.backbone.load import create_backbone
     from pipeline_lib.inversion.oti import run_oti
     from pipeline_lib.inversion.ovi import run_ovi
@@ -70,14 +70,16 @@ def probe(cfg: Config, batches: int = 2) -> Probe:
     device = resolve_device(cfg)
     bb = create_backbone(cfg.backbone.model, None, cfg.backbone.force_quick_gelu, device)
     model = bb.model
-    n = cfg.features.batch_size if device.type == "cuda" else min(cfg.features.batch_size, 16)
+    cuda = device.type == "cuda"
+    n = cfg.features.batch_size if cuda else min(cfg.features.batch_size, 4)
+    batches = batches if cuda else 1
     images = torch.randn(n, 3, bb.image_size, bb.image_size, device=device)
     inv = cfg.inversion
-    n_inv = inv.oti.batch_size if device.type == "cuda" else min(inv.oti.batch_size, 64)
+    n_inv = inv.oti.batch_size if cuda else min(inv.oti.batch_size, 8)
     width = int(model.text_projection.shape[1])
     targets = torch.nn.functional.normalize(torch.randn(n_inv, width, device=device), dim=-1)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.features.amp and device.type == "cuda" else nullcontext()
-    steps = 2
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.features.amp and cuda else nullcontext()
+    steps = 2 if cuda else 1
     oti_cfg = inv.oti.model_copy(update={"steps": steps, "snapshot_steps": (steps,), "batch_size": n_inv})
     ovi_cfg = inv.ovi.model_copy(update={"steps": steps, "snapshot_steps": (steps,), "batch_size": n_inv})
 
