@@ -153,6 +153,11 @@ def _image_size(model: open_clip.CLIP) -> int:
     return int(size)
 
 
+#: Seed of a real architecture built without weights (tests, planning probes): the stages that load the published
+#: backbone rebuild the very same random weights, and its fingerprint matches.
+RANDOM_INIT_SEED = 0
+
+
 def create_backbone(
     name: str,
     pretrained: str | None = None,
@@ -171,9 +176,11 @@ def create_backbone(
         logger.info("loading open_clip %s with tag %r (downloads on first use)", name, source)
     elif kind == "file":
         logger.info("loading open_clip %s weights from %s", name, source)
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=source, force_quick_gelu=quick_gelu, device=torch.device(device), precision="fp32"
-    )
+    with torch.random.fork_rng(devices=[]):  # random init (no weights) is seeded: every process builds the same model
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=source, force_quick_gelu=quick_gelu, device=torch.device(device), precision="fp32"
+        )
     model.eval()
     return Backbone(
         model=model,

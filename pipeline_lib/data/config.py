@@ -31,6 +31,8 @@ class DataConfig(Section):
 
     # Captioned factors. Few-shot classes are the shapes; CZSL attrs are colour.pattern ("red.striped") and objs the
     # shapes. 8 colours: with 10 (white, brown added) the tiny CLIP's held-out shape zero-shot fell from 0.61 to 0.50.
+    # false: write no shapes world (a run whose datasets all have roots and whose backbone is pretrained elsewhere)
+    generate: bool = True
     shapes: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")  # 6: the set a tiny ViT learned
     colours: tuple[str, ...] = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
     patterns: tuple[str, ...] = ("solid", "striped", "dotted")  # fill textures, readable at 32 px

@@ -44,6 +44,10 @@ def run_data(ctx: StageContext) -> dict[str, Any]:
     timings go in the returned summary (the stage manifest)."""
     cfg = ctx.cfg.data
     out_dir = ctx.output()
+    if not cfg.generate:  # a run on real datasets and a real backbone (preflight checks nothing reads the world)
+        write_json(ctx.metrics(), {})
+        logger.info("data: data.generate is false, no shapes world written")
+        return {"generated": False}
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     workers = max(1, ctx.cfg.runtime.num_workers)
     summary = write_shapes_world(cfg, out_dir, progress=ctx.progress, workers=workers)

@@ -14,20 +14,33 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from pipeline_lib.engine.configbase import NamedPaths, Section
+from pipeline_lib.features.config import AugmentConfig
 
 #: Dataset names become stage-instance ids (`fewshot_run@oxford_pets-4-1`) and folder names, where `-` separates
 #: matrix values.
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+class AugmentRecipe(AugmentConfig):
+    """The offline augmentation of one shot count of a dataset (SeMoBridge spec 1.3's per-dataset configs): E
+    augmented copies of every support image, each drawn with this recipe."""
+
+    epochs: int = Field(ge=0)  # E: the support stage encodes E + 1 views, the runs use all of them
+
+
 class ClassificationDataset(NamedPaths):
-    """One classification dataset in CoOp's layout: `root/image_dir/<relpath>` images and `root/split_file`."""
+    """One classification dataset in CoOp's layout: `root/image_dir/<relpath>` images and `root/split_file`
+    (format coop); ImageNet's class folders `root/image_dir/{train,val}/<wnid>/` with `root/classnames_file`
+    (format imagenet; val = test); or FGVC-Aircraft's `variants.txt` and `images_variant_<split>.txt` lists
+    (format fgvc_aircraft)."""
 
     # null = the shapes world the data stage generates (artifacts/data/fewshot/shapes); relative paths start at the
     # project folder, so a user points at e.g. /data/oxford_pets without touching code.
     root: str | None = None
-    format: Literal["coop"] = "coop"  # CoOp split json: {"train"|"val"|"test": [[relpath, label, classname]]}
-    split_file: str = "split_zhou_Shapes.json"
+    # coop: split json {"train"|"val"|"test": [[relpath, label, classname]]}
+    format: Literal["coop", "imagenet", "fgvc_aircraft"] = "coop"
+    split_file: str = "split_zhou_Shapes.json"  # format coop
+    classnames_file: str = "classnames.txt"  # format imagenet: "<wnid> <class name>" lines
     image_dir: str = "images"  # folder under root that the split's relpaths are relative to
     prompts: str = "Shapes"  # CoOp dataset name whose prompt templates are used (pipeline_lib.features.prompts)
     templates: list[str] | None = None  # explicit templates instead of the `prompts` set, each with one "{}"
@@ -35,6 +48,10 @@ class ClassificationDataset(NamedPaths):
     # Encode every train image once (the gap diagnostics and image retrieval read them); false encodes only the
     # images the few-shot samples draw (the `support` stage), e.g. 48k of ImageNet's 1.28M at 16 shots x 3 seeds.
     train_features: bool = True
+    # shots -> recipe, for the shot counts whose official augmentation differs from features.augment with
+    # fewshot.augment_epochs (e.g. DTD: 10 RRC + flip + colour-jitter copies at 1 and 2 shots)
+    augment: dict[int, AugmentRecipe] = Field(default_factory=dict)
+    final_model: Literal["best_val", "last_step"] | None = None  # None = fewshot.training.final_model
 
     @field_validator("templates")
     @classmethod

@@ -33,12 +33,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Return `base` with `update` merged in recursively (mappings merge, everything else replaces)."""
+#: Mappings a profile replaces instead of merging into: a profile's datasets are the run's datasets (the shapes entry
+#: of params.yaml must not linger in a suite of real datasets).
+REPLACED = frozenset({("datasets", "classification")})
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any], at: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Return `base` with `update` merged in recursively (mappings merge, except those in REPLACED; everything else
+    replaces)."""
     merged = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        where = (*at, key)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and where not in REPLACED:
+            merged[key] = deep_merge(merged[key], value, where)
         else:
             merged[key] = copy.deepcopy(value)
     return merged

@@ -77,10 +77,27 @@ def path_keys(cfg: Config) -> list[str]:
 
 
 def dataset_problems(cfg: Config) -> list[str]:
-    """A pin that names no listed classification dataset."""
+    """A pin that names no listed classification dataset, and a reader of the shapes world when it is not made."""
     params, names = cfg.model_dump(mode="json"), list(cfg.datasets.classification)
-    return [f"{key} = {get_dotted(params, key)!r}: not a key of datasets.classification (listed: {', '.join(names)})"
-            for key in DATASET_PINS if get_dotted(params, key) not in names]
+    problems = [f"{key} = {get_dotted(params, key)!r}: not a key of datasets.classification (listed: "
+                f"{', '.join(names)})" for key in DATASET_PINS if get_dotted(params, key) not in names]
+    if not cfg.data.generate:
+        problems += [f"{key} reads the shapes world, which data.generate = false does not make"
+                     for key in world_readers(cfg)]
+    return problems
+
+
+def world_readers(cfg: Config) -> list[str]:
+    """The params whose value makes a stage read the data stage's shapes world."""
+    readers = [f"datasets.classification.{name}.root" for name, entry in cfg.datasets.classification.items()
+               if entry.root is None]
+    f = cfg.features
+    readers += [key for key, on, where in (("features.czsl.root", f.czsl.enabled, f.czsl.root),
+                                           ("features.retrieval_text.path", f.retrieval_text.enabled,
+                                            f.retrieval_text.path)) if on and where is None]
+    if cfg.backbone.trains_here:
+        readers.append("backbone.model")  # the tiny CLIP pretrains on the world's corpus
+    return readers
 
 
 def missing_paths(root: Path, cfg: Config) -> list[str]:

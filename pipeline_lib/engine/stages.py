@@ -192,6 +192,7 @@ STAGES: tuple[Stage, ...] = (
             "fewshot.search",
             "fewshot.training",
             "fewshot.run_training",
+            "datasets.classification.{dataset}",  # its per-dataset augmentation epochs and final model
         ),
         deps=("features_fewshot", "support", "fewshot_bridge"),
         outs=("artifacts/fewshot_runs/{dataset}/k{shots}-s{seed}",),

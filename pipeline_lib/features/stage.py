@@ -20,7 +20,7 @@ from typing import Any
 from pipeline_lib.datasets.config import ClassificationDataset
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.store import file_count
-from pipeline_lib.features.config import FeaturesConfig
+from pipeline_lib.features.config import AugmentConfig, FeaturesConfig
 from pipeline_lib.features.groups import BlockHook, ExtractionRun, ImageGroup
 from pipeline_lib.features.stores import (
     czsl_groups,
@@ -89,15 +89,28 @@ def cupl_source(ctx: StageContext) -> Path | None:
     return resolve_source(Path(ctx.root), Path(ctx.root), configured, "") if configured else None
 
 
+def features_config(ctx: StageContext) -> FeaturesConfig:
+    """The extraction params of the instance: a support instance whose dataset lists its own augmentation for its
+    shot count encodes E + 1 views with that recipe (SeMoBridge spec 1.3); everything else uses `features`."""
+    cfg = ctx.cfg.features
+    if ctx.inst.stage.name != "support":
+        return cfg
+    recipe = classification_entry(ctx).augment.get(int(ctx.item["shots"]))
+    if recipe is None:
+        return cfg
+    augment = AugmentConfig(**recipe.model_dump(exclude={"epochs"}))
+    return cfg.model_copy(update={"views": recipe.epochs + 1, "augment": augment})
+
+
 def extraction_run(ctx: StageContext, num_workers: int | None = None) -> ExtractionRun:
-    """The published backbone (eval mode) on the context's device, with the features params of `ctx`."""
+    """The published backbone (eval mode) on the context's device, with the instance's extraction params."""
     from pipeline_lib.backbone.load import load_published_backbone
 
     device = ctx.device
     backbone = load_published_backbone(ctx.input("backbone"), device)
     backbone.model.eval()
     workers = ctx.cfg.runtime.num_workers if num_workers is None else num_workers
-    return ExtractionRun(backbone, ctx.cfg.features, device, workers, ctx.progress, Path(ctx.root),
+    return ExtractionRun(backbone, features_config(ctx), device, workers, ctx.progress, Path(ctx.root),
                          records=ctx.work / BLOCK_RECORDS, on_block=_after_block)
 
 

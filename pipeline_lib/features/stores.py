@@ -75,20 +75,24 @@ def store_provenance(run: ExtractionRun, source: Path, **extra: Any) -> dict[str
 
 
 def load_fewshot_source(entry: ClassificationDataset, source: Path) -> Any:
-    """The CoOp dataset at `source`, with a clear error naming the params entry when its split file is missing."""
-    from pipeline_lib.data.coop import load_coop_dataset
+    """The classification dataset at `source`, with a clear error naming the params entry when its split file is
+    missing."""
+    from pipeline_lib.datasets.load import load_classification
 
-    if not (source / entry.split_file).is_file():
+    if entry.format == "coop" and not (source / entry.split_file).is_file():
         raise FileNotFoundError(f"few-shot split file {source / entry.split_file} not found "
                                 "(root and split_file of its datasets.classification entry)")
-    return load_coop_dataset(source, entry.split_file, entry.image_dir)
+    return load_classification(entry, source)
 
 
 def fewshot_groups(run: ExtractionRun, store: Path, ds: Any, source: Path, entry: ClassificationDataset
                    ) -> list[ImageGroup]:
-    """The few-shot store's image groups: one per split present (CoOp files may omit val; train only when the entry
-    asks for train features), one plain view each (the support stage encodes the augmented views)."""
-    splits = [s for s in SPLITS if s in ds.splits and (s != "train" or entry.train_features)]
+    """The few-shot store's image groups: one per split present (CoOp files may omit val, and ImageNet's val is its
+    test split, encoded once; train only when the entry asks for train features), one plain view each (the support
+    stage encodes the augmented views)."""
+    val_is_test = "val" in ds.splits and ds.splits["val"] is ds.splits["test"]
+    splits = [s for s in SPLITS if s in ds.splits and (s != "train" or entry.train_features)
+              and not (s == "val" and val_is_test)]
     return [_image_group(run, store, split, ds.split(split), source / entry.image_dir) for split in splits]
 
 

@@ -110,7 +110,10 @@ def support_views(support: Path, shots: int, seed: int, d_p: int) -> tuple[np.nd
     if missing:
         raise KeyError(f"{support}: train images {missing[:5]} of the {shots}-shot sample of seed {seed} were not "
                        "extracted (the support store was made for another sample or another split)")
-    views = read_store_array(support, "train/views", (len(index), None, d_p))[rows]  # (N_s, V, D_p)
+    try:
+        views = read_store_array(support, "train/views", (len(index), None, d_p))[rows]  # (N_s, V, D_p)
+    except KeyError:  # extracted with one view (E = 0) the store has no views array: the images are view 0
+        views = read_store_array(support, "train/image", (len(index), d_p))[rows][:, None, :]  # (N_s, 1, D_p)
     return views, labels[idx], idx
 
 
@@ -128,9 +131,13 @@ def load_inputs(store: Path, support: Path, shots: int, seed: int, augment_epoch
     n_classes = class_proj.shape[0]
     views, labels, idx = support_views(support, shots, seed, d_p)
     support_set = build_support(views, labels, range(len(idx)), n_classes, augment_epochs)  # (C, K', D_p)
-    split = {name: read_store_array(store, f"{name}/image", (None, d_p)) for name in ("val", "test")}  # (N_s, D_p)
-    labels_by = {name: read_store_array(store, f"{name}/label", (len(x),)).astype(np.int64)
-                 for name, x in split.items()}
+    from pipeline_lib.engine.store import open_store
+
+    # a dataset without a val split (ImageNet: val = test, spec 1.2) searches and validates on its test split
+    sources = {"val": "val" if "val" in open_store(store) else "test", "test": "test"}
+    split = {name: read_store_array(store, f"{src}/image", (None, d_p)) for name, src in sources.items()}  # (N, D_p)
+    labels_by = {name: read_store_array(store, f"{src}/label", (len(split[name]),)).astype(np.int64)
+                 for name, src in sources.items()}
     inp = FewshotInputs(
         support=support_set,
         text_proj=class_proj,
@@ -144,10 +151,22 @@ def load_inputs(store: Path, support: Path, shots: int, seed: int, augment_epoch
     return inp, idx
 
 
-def run_fewshot_seed(ctx: StageContext) -> dict:
-    """Sampling, training-free methods and SeMoBridge-T for the (shots, seed) of `ctx.item`."""
-    shots, seed = int(ctx.item["shots"]), int(ctx.item["seed"])
+def dataset_config(ctx: StageContext) -> FewshotConfig:
+    """`fewshot` with the instance's dataset's own settings for its shot count: augmentation epochs and the final
+    model of SeMoBridge-T (the official per-dataset configs, e.g. ImageNet's last-step model)."""
     cfg: FewshotConfig = ctx.cfg.fewshot
+    entry = ctx.cfg.datasets.classification[ctx.item["dataset"]]
+    recipe = entry.augment.get(int(ctx.item["shots"]))
+    update: dict[str, Any] = {} if recipe is None else {"augment_epochs": recipe.epochs}
+    if entry.final_model is not None:
+        update["training"] = cfg.training.model_copy(update={"final_model": entry.final_model})
+    return cfg.model_copy(update=update) if update else cfg
+
+
+def run_fewshot_seed(ctx: StageContext) -> dict:
+    """Sampling, training-free methods and SeMoBridge-T for the (dataset, shots, seed) of `ctx.item`."""
+    shots, seed = int(ctx.item["shots"]), int(ctx.item["seed"])
+    cfg = dataset_config(ctx)
     store = ctx.input("features_fewshot") / STORE
     bridge_dir = ctx.input("fewshot_bridge")
     parallel = ctx.cfg.runtime.processes > 1 and cfg.run_training

@@ -70,17 +70,17 @@ class PlanInputs:
         return self._sizes[name]
 
     def _read_classification(self, name: str) -> ClassificationSizes:
-        from pipeline_lib.data.coop import load_coop_dataset
+        from pipeline_lib.datasets.load import load_classification
 
         entry = self.cfg.datasets.classification[name]
         folder = self.source(entry.root, FEWSHOT_DEFAULT)
-        if entry.root is None and not (folder / entry.split_file).is_file():  # not generated yet: its params say
+        if entry.root is None and not folder.is_dir():  # not generated yet: its params say
             d = self.cfg.data
             labels = [c for c in range(len(d.shapes)) for _ in range(d.fewshot_train_per_class)]
             return ClassificationSizes(labels, len(d.shapes) * d.fewshot_val_per_class,
                                        len(d.shapes) * d.fewshot_test_per_class)
-        ds = load_coop_dataset(folder, entry.split_file, entry.image_dir, check_files=False)
-        val = len(ds.split("val")) if "val" in ds.splits else 0
+        ds = load_classification(entry, folder, check_files=False)
+        val = len(ds.split("val")) if "val" in ds.splits and ds.splits["val"] is not ds.splits["test"] else 0
         return ClassificationSizes(ds.split("train")["label"].to_list(), val, len(ds.split("test")))
 
     @cached_property

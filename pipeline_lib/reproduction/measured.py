@@ -4,7 +4,7 @@ Reads (all optional, missing keys skipped):
 - the few-shot report's tables: datasets[name].test_acc[method][shots] = {mean, std, n} in points -> task fewshot,
   dataset = the entry's `prompts` (its CoOp name), setting = shots; zero_shot (identical at every shot count) once
   more as setting "0"; datasets[name].bridge.{sv_median, sv_max, n_dropped, n_singular_values} -> dataset "-",
-  method "bridge", setting "atol=<atol>".
+  method "bridge", setting "atol=<atol>" (once: the spectrum is the backbone's, the same for every dataset).
 - metrics/czsl.json: rows[row][world][auc|hm|seen|unseen] as fractions (a number, or {mean, std, n}) -> task czsl,
   setting = world; rows[row].rmg -> metric rmg, setting "closed".
 - metrics/inversion.json: image.{image_to_image, oti_to_image}.map and text.{text_to_text, ovi_to_text}.map as
@@ -75,10 +75,12 @@ def _row(
 
 
 def _fewshot_rows(run: RunIdentity, fewshot: Mapping[str, Any]) -> list[MeasuredRow]:
+    """Every dataset's accuracy rows; the bridge spectrum (a property of the backbone's text projection, the same
+    for every dataset) once."""
     rows = []
     for name, table in fewshot.get("datasets", {}).items():
         rows += _dataset_rows(run, dataset_id(str(table.get("prompts", name))), table)
-    return rows
+    return list({row.key: row for row in reversed(rows)}.values())[::-1]  # the first of equal keys
 
 
 def _dataset_rows(run: RunIdentity, dataset: str, table: Mapping[str, Any]) -> list[MeasuredRow]:

@@ -1,0 +1,93 @@
+"""Tiny replicas of the real datasets' on-disk layouts, with their real folder, file and class names.
+
+Each writer makes a few small images per class in exactly the layout the real dataset ships in (CoOp split files
+with their real names and structure, ImageNet's wnid folders and `classnames.txt`, FGVC-Aircraft's variant lists),
+so a suite profile runs end to end on them: the tests check wiring and caching, never accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+#: CoOp datasets with a split file: folder -> (split file, image dir, two real class names, relpath of image i).
+COOP: dict[str, tuple[str, str, tuple[str, str], str]] = {
+    "caltech-101": ("split_zhou_Caltech101.json", "101_ObjectCategories", ("accordion", "yin_yang"),
+                    "{cls}/image_{i:04d}.jpg"),
+    "oxford_pets": ("split_zhou_OxfordPets.json", "images", ("abyssinian", "american_bulldog"), "{cls}_{i}.jpg"),
+    "stanford_cars": ("split_zhou_StanfordCars.json", "", ("2000 AM General Hummer SUV", "2012 Acura RL Sedan"),
+                      "cars_{split}/{n:05d}.jpg"),
+    "oxford_flowers": ("split_zhou_OxfordFlowers.json", "jpg", ("pink primrose", "hard-leaved pocket orchid"),
+                       "image_{n:05d}.jpg"),
+    "food-101": ("split_zhou_Food101.json", "images", ("apple_pie", "baby_back_ribs"), "{cls}/{n}.jpg"),
+    "sun397": ("split_zhou_SUN397.json", "SUN397", ("abbey", "airplane cabin"), "a/{slug}/sun_{n:06d}.jpg"),
+    "dtd": ("split_zhou_DescribableTextures.json", "images", ("banded", "blotchy"), "{cls}/{cls}_{i:04d}.jpg"),
+    "eurosat": ("split_zhou_EuroSAT.json", "2750", ("Annual Crop Land", "Herbaceous Vegetation Land"),
+                "{slug}/{slug}_{i}.jpg"),
+    "ucf101": ("split_zhou_UCF101.json", "UCF-101-midframes", ("Apply_Eye_Makeup", "Apply_Lipstick"),
+               "{cls}/v_{slug}_g01_c{i:02d}.jpg"),
+}
+IMAGENET_CLASSES = (("n01440764", "tench"), ("n01530575", "brambling"), ("n01608432", "kite (bird of prey)"))
+FGVC_VARIANTS = ("707-320", "A300B4", "DHC-8-100")
+#: images per class in each split (train covers the largest shot count the tests use)
+SIZES = {"train": 4, "val": 1, "test": 2}
+
+
+def _image(path: Path, label: int, i: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (20, 20), ((70 * label + 40) % 256, (25 * i) % 256, 128)).save(path, "JPEG")
+
+
+def write_coop(root: Path, folder: str) -> Path:
+    """One CoOp dataset at root/folder: images and its split_zhou_<Name>.json, {split: [[relpath, label, name]]}."""
+    split_file, image_dir, classes, pattern = COOP[folder]
+    base = root / folder
+    split, n = {}, 0
+    for name, per_class in SIZES.items():
+        entries = []
+        for label, cls in enumerate(classes):
+            for i in range(per_class):
+                n += 1
+                slug = cls.replace(" ", "")
+                rel = pattern.format(cls=cls, i=i + 10 * (name != "train"), n=n, split=name, slug=slug)
+                _image(base / image_dir / rel, label, i)
+                entries.append([rel, label, cls])
+        split[name] = entries
+    (base / split_file).write_text(json.dumps(split))
+    return base
+
+
+def write_imagenet(root: Path) -> Path:
+    """imagenet/images/{train,val}/<wnid>/*.JPEG and classnames.txt ("<wnid> <name>")."""
+    base = root / "imagenet"
+    for label, (wnid, _) in enumerate(IMAGENET_CLASSES):
+        for i in range(SIZES["train"]):
+            _image(base / "images/train" / wnid / f"{wnid}_{i}.JPEG", label, i)
+        for i in range(SIZES["test"]):
+            _image(base / "images/val" / wnid / f"ILSVRC2012_val_{label:04d}{i:04d}.JPEG", label, i)
+    (base / "classnames.txt").write_text("".join(f"{wnid} {name}\n" for wnid, name in IMAGENET_CLASSES))
+    return base
+
+
+def write_fgvc(root: Path) -> Path:
+    """fgvc_aircraft/images/<id>.jpg, variants.txt and images_variant_<split>.txt ("<id> <variant>")."""
+    base = root / "fgvc_aircraft"
+    (base / "variants.txt").parent.mkdir(parents=True, exist_ok=True)
+    (base / "variants.txt").write_text("".join(f"{v}\n" for v in FGVC_VARIANTS))
+    n = 1000000
+    for split, per_class in SIZES.items():
+        lines = []
+        for label, variant in enumerate(FGVC_VARIANTS):
+            for i in range(per_class):
+                n += 1
+                _image(base / "images" / f"{n}.jpg", label, i)
+                lines.append(f"{n} {variant}\n")
+        (base / f"images_variant_{split}.txt").write_text("".join(lines))
+    return base
+
+
+def write_semobridge_datasets(data: Path) -> list[Path]:
+    """Every dataset of the SeMoBridge suite under `data/` (the profile's roots are data/<folder>)."""
+    return [write_imagenet(data), write_fgvc(data), *(write_coop(data, folder) for folder in COOP)]
