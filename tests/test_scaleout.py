@@ -42,7 +42,7 @@ def test_shards_cover_whole_files_only() -> None:
 
 def test_registry_declares_the_sharded_stages() -> None:
     sharded = {stage.name: stage.shards for stage in STAGES if stage.shards is not None}
-    assert sorted(sharded) == ["features", "features_fewshot", "inversion"]
+    assert sorted(sharded) == ["features", "features_fewshot", "inversion", "support"]
     for shards in sharded.values():  # both names resolve to functions
         assert callable(load_function(shards.planner)) and callable(load_function(shards.worker))
 

@@ -163,11 +163,13 @@ def create_backbone(
     pretrained: str | None = None,
     force_quick_gelu: bool | str = "auto",
     device: torch.device | str = "cpu",
+    init_seed: int = RANDOM_INIT_SEED,
 ) -> Backbone:
     """Build `name` with the weights `pretrained` names: None (random init), an open_clip tag, or a local file.
 
     All checks run before open_clip is asked for anything, so a typo never triggers a download; only a valid tag
-    downloads (into open_clip's usual cache).
+    downloads (into open_clip's usual cache). Weights that are not loaded are drawn from `init_seed` (the global RNG
+    is left as it was).
     """
     check_model_name(name)
     kind, source = resolve_pretrained(name, pretrained)
@@ -176,8 +178,8 @@ def create_backbone(
         logger.info("loading open_clip %s with tag %r (downloads on first use)", name, source)
     elif kind == "file":
         logger.info("loading open_clip %s weights from %s", name, source)
-    with torch.random.fork_rng(devices=[]):  # random init (no weights) is seeded: every process builds the same model
-        torch.manual_seed(RANDOM_INIT_SEED)
+    with torch.random.fork_rng(devices=[]):  # random init is seeded: every process builds the same model
+        torch.manual_seed(init_seed)
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=source, force_quick_gelu=quick_gelu, device=torch.device(device), precision="fp32"
         )

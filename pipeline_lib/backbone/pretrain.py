@@ -156,9 +156,7 @@ class WorldCaptions:
 # ------------------------------------------------------------------------------------------------------ model bits
 def init_tiny_backbone(name: str, seed: int, device: torch.device | str = "cpu") -> Backbone:
     """A randomly initialised tiny backbone whose initial weights depend only on `seed` (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return create_backbone(name, None, "auto", device)
+    return create_backbone(name, None, "auto", device, init_seed=seed)
 
 
 def images_to_tensor(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
