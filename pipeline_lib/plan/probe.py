@@ -48,21 +48,34 @@ def architecture(cfg: Config) -> dict[str, int]:
     return {"embed_dim": int(config["embed_dim"]), "tokens": 1 + grid * grid}
 
 
-def _rate(step: Callable[[], Any], samples: int, batches: int, device: torch.device) -> float:
+def _seconds(step: Callable[[], Any], calls: int, device: torch.device) -> float:
     if device.type == "cuda":
-        step()  # warm-up: allocation, kernel selection (a CPU has none worth a second call)
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(batches):
+    for _ in range(calls):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return samples * batches / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def _rate(step: Callable[[], Any], samples: int, batches: int, device: torch.device) -> float:
+    """Samples per second of `step` after one warm-up call (allocation, kernel selection)."""
+    step()
+    return samples * batches / _seconds(step, batches, device)
+
+
+def _step_rate(run: Callable[[int], Any], queries: int, device: torch.device) -> float:
+    """Query-steps per second of an inversion: a 3-step run minus a 1-step run, so its set-up (prompt tokens,
+    initialisation, the final features) is not counted as optimisation."""
+    run(1)  # warm-up
+    return queries * 2 / max(_seconds(lambda: run(3), 1, device) - _seconds(lambda: run(1), 1, device), 1e-9)
 
 
 def probe(cfg: Config, batches: int = 2) -> Probe:
     """Rates at the stages' batch sizes on a GPU; on a CPU (where a ViT-B/16 forward takes a fraction of a second
-    per image) at 4 images and 8 inversion queries, once each, so the probe stays within seconds to a minute."""
+    per image) at 8 images, once, and at most 32 inversion queries, so the probe stays within seconds to a minute.
+    Times are one process's: stages that spread work over `runtime.processes` or a cluster finish sooner."""
     from pipeline_lib.backbone.load import create_backbone
     from pipeline_lib.inversion.oti import run_oti
     from pipeline_lib.inversion.ovi import run_ovi
@@ -71,17 +84,22 @@ def probe(cfg: Config, batches: int = 2) -> Probe:
     bb = create_backbone(cfg.backbone.model, None, cfg.backbone.force_quick_gelu, device)
     model = bb.model
     cuda = device.type == "cuda"
-    n = cfg.features.batch_size if cuda else min(cfg.features.batch_size, 4)
+    n = cfg.features.batch_size if cuda else min(cfg.features.batch_size, 8)
     batches = batches if cuda else 1
     images = torch.randn(n, 3, bb.image_size, bb.image_size, device=device)
     inv = cfg.inversion
-    n_inv = inv.oti.batch_size if cuda else min(inv.oti.batch_size, 8)
+    n_inv = inv.oti.batch_size if cuda else min(inv.oti.batch_size, 32)
     width = int(model.text_projection.shape[1])
     targets = torch.nn.functional.normalize(torch.randn(n_inv, width, device=device), dim=-1)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.features.amp and cuda else nullcontext()
-    steps = 2 if cuda else 1
-    oti_cfg = inv.oti.model_copy(update={"steps": steps, "snapshot_steps": (steps,), "batch_size": n_inv})
-    ovi_cfg = inv.ovi.model_copy(update={"steps": steps, "snapshot_steps": (steps,), "batch_size": n_inv})
+
+    def oti(steps: int) -> None:
+        oti_cfg = inv.oti.model_copy(update={"steps": steps, "snapshot_steps": (steps,), "batch_size": n_inv})
+        run_oti(model, bb.tokenizer, targets, oti_cfg, seed=0, amp=inv.amp)
+
+    def ovi(steps: int) -> None:
+        ovi_cfg = inv.ovi.model_copy(update={"steps": steps, "snapshot_steps": (steps,), "batch_size": n_inv})
+        run_ovi(model, targets, ovi_cfg, seed=0, amp=inv.amp)
 
     def image_forward() -> None:
         with torch.no_grad(), amp:
@@ -94,7 +112,6 @@ def probe(cfg: Config, batches: int = 2) -> Probe:
     rates = {IMAGE_FORWARD: _rate(image_forward, n, batches, device),
              IMAGE_TRAIN: _rate(image_train, n, batches, device)}
     model.zero_grad(set_to_none=True)
-    rates[OTI_STEPS] = _rate(lambda: run_oti(model, bb.tokenizer, targets, oti_cfg, seed=0, amp=inv.amp),
-                             n_inv * steps, 1, device)
-    rates[OVI_STEPS] = _rate(lambda: run_ovi(model, targets, ovi_cfg, seed=0, amp=inv.amp), n_inv * steps, 1, device)
+    rates[OTI_STEPS] = _step_rate(oti, n_inv, device)
+    rates[OVI_STEPS] = _step_rate(ovi, n_inv, device)
     return Probe(rates, device.type, n)
