@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 _SCHEMA = {"path": pl.String, "label": pl.Int64, "classname": pl.String}
+
+
+def split_frame(paths: list[str], labels: list[int], classnames: list[str]) -> pl.DataFrame:
+    """One split's rows as every classification loader returns them: absolute path, label, class name."""
+    return pl.DataFrame({"path": paths, "label": labels, "classname": classnames}, schema=_SCHEMA)
 _SHOW_MISSING = 5  # how many missing files an error lists
 
 
@@ -138,9 +143,7 @@ def load_coop_dataset(
                     f"{split_path}: {len(missing)} of {len(paths)} {name} images are missing under {image_root}; "
                     f"first: {missing[:_SHOW_MISSING]}"
                 )
-        splits[name] = pl.DataFrame(
-            {"path": paths, "label": [r[1] for r in rows], "classname": [r[2] for r in rows]}, schema=_SCHEMA
-        )
+        splits[name] = split_frame(paths, [r[1] for r in rows], [r[2] for r in rows])
     logger.info(
         "loaded CoOp dataset %s: %d classes, %s",
         root,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline_lib.data.coop import CoopDataset
+from pipeline_lib.data.coop import CoopDataset, split_frame
 from pipeline_lib.data.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ def load_imagenet_dataset(root: str | Path, image_dir: str = "images", classname
             raise DatasetError(f"{base}: folders {unknown[:5]} are not train classes")
         label = {w: i for i, w in enumerate(wnids)}
         rows = [(path, label[w], names[w]) for w in found for path in _images(base / w)]
-        splits[split] = pl.DataFrame({"path": [r[0] for r in rows], "label": [r[1] for r in rows],
-                                      "classname": [r[2] for r in rows]},
-                                     schema={"path": pl.String, "label": pl.Int64, "classname": pl.String})
+        splits[split] = split_frame([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
     splits["val"] = splits["test"]  # spec 1.2: ImageNet's val is its test split
     log.info("loaded ImageNet %s: %d classes, train=%d, test=%d", root, len(wnids), len(splits["train"]),
              len(splits["test"]))

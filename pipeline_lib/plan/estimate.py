@@ -17,12 +17,9 @@ from typing import Any
 
 from pipeline_lib.engine.config import Config
 from pipeline_lib.engine.stages import StageInstance, get_stage
+from pipeline_lib.features.stage import DATA_DEFAULTS, FEWSHOT_DEFAULT
+from pipeline_lib.features.stores import resolve_source
 from pipeline_lib.plan.probe import IMAGE_FORWARD, IMAGE_TRAIN, OTI_STEPS, OVI_STEPS
-
-FEWSHOT_DEFAULT = "fewshot/shapes"  # the shapes world's few-shot folder under the data stage's output
-CZSL_DEFAULT = "czsl/shapes"
-TEXTS_DEFAULT = "retrieval/texts.parquet"
-BANK_ROWS = ("+bank_seen", "+dynamic")  # CZSL rows that reuse the +kl model instead of training one
 
 
 @dataclass(frozen=True)
@@ -59,10 +56,8 @@ class PlanInputs:
         return 2 if self.cfg.features.dtype == "float16" else 4
 
     def source(self, configured: str | None, default: str) -> Path:
-        if configured is None:
-            return self.data_dir / default
-        path = Path(configured).expanduser()
-        return path if path.is_absolute() else self.root / path
+        """Where a dataset lives: as the feature stages resolve it (the data stage's default when unset)."""
+        return resolve_source(self.root, self.data_dir, configured, default)
 
     def classification(self, name: str) -> ClassificationSizes:
         if name not in self._sizes:
@@ -88,7 +83,7 @@ class PlanInputs:
         """Images per CZSL split, None when the dataset is not there yet (the shapes world before the data stage)."""
         from pipeline_lib.czsl.data import load_czsl_dataset
 
-        folder = self.source(self.cfg.features.czsl.root, CZSL_DEFAULT)
+        folder = self.source(self.cfg.features.czsl.root, DATA_DEFAULTS["czsl.zarr"])
         if not folder.is_dir():
             return None
         ds = load_czsl_dataset(folder, "closed", check_sizes=False)
@@ -99,7 +94,7 @@ class PlanInputs:
         """Query and gallery texts of the retrieval table, None when it is not there yet."""
         import polars as pl
 
-        path = self.source(self.cfg.features.retrieval_text.path, TEXTS_DEFAULT)
+        path = self.source(self.cfg.features.retrieval_text.path, DATA_DEFAULTS["retrieval_text.zarr"])
         if not path.is_file():
             return None
         counts = pl.read_parquet(path, columns=["split"])["split"].value_counts()
@@ -186,6 +181,8 @@ def inversion(p: PlanInputs, inst: StageInstance) -> Work:
 
 
 def czsl(p: PlanInputs, inst: StageInstance) -> Work:
+    from pipeline_lib.czsl.experiment import BANK_ROWS  # rows that reuse the +kl model instead of training one
+
     c = p.cfg.czsl
     images = p.czsl_images
     if images is None:
