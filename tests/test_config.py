@@ -62,7 +62,8 @@ def test_overrides_and_their_errors() -> None:
 
 def test_numeric_folder_names_stay_names() -> None:
     """EuroSAT's CoOp layout keeps its images in `2750/`: YAML reads 2750 as a number, the param means the folder."""
-    cfg = load_config(REPO, overrides=("datasets.classification.shapes.image_dir=2750", "features.czsl.root=1234"))
-    assert cfg.datasets.classification["shapes"].image_dir == "2750" and cfg.features.czsl.root == "1234"
-    with pytest.raises(ParamsError, match="features.czsl.enabled"):
-        load_config(REPO, overrides=("features.czsl.enabled=3.5",))
+    cfg = load_config(REPO, overrides=("datasets.classification.shapes.image_dir=2750",
+                                       "datasets.czsl.shapes.root=1234"))
+    assert cfg.datasets.classification["shapes"].image_dir == "2750" and cfg.datasets.czsl["shapes"].root == "1234"
+    with pytest.raises(ParamsError, match="features.retrieval_text.enabled"):
+        load_config(REPO, overrides=("features.retrieval_text.enabled=3.5",))

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.slow  # stages killed with SIGKILL in subprocesses, the
 BRIDGEFLOW = Path(sys.executable).with_name("bridgeflow")  # the console script of this environment
 PAUSED_CLI = Path(__file__).with_name("paused_cli.py")
 FEWSHOT_RUN = "fewshot_run@shapes-1-1"
+CZSL_FEATURES = "features_czsl@shapes"
 STORE = "artifacts/features/fewshot/shapes/fewshot.zarr"
 
 
@@ -53,7 +54,8 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["inversion"]["oti"]["batch_size"] = 8
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = load_config(root)
-    for name in ("data", "backbone", "features_fewshot", "features", "fewshot_bridge", "inversion"):
+    for name in ("data", "backbone", "features_fewshot", "features_czsl", "features_text", "fewshot_bridge",
+                 "inversion"):
         run_stage(root, name, cfg)
     run_instance(root, instance(root, "support@shapes-1-1"), cfg)
     run_instance(root, instance(root, FEWSHOT_RUN), cfg)
@@ -199,17 +201,18 @@ def store_contents(root: Path) -> dict[str, Any]:
 
 def test_sigkill_during_extraction_resumes_to_the_uninterrupted_store(produced: Path, project: Path,
                                                                        tmp_path: Path) -> None:
-    unpublish(project, "features")
+    unpublish(project, CZSL_FEATURES)
     marker, log = tmp_path / "paused", tmp_path / "killed.log"
-    proc = start(project, "features", log=log, pause="features", marker=marker)
+    proc = start(project, CZSL_FEATURES, log=log, pause="features", marker=marker)
     wait_until(marker.exists, proc, log)
-    assert list((project / ".bridgeflow/work/features").glob("*/artifacts/features/czsl_and_texts/*.zarr/*/_done/c/*"))
+    work = project / ".bridgeflow/work/features_czsl_shapes"
+    assert list(work.glob("*/artifacts/features/czsl/shapes/*.zarr/*/_done/c/*"))
     kill(proc)
-    assert_not_published(project, "features")
+    assert_not_published(project, CZSL_FEATURES)
 
-    out = run_to_end(project, "features", log=tmp_path / "rerun.log")
-    assert "features: ran" in out
-    manifest = read_manifest(project, instance(project, "features"))
+    out = run_to_end(project, CZSL_FEATURES, log=tmp_path / "rerun.log")
+    assert f"{CZSL_FEATURES}: ran" in out
+    manifest = read_manifest(project, instance(project, CZSL_FEATURES))
     assert manifest["summary"]["blocks_skipped"] >= 1  # it continued from the killed run's finished blocks
     got, want = store_contents(project), store_contents(produced)
     assert got.keys() == want.keys()

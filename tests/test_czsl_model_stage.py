@@ -75,14 +75,14 @@ def test_run_czsl_stage_writes_outputs(bench, tmp_path):
     from pipeline_lib.backbone.load import create_backbone, save_published_backbone
 
     cfg = CzslConfig(**{**SMOKE, "worlds": ["closed"]})
-    ctx = stage_context(tmp_path / "repo", "czsl", Config(czsl=cfg), tmp_path / "work")
+    ctx = stage_context(tmp_path / "repo", "czsl", Config(czsl=cfg), tmp_path / "work", czsl_dataset="shapes")
     bb = create_backbone("bf-tiny-vit-32")
     save_published_backbone(bb, ctx.input("backbone"), save_weights=True)
-    data = ctx.input("data") / "czsl" / cfg.dataset
+    data = ctx.input("data") / "czsl" / "shapes"
     data.parent.mkdir(parents=True)
     data.symlink_to(bench.root)
-    ctx.input("features").mkdir(parents=True)
-    _write_store(ctx.input("features") / STORE, bench, bb.model)
+    ctx.input("features_czsl").mkdir(parents=True)
+    _write_store(ctx.input("features_czsl") / STORE, bench, bb.model)
 
     summary = run_czsl(ctx)
     assert summary["worlds"] == ["closed"] and list(summary["rows"]) == list_variants()

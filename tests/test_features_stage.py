@@ -96,9 +96,10 @@ def _backbone() -> Backbone:
 
 #: The feature stages' instances: the shapes dataset, its 2-shot seed-1 sample's support, the CZSL and text stores.
 ITEMS = {"features_fewshot": {"dataset": "shapes"}, "support": {"dataset": "shapes", "shots": 2, "seed": 1},
-         "features": {}}
+         "features_czsl": {"czsl_dataset": "shapes"}, "features_text": {}}
 RUNNERS = {"features_fewshot": stage.run_features_fewshot, "support": stage.run_support,
-           "features": stage.run_features}
+           "features_czsl": stage.run_features_czsl, "features_text": stage.run_features_text}
+IMAGE_STAGES = ("features_fewshot", "support", "features_czsl")  # sharded by image blocks
 
 
 def _ctx(root: Path, work: Path, name: str = "features_fewshot", **entry) -> StageContext:
@@ -171,14 +172,14 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     assert float(read_array(fs, "clip/logit_scale")) == pytest.approx(1 / 0.07, rel=1e-4)
 
     # CZSL store: tokens (CLS + 64 patches), labels into the closed-world pair list.
-    cz = features / "czsl_and_texts" / "czsl.zarr"
+    cz = features / "czsl" / "shapes" / "czsl.zarr"
     tokens = read_array(cz, "train/tokens")
     assert tokens.shape == (4, 65, 128)
     # One pass gives both: with 'tok' pooling the CLS token in the joint space is the pooled feature.
     np.testing.assert_allclose(tokens[:, 0], read_array(cz, "train/image"), rtol=1e-5, atol=1e-6)
     # closed-world pairs, sorted: blue circle, blue square, red circle, red square
     assert read_array(cz, "test/pair").tolist() == [0, 0, 2, 2]
-    rt = features / "czsl_and_texts" / "retrieval_text.zarr"
+    rt = features / "texts" / "retrieval_text.zarr"
     assert read_array(rt, "gallery/text").shape == (3, 128)
     assert read_array(rt, "gallery/group").tolist() == [0, 1, 2]
 
@@ -216,7 +217,7 @@ def test_summary_counts_the_blocks_shard_workers_encoded(
     counts their work (from the block records they leave in the scratch folder), and the stores stay byte-identical."""
     single = run_all(world, tmp_path / "single")
     planned = 0
-    for name in RUNNERS:
+    for name in IMAGE_STAGES:
         shard_list = shards.plan_shards(_ctx(world, tmp_path / "sharded", name))
         for shard in reversed(shard_list):  # any order, each from a worker's own context
             done = shards.extract_shard(_ctx(world, tmp_path / "sharded", name), shard)
@@ -226,9 +227,9 @@ def test_summary_counts_the_blocks_shard_workers_encoded(
 
     assert sharded["blocks_skipped"] == planned > 1  # one block per shard, all written by the workers
     assert sharded["images_encoded"] == single["images_encoded"] == 15 + 3 + 6 + 6 * 3 + 4 + 2 + 4
-    assert all(sharded[name]["images_per_s"] > 0 for name in RUNNERS)
+    assert all(sharded[name]["images_per_s"] > 0 for name in IMAGE_STAGES)
     groups = [("features_fewshot", "fewshot", s) for s in ("train", "val", "test")] + [("support", "support", "train")]
-    for name, store, split in groups + [("features", "czsl", s) for s in ("train", "val", "test")]:
+    for name, store, split in groups + [("features_czsl", "czsl", s) for s in ("train", "val", "test")]:
         got, want = sharded[name][store][split], single[name][store][split]
         assert got["forwards"] == want["forwards"] and got["images"] == want["images"], (store, split)
         assert got["blocks_written"] == 0 and got["seconds"] > 0 and got["images_per_s"] > 0, (store, split)

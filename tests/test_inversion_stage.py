@@ -65,7 +65,7 @@ def _ctx(tmp_path: Path) -> StageContext:
     """The stage's real context: synthetic feature stores published under `repo`, outputs into `work`."""
     ctx = stage_context(tmp_path / "repo", "inversion", Config(inversion=CFG, runtime=RuntimeConfig(processes=1)),
                         tmp_path / "work")
-    _stores(ctx.input("features_fewshot"), ctx.input("features"))
+    _stores(ctx.input("features_fewshot"), ctx.input("features_text"))
     return ctx
 
 

@@ -43,8 +43,8 @@ def test_keys_dvc_declares_must_be_in_params_yaml(tmp_path: Path) -> None:
 
 def test_missing_paths_and_unknown_backbones_are_named(tmp_path: Path) -> None:
     root = _project(tmp_path)
-    with pytest.raises(ParamsError, match=r"features.czsl.root = 'nowhere': no such file or folder"):
-        preflight(root, overrides=("features.czsl.root=nowhere",))
+    with pytest.raises(ParamsError, match=r"datasets.czsl.shapes.root = 'nowhere': no such file or folder"):
+        preflight(root, overrides=("datasets.czsl.shapes.root=nowhere",))
     assert "ViT-B-16" in known_backbones()
     with pytest.raises(ParamsError, match=r"backbone.model = 'ViT-B-61'.*did you mean ViT-B-16"):
         preflight(root, overrides=("backbone.model=ViT-B-61",))

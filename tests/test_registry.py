@@ -9,7 +9,15 @@ from pipeline_lib.engine.config import effective_params, load_config
 from pipeline_lib.engine.dvcfile import render
 from pipeline_lib.engine.params import get_dotted
 from pipeline_lib.engine.runner import load_function
-from pipeline_lib.engine.stages import EXTRACTION, PARAMS_CHECK, STAGES, dvc_template, get_stage, instances
+from pipeline_lib.engine.stages import (
+    CZSL_TRAINING,
+    EXTRACTION,
+    PARAMS_CHECK,
+    STAGES,
+    dvc_template,
+    get_stage,
+    instances,
+)
 
 
 def test_dvc_yaml_matches_registry() -> None:
@@ -46,9 +54,19 @@ def test_declared_params_modules_and_functions_exist() -> None:
 
 
 def test_feature_stages_are_versioned_by_every_extraction_key() -> None:
-    """EXTRACTION lists every `features` key except the `features` stage's own sources and patch-token switch."""
+    """EXTRACTION lists every `features` key except the text source and the CZSL patch-token switch."""
     from pipeline_lib.features.config import FeaturesConfig
 
-    sources = {"czsl", "retrieval_text", "patch_tokens"}
+    sources = {"retrieval_text", "patch_tokens"}
     assert set(EXTRACTION) == {f"features.{key}" for key in FeaturesConfig.model_fields if key not in sources}
-    assert set(EXTRACTION) <= set(get_stage("features_fewshot").params)
+    for name in ("features_fewshot", "support", "features_czsl", "features_text"):
+        assert set(EXTRACTION) <= set(get_stage(name).params), name
+
+
+def test_czsl_instances_are_versioned_by_every_czsl_key_but_the_claims_pin() -> None:
+    """A czsl instance reads every `czsl` key except `czsl.dataset` (whose results the claims read): changing that
+    pin reruns the claims, never a CZSL training."""
+    from pipeline_lib.czsl.config import CzslConfig
+
+    assert set(CZSL_TRAINING) == {f"czsl.{key}" for key in CzslConfig.model_fields if key != "dataset"}
+    assert set(CZSL_TRAINING) <= set(get_stage("czsl").params)

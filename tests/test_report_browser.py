@@ -21,7 +21,7 @@ ARTIFACTS = REPO / "test-artifacts"
 # vs inverted and vs step, the CZSL ablation and seen/unseen curve, stage timings and cache hits.
 REQUIRED_PLOTS = {
     "gap_similarity.png", "gap_summary.png", "fewshot_accuracy.png", "inversion_map.png", "inversion_map_vs_step.png",
-    "claims_forest.png", "czsl_ablation.png", "czsl_curve.png", "stage_timings.png", "cache_hits.png",
+    "claims_forest.png", "czsl_ablation_shapes.png", "czsl_curve_shapes.png", "stage_timings.png", "cache_hits.png",
 }
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")

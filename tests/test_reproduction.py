@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared"
 PUBLISHED_MD = SHARED / "reference" / "published_results.md"
 SEMOBRIDGE_MD = SHARED / "specs" / "semobridge.md"
-TINY_RUN = RunIdentity("bf-tiny-vit-32", "shapes", "shapes", "shapes-captions")
+TINY_RUN = RunIdentity("bf-tiny-vit-32", "shapes", "shapes-captions")
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +314,7 @@ def test_duplicate_measured_keys_are_rejected(table: PublishedTable) -> None:
 
 
 def test_no_match_says_so_and_lists_what_exists(table: PublishedTable) -> None:
-    measured = measured_rows(TINY_RUN, fewshot=FEWSHOT, czsl=CZSL, inversion=INVERSION)
+    measured = measured_rows(TINY_RUN, fewshot=FEWSHOT, czsl=[CZSL], inversion=INVERSION)
     assert measured, "the metrics fixtures gave no measured rows"
     df = compare(measured, table)
     assert df.is_empty() and df.schema == SCHEMA
@@ -390,14 +390,11 @@ def test_metrics_files_map_to_measured_rows() -> None:
         "backbone": {"model": "ViT-L-14", "pretrained": "openai"},
         "features": {"retrieval_text": {"path": None}},
         "inversion": {"dataset": "imnet"},
-        "czsl": {"dataset": "ut-zappos"},
     }
     run = run_identity(params, {"imnet": "ImageNet"})
-    assert run == RunIdentity("ViT-L/14", "imagenet", "ut-zappos", "shapes-captions")
-    rows = {
-        r.key: r
-        for r in measured_rows(run, fewshot=FEWSHOT, czsl={**CZSL, "dataset": "UT-Zappos"}, inversion=INVERSION)
-    }
+    assert run == RunIdentity("ViT-L/14", "imagenet", "shapes-captions")
+    czsl = [{**CZSL, "dataset": "UT-Zappos"}, {**CZSL, "dataset": "mit_states"}]  # one summary per CZSL dataset
+    rows = {r.key: r for r in measured_rows(run, fewshot=FEWSHOT, czsl=czsl, inversion=INVERSION)}
     zs = rows[("fewshot", "imagenet", "ViT-L/14", "zero_shot", "0", "accuracy")]
     assert (zs.value, zs.unit, zs.n) == (60.1, "points", 5)
     t16 = rows[("fewshot", "imagenet", "ViT-L/14", "semobridge_t", "16", "accuracy")]
@@ -407,15 +404,17 @@ def test_metrics_files_map_to_measured_rows() -> None:
     assert (auc.value, auc.unit, auc.n) == (0.5, "fraction", 5)
     assert ("czsl", "ut-zappos", "ViT-L/14", "+dynamic", "open", "auc") in rows
     assert rows[("czsl", "ut-zappos", "ViT-L/14", "+dynamic", "closed", "rmg")].unit == "ratio"
+    assert ("czsl", "mit-states", "ViT-L/14", "+dynamic", "closed", "auc") in rows
     assert rows[("image_retrieval", "imagenet", "ViT-L/14", "oti_to_image", "-", "map")].n == 900
     gain = rows[("text_retrieval", "shapes-captions", "ViT-L/14", "ovi_to_text-minus-text_to_text", "-", "map_diff")]
     assert gain.value == -0.02
     assert not any("selected" in key[3] for key in rows)
     df = compare(rows.values())
-    matched = {(r["method"], r["metric"]): r for r in df.iter_rows(named=True)}
-    assert matched[("+dynamic", "auc")]["measured"] == pytest.approx(50.0)
-    assert matched[("+dynamic", "auc")]["difference"] == pytest.approx(0.0)
-    assert matched[("+dynamic", "hm")]["difference"] == pytest.approx(0.0)
+    matched = {(r["dataset"], r["method"], r["metric"]): r for r in df.iter_rows(named=True)}
+    assert matched[("ut-zappos", "+dynamic", "auc")]["measured"] == pytest.approx(50.0)
+    assert matched[("ut-zappos", "+dynamic", "auc")]["difference"] == pytest.approx(0.0)
+    assert matched[("ut-zappos", "+dynamic", "hm")]["difference"] == pytest.approx(0.0)
+    assert matched[("mit-states", "+dynamic", "auc")]["difference"] == pytest.approx(50.0 - 24.0)  # paper: 24.0
 
 
 def test_short_and_long_lines_are_rejected(tmp_path: Path) -> None:

@@ -21,13 +21,13 @@ def _publish(root: Path, stage: str, params: dict, files: dict[str, dict], summa
 
 
 def _imagenet_run(root: Path) -> None:
-    """A ViT-B/16 `openai` run on ImageNet: SeMoBridge-T at 16 shots, one CZSL row on UT-Zappos."""
+    """A ViT-B/16 `openai` run on ImageNet: SeMoBridge-T at 16 shots, one CZSL row on the shapes benchmark."""
     _publish(root, "backbone", {"backbone.model": "ViT-B-16", "backbone.pretrained": "openai"}, {})
     acc = {"16": {"mean": 73.9, "std": 0.1, "n": 3}, "1": {"mean": 60.0, "std": 2.0, "n": 3}}
     tables = {"datasets": {"imnet": {"prompts": "ImageNet", "test_acc": {"semobridge_t": acc}}}}
     _publish(root, "fewshot_report", {}, {"summary.json": tables})
     czsl_rows = {"+dynamic": {"closed": {"auc": 0.31, "hm": 0.5, "seen": 0.6, "unseen": 0.7}}}
-    _publish(root, "czsl", {"czsl": {"dataset": "shapes"}}, {}, {"rows": czsl_rows, "seeds": 5})
+    _publish(root, "czsl/shapes", {}, {}, {"dataset": "shapes", "rows": czsl_rows, "seeds": 5})
 
 
 def test_rows_come_from_the_published_tables_under_the_recorded_params(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def test_shards_cover_whole_files_only() -> None:
 
 def test_registry_declares_the_sharded_stages() -> None:
     sharded = {stage.name: stage.shards for stage in STAGES if stage.shards is not None}
-    assert sorted(sharded) == ["features", "features_fewshot", "inversion", "support"]
+    assert sorted(sharded) == ["features_czsl", "features_fewshot", "inversion", "support"]
     for shards in sharded.values():  # both names resolve to functions
         assert callable(load_function(shards.planner)) and callable(load_function(shards.worker))
 
@@ -92,7 +92,7 @@ def test_local_cluster_shuts_down_without_comm_errors(prefect_server: None, capf
 def test_dask_params_are_runtime_only(smoke_project: Path) -> None:
     plain = effective_params(load_config(smoke_project))
     dask = effective_params(load_config(smoke_project, overrides=(*DASK, "runtime.dask.address=tcp://h:8786")))
-    for name in ("features_fewshot", "features", "inversion"):
+    for name in ("features_fewshot", "features_czsl", "inversion"):
         (inst,) = instances(get_stage(name), plain)
         assert fingerprint(inst, plain, {}, "code") == fingerprint(inst, dask, {}, "code")
     with pytest.raises(ParamsError, match="runtime.dask.address"):

@@ -63,7 +63,7 @@ def write_metrics(root: Path, stem: str, data: dict[str, Any]) -> None:
 
 
 def czsl_metrics() -> dict[str, Any]:
-    """metrics/czsl.json as the czsl stage writes it: per row the closed-world table and the open-world AUC."""
+    """metrics/czsl/<dataset>.json as a czsl instance writes it: per row the closed-world table and open-world AUC."""
     closed = {"auc": 0.5, "hm": 0.4, "seen": 0.6, "unseen": 0.7}
     return {r: {"closed": dict(closed), "open": {"auc": 0.25}} for r in ("baseline", "+sa", "+dynamic")}
 
@@ -107,17 +107,17 @@ def test_claims_lines_keep_numbers_when_narrow() -> None:
 
 def test_summary_prints_claims_before_other_metrics(tmp_path: Path) -> None:
     write_claims(tmp_path)
-    write_metrics(tmp_path, "czsl", czsl_metrics())
+    write_metrics(tmp_path, "czsl/shapes", czsl_metrics())
     out = summary_output(tmp_path)
-    assert out.index("claims (95% intervals") < out.index("bridgeflow results") < out.index("czsl (closed)")
+    assert out.index("claims (95% intervals") < out.index("bridgeflow results") < out.index("czsl/shapes (closed)")
     assert "semobridge_vs_prototype@1shot" in out and "+12.30 [+9.10, +15.50] (n=5)" in out
     assert "bootstrap_resamples" not in out  # the claims file is not repeated as headline numbers
 
 
 def test_summary_without_claims_says_so(tmp_path: Path) -> None:
-    write_metrics(tmp_path, "czsl", czsl_metrics())
+    write_metrics(tmp_path, "czsl/shapes", czsl_metrics())
     out = summary_output(tmp_path)
-    assert out.index("claims: none yet") < out.index("czsl (closed)")
+    assert out.index("claims: none yet") < out.index("czsl/shapes (closed)")
     assert load_claims(tmp_path) is None
     summary_output(tmp_path / "empty")  # nothing at all: no crash
 
@@ -126,7 +126,7 @@ def test_summary_survives_a_broken_claims_file(tmp_path: Path) -> None:
     claims_path(tmp_path).parent.mkdir(parents=True)
     claims_path(tmp_path).write_text("{not json")
     assert load_claims(tmp_path) is None
-    write_metrics(tmp_path, "czsl", czsl_metrics())
+    write_metrics(tmp_path, "czsl/shapes", czsl_metrics())
     assert "claims: none yet" in summary_output(tmp_path)
 
 
@@ -137,7 +137,7 @@ def test_only_claims_no_other_metrics(tmp_path: Path) -> None:
 
 
 def test_results_read_every_shot_count_as_tables_within_the_width(tmp_path: Path) -> None:
-    write_metrics(tmp_path, "czsl", czsl_metrics())
+    write_metrics(tmp_path, "czsl/shapes", czsl_metrics())
     shots = {"1": 35.6, "4": 44.9, "16": 51.0, "32": 55.5}  # in the order the stage writes them
     write_metrics(tmp_path, "fewshot", {"test_acc": {"prototype": shots, "semobridge_t": shots}})
     write_metrics(tmp_path, "gap", {"matched_image_text": 0.55, "energy": {"weak": 0.011}})
@@ -147,7 +147,7 @@ def test_results_read_every_shot_count_as_tables_within_the_width(tmp_path: Path
     at = lines.index(next(line for line in lines if line.startswith("fewshot test_acc")))
     assert lines[at].split()[2:] == ["1", "4", "16", "32"]  # shots as columns, methods as rows
     assert lines[at + 1].split() == ["prototype", "35.6", "44.9", "51", "55.5"]
-    assert lines[lines.index("czsl (closed)  auc   hm  seen  unseen") + 1].split() == ["baseline", "0.5", "0.4",
+    assert lines[lines.index("czsl/shapes (closed)  auc   hm  seen  unseen") + 1].split() == ["baseline", "0.5", "0.4",
                                                                                        "0.6", "0.7"]
     assert "gap  matched_image_text 0.55" in lines and "gap energy  weak 0.011" in lines
     assert all(len(line) <= SUMMARY_WIDTH for line in lines)

@@ -1,10 +1,10 @@
 """The `claims` stage: every paper claim as a paired comparison with a 95% interval and a verdict.
 
 It reads what the method stages published (few-shot runs per (shots, seed) of the dataset the gap is diagnosed on,
-`backbone.diagnose.dataset`; inversion per-query AP; CZSL per-seed rows; the gap diagnostics), evaluates
-`claims.registry.CLAIMS` (`claims.compute`), and writes the full table (`outputs.TABLE`, what `bridgeflow summary`
-and the report lead with), metrics/claims.json (per claim the mean difference, its interval and the verdict) and
-plots/claims.csv (the forest plot's data).
+`backbone.diagnose.dataset`; inversion per-query AP; CZSL per-seed rows of `czsl.dataset`; the gap diagnostics),
+evaluates `claims.registry.CLAIMS` (`claims.compute`), and writes the full table (`outputs.TABLE`, what
+`bridgeflow summary` and the report lead with), metrics/claims.json (per claim the mean difference, its interval and
+the verdict) and plots/claims.csv (the forest plot's data).
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def load_evidence(ctx: StageContext) -> Evidence:
                 raise FileNotFoundError(f"fewshot_run@{dataset}-{k}-{seed} has no {FEWSHOT_RESULTS}")
             fewshot[k, seed] = {m: float(v["test_acc"]) for m, v in run["methods"].items() if "test_acc" in v}
     ap_path = ctx.input("inversion") / PER_QUERY_AP
-    czsl = _json(ctx.input("czsl") / CZSL_RESULTS) or {}
+    czsl_dataset = ctx.cfg.czsl.dataset  # the czsl claims' dataset (its pin); none when no CZSL dataset is listed
+    listed = czsl_dataset in ctx.cfg.datasets.czsl
+    czsl = (_json(ctx.input_instance("czsl", czsl_dataset=czsl_dataset) / CZSL_RESULTS) if listed else None) or {}
     per_seed = {int(s): rows for s, rows in czsl.get("per_seed", {}).items()}
     context: dict[str, Any] = {}
     gap = _json(ctx.input("diagnose") / GAP_DETAILS) or {}

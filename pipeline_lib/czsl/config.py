@@ -6,7 +6,7 @@ few minutes on 2 CPU cores in frozen mode.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -17,7 +17,8 @@ class CzslConfig(Section):
     """Every SAM-CZSL hyper-parameter; the defaults follow specs/czsl.md sections 3-5 scaled to the tiny backbone."""
 
     # --- data -----------------------------------------------------------------------------------------------------
-    dataset: str = "shapes"  # folder under the data stage's czsl/ output, in the standard CZSL layout
+    # the `datasets.czsl` entry the claims read (every listed dataset gets its own czsl instance)
+    dataset: str = "shapes"
     # settings evaluated; OW uses feasibility filtering
     worlds: tuple[Literal["closed", "open"], ...] = ("closed", "open")
     ow_filter: Literal["multiply", "mask"] = "multiply"  # spec 2.5.3 exact multiplicative rule, or -1e10 variant
@@ -106,3 +107,13 @@ class CzslConfig(Section):
             raise ValueError(f"czsl.bank_text_entropy={self.bank_text_entropy}: expected None or a value in [0, 1]")
         return self
 
+
+
+def dataset_config(base: CzslConfig, overrides: dict[str, Any], name: str) -> CzslConfig:
+    """The `czsl` params of one CZSL dataset: `base` with its entry's `overrides` (`datasets.czsl.<name>.overrides`),
+    validated like the section itself so a bad override fails before anything runs."""
+    allowed = set(CzslConfig.model_fields) - {"dataset"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"datasets.czsl.{name}.overrides: {unknown} are not czsl keys")
+    return CzslConfig.model_validate({**base.model_dump(), **overrides})

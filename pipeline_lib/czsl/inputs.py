@@ -21,14 +21,14 @@ log = logging.getLogger(__name__)
 
 
 def load_worlds(dataset_root: Path, cfg: CzslConfig, clip: nn.Module,
-                tokenizer: Callable[[list[str]], torch.Tensor]) -> dict[str, WorldEval]:
+                tokenizer: Callable[[list[str]], torch.Tensor], check_sizes: bool = True) -> dict[str, WorldEval]:
     """The closed world (always: checkpoint selection uses its val AUC) and, when configured, the open world with its
     feasibility scores (word vectors from cfg.ow_word_vectors, else the backbone's token embeddings)."""
     worlds: dict[str, WorldEval] = {}
-    ds_cw = load_czsl_dataset(dataset_root, "closed")
+    ds_cw = load_czsl_dataset(dataset_root, "closed", check_sizes=check_sizes)
     worlds["closed"] = WorldEval("closed", ds_cw, pair_tensor(ds_cw, ds_cw.pairs))
     if "open" in cfg.worlds:
-        ds_ow = load_czsl_dataset(dataset_root, "open")
+        ds_ow = load_czsl_dataset(dataset_root, "open", check_sizes=check_sizes)
         feas = dataset_feasibility(
             ds_ow.attrs, ds_ow.objs, ds_ow.train_pairs,
             word_vectors=Path(cfg.ow_word_vectors) if cfg.ow_word_vectors else None,

@@ -1,6 +1,6 @@
-"""The `czsl` stage: train and evaluate the SAM-CZSL ablation rows, closed and open world.
+"""The `czsl@<dataset>` stage: train and evaluate the SAM-CZSL ablation rows on one CZSL dataset, closed and open world.
 
-A thin entry point: it resolves the inputs through the stage context (data, backbone, features), loads them
+A thin entry point: it resolves the inputs through the stage context (the dataset, backbone, features_czsl), loads them
 (`czsl.inputs`), runs the ablation on the loaded data (`czsl.experiment.run_experiment`) once per training seed
 (`czsl.seeds`) and writes the outputs: per seed a folder seed<k>/ (head checkpoints, test score matrices, stream
 orders, full results; a seed whose results.json exists is not rerun, so a killed run resumes), results.json with
@@ -21,18 +21,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline_lib.czsl.config import CzslConfig
+from pipeline_lib.czsl.config import CzslConfig, dataset_config
 from pipeline_lib.czsl.experiment import Backend, CzslOutcome, run_experiment
 from pipeline_lib.czsl.inputs import load_splits, load_worlds
 from pipeline_lib.czsl.outputs import RESULTS
 from pipeline_lib.czsl.train import global_token_kind, seed_everything
 from pipeline_lib.czsl.worlds import METRIC_KEYS
+from pipeline_lib.datasets.sources import czsl_entry, czsl_source
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-STORE = "czsl.zarr"  # the CZSL feature store inside the features stage's output folder
+STORE = "czsl.zarr"  # the CZSL feature store inside a features_czsl instance's output folder
 LOSS = "loss.csv"
 
 
@@ -115,13 +116,13 @@ def run_czsl(ctx: StageContext) -> dict[str, Any]:
     """Stage entry point: load the inputs, run the ablation once per training seed, write outputs, metrics, plots."""
     from pipeline_lib.backbone.load import load_published_backbone
 
-    cfg: CzslConfig = ctx.cfg.czsl
+    cfg = dataset_config(ctx.cfg.czsl, czsl_entry(ctx).overrides, ctx.item["czsl_dataset"])
     t0 = time.perf_counter()
     seed_everything(cfg.seeds[0])  # before the backbone is built: the run's random state starts here
     bb = load_published_backbone(ctx.input("backbone"), ctx.device)
     bb.model.requires_grad_(False)
-    worlds = load_worlds(ctx.input("data") / "czsl" / cfg.dataset, cfg, bb.model, bb.tokenizer)
-    splits = load_splits(ctx.input("features") / STORE, worlds["closed"].ds, cfg.mode)
+    worlds = load_worlds(czsl_source(ctx), cfg, bb.model, bb.tokenizer, check_sizes=czsl_entry(ctx).check_sizes)
+    splits = load_splits(ctx.input("features_czsl") / STORE, worlds["closed"].ds, cfg.mode)
     backend = Backend(bb.model, bb.tokenizer, bb.preprocess)
     world_names = list(worlds)
     results = {seed: run_seed(ctx, cfg, seed, backend, worlds, splits) for seed in cfg.seeds}
@@ -136,7 +137,7 @@ def run_czsl(ctx: StageContext) -> dict[str, Any]:
     shutil.copyfile(seed_dir(out_dir, cfg.seeds[0]) / LOSS, ctx.plot("czsl_loss"))
     open_world = worlds.get("open")
     summary = {
-        "dataset": cfg.dataset, "mode": cfg.mode, "worlds": world_names, "seeds": len(cfg.seeds),
+        "dataset": ctx.item["czsl_dataset"], "mode": cfg.mode, "worlds": world_names, "seeds": len(cfg.seeds),
         "feasibility_source": open_world.feas.source if open_world is not None and open_world.feas else None,
         "rows": summarise(per_seed, world_names),
         "bank_selects_off": {k: sum(b[k]["selects_off"] for b in bank.values()) for k in next(iter(bank.values()))},

@@ -3,15 +3,16 @@
 The keys of `datasets.classification` are a matrix axis of the pipeline: each name gets its own few-shot feature,
 bridge and run instances (`features_fewshot@pets`, `fewshot_run@pets-4-1`), versioned by its own entry only
 (`datasets.classification.pets`), so adding a dataset computes just its instances and removing one touches nothing
-else. The shapes world the data stage generates is the entry whose `root` is null.
+else. The keys of `datasets.czsl` are the CZSL axis in the same way (`features_czsl@mit_states`,
+`czsl@mit_states`). The shapes world the data stage generates is the entry whose `root` is null.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from pipeline_lib.engine.configbase import NamedPaths, Section
 from pipeline_lib.features.config import AugmentConfig
@@ -65,18 +66,38 @@ class ClassificationDataset(NamedPaths):
         return v
 
 
+class CzslDataset(NamedPaths):
+    """One CZSL dataset in the standard layout: `root/compositional-split-natural/{train,val,test}_pairs.txt`,
+    `root/metadata_compositional-split-natural.t7` and `root/images/` (MIT-States, UT-Zappos, C-GQA)."""
+
+    root: str | None = None  # null = the shapes CZSL benchmark the data stage generates (artifacts/data/czsl/shapes)
+    # assert the published sizes when the root folder is a standard release's (mit-states, ut-zappos, cgqa), so a
+    # partial download fails loudly; off for a subset or a replica kept under the real name
+    check_sizes: bool = True
+    # this dataset's own values of `czsl` keys, e.g. the published per-benchmark lr, batch size, epochs and primitive
+    # loss weights (spec 3.4); the other keys come from the `czsl` section (`czsl.config.dataset_config`)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+def _check_names(kind: str, names: list[str]) -> None:
+    bad = [name for name in names if not NAME.match(name)]
+    if bad:
+        raise ValueError(f"{kind} dataset names {bad}: use lower-case letters, digits and '_' (they name stage "
+                         "instances and folders), starting with a letter")
+
+
 class DatasetsConfig(Section):
     """The run's datasets by task; a name is a key (and an instance id), its entry says where and how to read it."""
 
+    # {} = no classification stages (a CZSL suite)
     classification: dict[str, ClassificationDataset] = Field(
-        default_factory=lambda: {"shapes": ClassificationDataset()}, min_length=1
-    )
+        default_factory=lambda: {"shapes": ClassificationDataset()})
 
-    @field_validator("classification")
+    # {} = no CZSL stages (a few-shot or retrieval suite)
+    czsl: dict[str, CzslDataset] = Field(default_factory=lambda: {"shapes": CzslDataset()})
+
+    @field_validator("classification", "czsl")
     @classmethod
-    def _names(cls, v: dict[str, ClassificationDataset]) -> dict[str, ClassificationDataset]:
-        bad = [name for name in v if not NAME.match(name)]
-        if bad:
-            raise ValueError(f"dataset names {bad}: use lower-case letters, digits and '_' (they name stage "
-                             "instances and folders), starting with a letter")
+    def _names(cls, v: dict[str, NamedPaths], info: ValidationInfo) -> dict[str, NamedPaths]:
+        _check_names(str(info.field_name), list(v))
         return v

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from pipeline_lib.backbone.config import BackboneConfig
-from pipeline_lib.czsl.config import CzslConfig
+from pipeline_lib.czsl.config import CzslConfig, dataset_config
 from pipeline_lib.data.config import DataConfig
 from pipeline_lib.datasets.config import DatasetsConfig
 from pipeline_lib.engine.configbase import Section
@@ -76,8 +76,26 @@ class Config(Section):
     czsl: CzslConfig = CzslConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
+    @model_validator(mode="after")
+    def _czsl_overrides_are_czsl_params(self) -> Config:
+        """Each CZSL dataset's `overrides` must make a valid `czsl` section, checked before anything runs."""
+        problems = []
+        for name, entry in self.datasets.czsl.items():
+            try:
+                dataset_config(self.czsl, entry.overrides, name)
+            except ValidationError as err:
+                problems += [f"datasets.czsl.{name}.overrides.{'.'.join(map(str, e['loc']))} = {e['input']!r}: "
+                             f"{e['msg']}" for e in err.errors()]
+            except ValueError as err:
+                problems.append(str(err))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 def _describe_error(err: ErrorDetails, raw: dict[str, Any]) -> str:
+    if not err["loc"]:  # a check across sections names its keys itself
+        return err["msg"].removeprefix("Value error, ")
     key = ".".join(str(part) for part in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key (remove it or check its spelling)"

@@ -1,8 +1,9 @@
 """What a stage function receives: the validated config, its own matrix item, and its paths, resolved from the registry.
 
 Stage functions never spell a repo-relative path: they ask for an upstream stage's published output
-(`ctx.input("features")`), for their own output folder (`ctx.output()`), metrics file (`ctx.metrics()`) or a declared
-plot (`ctx.plot("fewshot_accuracy")`). Outputs land in the fingerprint-keyed scratch folder; the runner publishes them.
+(`ctx.input("features_fewshot")`), for their own output folder (`ctx.output()`), metrics file (`ctx.metrics()`) or a
+declared plot (`ctx.plot("fewshot_accuracy")`). Outputs land in the fingerprint-keyed scratch folder; the runner
+publishes them.
 """
 
 from __future__ import annotations
@@ -96,11 +97,12 @@ class StageContext:
         return _mkparent(self.work / self.inst.path(self.inst.stage.metrics[0]))
 
     def plot(self, name: str) -> Path:
-        """The declared plot file whose stem is `name` (e.g. `fewshot_accuracy` for plots/fewshot_accuracy.csv)."""
+        """This instance's file of the declared plot called `name` (`Plot.name`: e.g. `fewshot_accuracy` for
+        plots/fewshot_accuracy.csv, `czsl_curve` for plots/czsl_curve/{czsl_dataset}.csv)."""
         for plot in self.inst.stage.plots:
-            if Path(plot.path).stem == name:
+            if plot.name == name:
                 return _mkparent(self.work / self.inst.path(plot.path))
-        declared = ", ".join(Path(p.path).stem for p in self.inst.stage.plots) or "none"
+        declared = ", ".join(p.name for p in self.inst.stage.plots) or "none"
         raise KeyError(f"stage {self.inst.stage.name!r} declares no plot {name!r} (declared: {declared})")
 
     @property

@@ -66,11 +66,12 @@ def stage_entry(stage: Stage, root: Path) -> dict[str, Any]:
 
 
 def plots_section() -> list[dict[str, Any]]:
-    """Top-level named plots with their axes (matrix plots are listed by their folder)."""
+    """Top-level named plots with their axes (a matrix stage's plot by its folder, one file per instance)."""
     section = []
     for stage in STAGES:
         for plot in stage.plots:
-            y = {plot.path: list(plot.y)} if len(plot.y) > 1 else {plot.path: plot.y[0]}
+            path = plot.path if "{" not in plot.path else str(Path(plot.path).parent)
+            y = {path: list(plot.y)} if len(plot.y) > 1 else {path: plot.y[0]}
             section.append({plot.title: {"template": plot.template, "x": plot.x, "y": y}})
     return section
 

@@ -25,7 +25,6 @@ from pipeline_lib.engine.params import ParamsError, get_dotted, load_params
 
 #: params whose value names a file or folder that must exist when set (relative paths are from the project root)
 PATH_KEYS = (
-    "features.czsl.root",
     "features.retrieval_text.path",
     "czsl.ow_word_vectors",
 )
@@ -70,17 +69,21 @@ def missing_dvc_params(root: Path, raw: dict[str, Any]) -> list[str]:
 
 
 def path_keys(cfg: Config) -> list[str]:
-    """Every params key naming a file or folder: the fixed ones and each classification dataset's."""
+    """Every params key naming a file or folder: the fixed ones and each classification and CZSL dataset's."""
     entries = [f"datasets.classification.{name}.{field}" for name in cfg.datasets.classification
                for field in DATASET_PATH_FIELDS]
-    return [*PATH_KEYS, *entries]
+    return [*PATH_KEYS, *entries, *(f"datasets.czsl.{name}.root" for name in cfg.datasets.czsl)]
 
 
 def dataset_problems(cfg: Config) -> list[str]:
-    """A pin that names no listed classification dataset, and a reader of the shapes world when it is not made."""
-    params, names = cfg.model_dump(mode="json"), list(cfg.datasets.classification)
-    problems = [f"{key} = {get_dotted(params, key)!r}: not a key of datasets.classification (listed: "
-                f"{', '.join(names)})" for key in DATASET_PINS if get_dotted(params, key) not in names]
+    """A pin that names no listed dataset, and a reader of the shapes world when it is not made."""
+    params, problems = cfg.model_dump(mode="json"), []
+    # an empty list runs none of its task's stages (a CZSL suite lists no classification dataset), so its pins are
+    # checked only when the list has entries
+    for section, pins in (("classification", DATASET_PINS), ("czsl", ("czsl.dataset",))):
+        names = list(getattr(cfg.datasets, section))
+        problems += [f"{key} = {get_dotted(params, key)!r}: not a key of datasets.{section} (listed: "
+                     f"{', '.join(names)})" for key in pins if names and get_dotted(params, key) not in names]
     if not cfg.data.generate:
         problems += [f"{key} reads the shapes world, which data.generate = false does not make"
                      for key in world_readers(cfg)]
@@ -91,10 +94,9 @@ def world_readers(cfg: Config) -> list[str]:
     """The params whose value makes a stage read the data stage's shapes world."""
     readers = [f"datasets.classification.{name}.root" for name, entry in cfg.datasets.classification.items()
                if entry.root is None]
-    f = cfg.features
-    readers += [key for key, on, where in (("features.czsl.root", f.czsl.enabled, f.czsl.root),
-                                           ("features.retrieval_text.path", f.retrieval_text.enabled,
-                                            f.retrieval_text.path)) if on and where is None]
+    readers += [f"datasets.czsl.{name}.root" for name, entry in cfg.datasets.czsl.items() if entry.root is None]
+    if cfg.features.retrieval_text.enabled and cfg.features.retrieval_text.path is None:
+        readers.append("features.retrieval_text.path")
     if cfg.backbone.trains_here:
         readers.append("backbone.model")  # the tiny CLIP pretrains on the world's corpus
     return readers

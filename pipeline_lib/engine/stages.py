@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline_lib.engine.params import get_dotted
@@ -26,6 +27,14 @@ class Plot:
     y: tuple[str, ...]
     title: str
     template: str = "linear"
+
+    @property
+    def name(self) -> str:
+        """What `ctx.plot` calls it: the file's stem, or for a matrix stage's plot
+        (`plots/czsl_curve/{czsl_dataset}.csv`: a file per instance in one folder, which `dvc plots` draws together)
+        the folder's name."""
+        path = Path(self.path)
+        return path.parent.name if "{" in path.stem else path.stem
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,16 @@ class StageInstance:
 EXTRACTION = tuple(f"features.{key}" for key in (
     "batch_size", "views", "augment", "seed", "dtype", "amp", "rows_per_chunk", "rows_per_shard"))
 
+#: The keys of the `czsl` section that decide what a `czsl` instance computes: all but `czsl.dataset`, which only
+#: says whose results the claims read (a test keeps this list equal to the section's fields but that one).
+CZSL_TRAINING = tuple(f"czsl.{key}" for key in (
+    "worlds", "ow_filter", "ow_word_vectors", "context_length", "prompt_init", "attr_dropout", "logit_scale",
+    "w_attr", "w_obj", "sa_topk", "sa_chunk", "vac_blocks", "vac_heads", "vac_mlp_ratio", "vac_dropout", "kl_alpha",
+    "kl_temperature", "w_sa", "w_vac", "w_bank", "mode", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+    "lora_lr", "epochs", "lr", "batch_size", "weight_decay", "eval_every", "select_window", "bank_slots", "bank_key",
+    "bank_alpha_grid", "bank_beta_grid", "bank_gate_grid", "bank_temperature_grid", "bank_text_entropy",
+    "stream_seeds", "rows", "seeds"))
+
 #: Written by `bridgeflow check-params`, DVC's first stage; every stage without upstream stages depends on it, so
 #: `dvc repro` / `dvc exp run` stop on a bad param before DVC removes any output. Its content never changes.
 PARAMS_CHECK = "artifacts/params_check.txt"
@@ -145,13 +164,22 @@ STAGES: tuple[Stage, ...] = (
         shards=Shards("pipeline_lib.features.shards:plan_shards", "pipeline_lib.features.shards:extract_shard"),
     ),
     Stage(
-        name="features",
-        func="pipeline_lib.features.stage:run_features",
-        description="Extract the CZSL image and patch-token features and the text-retrieval features (zarr).",
-        params=("features",),
+        name="features_czsl",
+        func="pipeline_lib.features.stage:run_features_czsl",
+        description="Extract one CZSL dataset's image features and patch tokens (zarr).",
+        params=(*EXTRACTION, "features.patch_tokens", "datasets.czsl.{czsl_dataset}"),
         deps=("data", "backbone"),
-        outs=("artifacts/features/czsl_and_texts",),
+        outs=("artifacts/features/czsl/{czsl_dataset}",),
+        matrix=(("czsl_dataset", "datasets.czsl"),),
         shards=Shards("pipeline_lib.features.shards:plan_shards", "pipeline_lib.features.shards:extract_shard"),
+    ),
+    Stage(
+        name="features_text",
+        func="pipeline_lib.features.stage:run_features_text",
+        description="Extract the text-retrieval query and gallery features (zarr).",
+        params=(*EXTRACTION, "features.retrieval_text"),
+        deps=("data", "backbone"),
+        outs=("artifacts/features/texts",),
     ),
     Stage(
         name="diagnose",
@@ -218,7 +246,7 @@ STAGES: tuple[Stage, ...] = (
         func="pipeline_lib.inversion.stage:run_inversion",
         description="OTI on query images, OVI on query texts; intra- vs inter-modal retrieval at every snapshot step.",
         params=("inversion",),
-        deps=("backbone", "features_fewshot", "features"),
+        deps=("backbone", "features_fewshot", "features_text"),
         outs=("artifacts/inversion",),
         metrics=("metrics/inversion.json",),
         plots=(
@@ -241,14 +269,15 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="czsl",
         func="pipeline_lib.czsl.stage:run_czsl",
-        description="SAM-CZSL ablation (CLS, +SA, +VAC, +KL, +bank, +dynamic bank), closed and open world.",
-        params=("czsl",),
-        deps=("data", "backbone", "features"),
-        outs=("artifacts/czsl",),
-        metrics=("metrics/czsl.json",),
+        description="SAM-CZSL ablation (CLS, +SA, +VAC, +KL, +bank, +dynamic bank) on one CZSL dataset, both worlds.",
+        params=(*CZSL_TRAINING, "datasets.czsl.{czsl_dataset}"),
+        deps=("data", "backbone", "features_czsl"),
+        outs=("artifacts/czsl/{czsl_dataset}",),
+        matrix=(("czsl_dataset", "datasets.czsl"),),
+        metrics=("metrics/czsl/{czsl_dataset}.json",),
         plots=(
-            Plot("plots/czsl_curve.csv", "unseen", ("seen",), "CZSL seen/unseen trade-off", "scatter"),
-            Plot("plots/czsl_loss.csv", "step", ("loss",), "CZSL training loss"),
+            Plot("plots/czsl_curve/{czsl_dataset}.csv", "unseen", ("seen",), "CZSL seen/unseen trade-off", "scatter"),
+            Plot("plots/czsl_loss/{czsl_dataset}.csv", "step", ("loss",), "CZSL training loss"),
         ),
     ),
     Stage(
@@ -258,7 +287,7 @@ STAGES: tuple[Stage, ...] = (
         params=("fewshot.shots", "fewshot.seeds", "backbone.model"),
         deps=("diagnose", "fewshot_run", "inversion", "czsl"),
         outs=("artifacts/claims",),
-        pins=(("dataset", "backbone.diagnose.dataset"),),
+        pins=(("dataset", "backbone.diagnose.dataset"), ("czsl_dataset", "czsl.dataset")),
         metrics=("metrics/claims.json",),
         plots=(Plot("plots/claims.csv", "mean", ("claim",), "Claims: paired difference and 95% interval",
                     "bar_horizontal"),),
@@ -272,6 +301,11 @@ STAGES: tuple[Stage, ...] = (
         outs=("reports",),
     ),
 )
+
+
+def path_pattern(template: str) -> str:
+    """A registry path with each `{var}` as `*`: the glob that finds every instance's file."""
+    return re.sub(r"\{\w+\}", "*", template)
 
 
 def stage_names() -> list[str]:

@@ -63,9 +63,9 @@ def headline_rows(path: Path) -> list[tuple[str, str]]:
 
 
 def summary_rows(root: Path) -> list[tuple[str, str, str]]:
-    """(metrics file stem, metric, formatted value) rows over every metrics file."""
+    """(metrics file name, metric, formatted value) rows over every metrics file."""
     return [
-        (path.stem, key, value)
+        (metrics_name(path), key, value)
         for path in metrics_files(root)
         if path.stem != CLAIMS_STEM  # printed apart, first (claims_lines)
         for key, value in headline_rows(path)
@@ -77,7 +77,7 @@ def results_lines(root: Path, width: int = SUMMARY_WIDTH) -> list[str]:
     lines = []
     for path in metrics_files(root):
         if path.stem != CLAIMS_STEM:
-            lines += grid_lines(path.stem, headline_rows(path), width)
+            lines += grid_lines(metrics_name(path), headline_rows(path), width)
     return lines
 
 
@@ -90,9 +90,16 @@ def reproduction_lines(root: Path, width: int = SUMMARY_WIDTH) -> list[str]:
 
 
 def metrics_files(root: Path) -> list[Path]:
-    """The metrics JSON files the registry declares that exist under `root`, in pipeline order."""
-    declared = (root / path for stage in stages.STAGES for path in stage.metrics)  # read at call time
+    """The metrics JSON files the registry declares that exist under `root`, in pipeline order (a matrix stage's
+    files, `metrics/czsl/<dataset>.json`, in name order)."""
+    declared = (path for stage in stages.STAGES for template in stage.metrics  # read at call time
+                for path in sorted(root.glob(stages.path_pattern(template))))
     return [path for path in dict.fromkeys(declared) if path.is_file()]
+
+
+def metrics_name(path: Path) -> str:
+    """How results name a metrics file: its stem (`fewshot`), or `czsl/<dataset>` for a matrix stage's file."""
+    return path.stem if path.parent.name == "metrics" else f"{path.parent.name}/{path.stem}"
 
 
 # --- claims: the claims stage's full table ----------------------------------------------------------------------

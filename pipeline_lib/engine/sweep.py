@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.engine.params import ParamsError, parse_override
-from pipeline_lib.engine.stages import stage_names, upstream_closure
-from pipeline_lib.engine.summary import flatten_metrics, metrics_files
+from pipeline_lib.engine.stages import path_pattern, stage_names, upstream_closure
+from pipeline_lib.engine.summary import flatten_metrics, metrics_files, metrics_name
 
 SWEEPS_DIR = Path(".bridgeflow") / "sweeps"
 POINT_FILE = "point.json"
@@ -98,9 +98,10 @@ def point_name(index: int, overrides: Sequence[str]) -> str:
 
 
 def result_paths(stages: Sequence[str] | None) -> list[str]:
-    """Metrics and plot files written by the named stages and everything upstream (default: every stage)."""
+    """Metrics and plot files written by the named stages and everything upstream (default: every stage); a matrix
+    stage's files as glob patterns (`stages.path_pattern`)."""
     closure = upstream_closure(list(stages) if stages else stage_names())
-    return [path for stage in closure for path in stage.metrics + tuple(p.path for p in stage.plots)]
+    return [path_pattern(path) for stage in closure for path in stage.metrics + tuple(p.path for p in stage.plots)]
 
 
 def keep_point(
@@ -108,10 +109,11 @@ def keep_point(
 ) -> Path:
     """Copy the point's published metrics and plots into `dest` (before the next point republishes them)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for rel in result_paths(stages):
-        if (root / rel).is_file():
+    for pattern in result_paths(stages):
+        for path in root.glob(pattern):
+            rel = path.relative_to(root)
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / rel, dest / rel)
+            shutil.copy2(path, dest / rel)
     point = {"overrides": list(overrides), "stages": [dict(row) for row in rows]}
     (dest / POINT_FILE).write_text(json.dumps(point, indent=2) + "\n")
     return dest
@@ -160,7 +162,7 @@ def comparison(
 ) -> tuple[list[str], list[dict[str, str]]]:
     """`compare_points` over the metrics files found under each point's folder (`keep_point`'s copies)."""
     loaded = [
-        (overrides, {path.stem: json.loads(path.read_text()) for path in metrics_files(folder)})
+        (overrides, {metrics_name(path): json.loads(path.read_text()) for path in metrics_files(folder)})
         for overrides, folder in points
     ]
     return compare_points(loaded, only_changed)

@@ -33,13 +33,6 @@ class AugmentConfig(Section):
         return v
 
 
-class CzslSource(NamedPaths):
-    """A CZSL dataset in the standard layout (compositional-split-natural + metadata .t7 + images/)."""
-
-    root: str | None = None  # None = artifacts/data/czsl/shapes from the data stage
-    enabled: bool = True  # skip the CZSL store when the user has no CZSL data
-
-
 class RetrievalTextSource(NamedPaths):
     """A text-retrieval parquet with columns text, group, split ("query"|"gallery")."""
 
@@ -48,19 +41,19 @@ class RetrievalTextSource(NamedPaths):
 
 
 class FeaturesConfig(Section):
-    """How features are extracted (`engine.stages.EXTRACTION`: every feature stage's fingerprint) and the CZSL and
-    text-retrieval sources of the `features` stage; the classification datasets are in the `datasets` section."""
+    """How features are extracted (`engine.stages.EXTRACTION`: every feature stage's fingerprint) and the
+    text-retrieval source of the `features_text` stage; the classification and CZSL datasets are in the `datasets`
+    section."""
 
     batch_size: int = Field(128, ge=1)  # spec 1.1 uses 128; bigger only helps on a GPU
     views: int = Field(4, ge=1)  # V views per train image, view 0 un-augmented (spec's K' = K * (E + 1), E = V - 1)
     augment: AugmentConfig = AugmentConfig()
     seed: int = 0  # augmentation seed; view j of image i depends only on (seed, i, j), so reruns are identical
-    patch_tokens: bool = True  # CZSL tokens (N, 1 + L, D) for sparse alignment / OVI; off saves most of the store
+    patch_tokens: bool = True  # CZSL tokens (N, 1 + L, D) for sparse alignment; off saves most of the store
     dtype: Literal["float32", "float16"] = "float32"  # stored dtype; the spec runs everything in fp32
     amp: bool = True  # bf16 autocast on CUDA (faster, slightly different numbers); CPU always runs fp32
     rows_per_chunk: int = Field(256, ge=1)  # read unit along samples (~128 kB at D = 128)
     rows_per_shard: int = Field(2048, ge=1)  # write unit = resumable block; keeps a store to tens of files
-    czsl: CzslSource = CzslSource()
     retrieval_text: RetrievalTextSource = RetrievalTextSource()
 
     @model_validator(mode="after")

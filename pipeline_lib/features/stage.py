@@ -2,8 +2,8 @@
 
 `features_fewshot@<dataset>` writes one classification dataset's store (`datasets.classification`): val, test and
 (unless the entry says otherwise) train images once, and the class prompts; `support@<dataset>-<shots>-<seed>`
-writes every augmented view of the train images one few-shot sample draws; `features` writes the CZSL and
-text-retrieval stores.
+writes every augmented view of the train images one few-shot sample draws; `features_czsl@<dataset>` writes one CZSL
+dataset's store (`datasets.czsl`); `features_text` writes the text-retrieval store.
 The entry points only resolve inputs through the stage context (the data stage's datasets unless params point
 elsewhere, the published backbone) and call the store writers of `features.stores`. Stores land in the stage's
 output folder; block records (what encoding each block took, wherever it ran) stay in the scratch folder, so the
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.datasets.config import ClassificationDataset
+from pipeline_lib.datasets.sources import FEWSHOT_DEFAULT, TEXTS_DEFAULT, czsl_entry, czsl_source, resolve_source
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.store import file_count
 from pipeline_lib.features.config import AugmentConfig, FeaturesConfig
@@ -27,7 +28,6 @@ from pipeline_lib.features.stores import (
     fewshot_groups,
     load_czsl_source,
     load_fewshot_source,
-    resolve_source,
     support_group,
     write_czsl_store,
     write_fewshot_store,
@@ -43,12 +43,10 @@ FEWSHOT_STORE = "fewshot.zarr"
 SUPPORT_STORE = "support.zarr"
 #: Folder of the block records inside the instance's scratch folder (never published: timings are not content).
 BLOCK_RECORDS = "block_records"
-#: Where each dataset lives under the data stage's output unless params name another place.
-FEWSHOT_DEFAULT = "fewshot/shapes"
-DATA_DEFAULTS = {
-    "czsl.zarr": "czsl/shapes",
-    "retrieval_text.zarr": "retrieval/texts.parquet",
-}
+#: The CZSL store inside a `features_czsl` instance's output folder.
+CZSL_STORE = "czsl.zarr"
+#: The text-retrieval store inside the `features_text` output folder.
+TEXT_STORE = "retrieval_text.zarr"
 
 # Called after every finished block with (store name, group, block); tests set it to simulate a kill. Looked up when
 # a block finishes, so setting it on this module reaches the store writers.
@@ -70,17 +68,12 @@ def fewshot_source(ctx: StageContext) -> Path:
     return resolve_source(Path(ctx.root), ctx.input("data"), classification_entry(ctx).root, FEWSHOT_DEFAULT)
 
 
-def sources(ctx: StageContext) -> dict[str, Path]:
-    """Where each enabled store of the `features` stage reads its data, by store name (the data stage's defaults
-    unless params say otherwise)."""
+def text_source(ctx: StageContext) -> Path | None:
+    """The text-retrieval table `features_text` encodes, None when text retrieval is disabled."""
     cfg: FeaturesConfig = ctx.cfg.features
-    root, data_dir = Path(ctx.root), ctx.input("data")
-    configured = {}
-    if cfg.czsl.enabled:
-        configured["czsl.zarr"] = cfg.czsl.root
-    if cfg.retrieval_text.enabled:
-        configured["retrieval_text.zarr"] = cfg.retrieval_text.path
-    return {name: resolve_source(root, data_dir, where, DATA_DEFAULTS[name]) for name, where in configured.items()}
+    if not cfg.retrieval_text.enabled:
+        return None
+    return resolve_source(Path(ctx.root), ctx.input("data"), cfg.retrieval_text.path, TEXTS_DEFAULT)
 
 
 def cupl_source(ctx: StageContext) -> Path | None:
@@ -125,10 +118,8 @@ def image_groups(run: ExtractionRun, ctx: StageContext) -> list[ImageGroup]:
         ds = load_fewshot_source(entry, source)
         return [support_group(run, out_dir / SUPPORT_STORE, ds, source, entry, int(ctx.item["shots"]),
                               int(ctx.item["seed"]))]
-    found = sources(ctx)
-    if "czsl.zarr" not in found:
-        return []
-    return czsl_groups(run, out_dir / "czsl.zarr", load_czsl_source(run, found["czsl.zarr"]))
+    ds = load_czsl_source(run, czsl_source(ctx), czsl_entry(ctx).check_sizes)  # features_czsl
+    return czsl_groups(run, out_dir / CZSL_STORE, ds)
 
 
 def work_summary(run: ExtractionRun) -> dict[str, Any]:
@@ -179,17 +170,22 @@ def run_support(ctx: StageContext) -> dict[str, Any]:
     return _finish(ctx, run, summary, t0)
 
 
-def run_features(ctx: StageContext) -> dict[str, Any]:
-    """Stage entry point of `features`: the enabled CZSL and text-retrieval stores (see `run_features_fewshot`)."""
+def run_features_czsl(ctx: StageContext) -> dict[str, Any]:
+    """Stage entry point of `features_czsl@<dataset>`: the CZSL dataset's image features and patch tokens (see
+    `run_features_fewshot`)."""
     t0 = time.perf_counter()
-    out_dir = ctx.output()
     run = extraction_run(ctx)
-    found = sources(ctx)
+    summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name, **ctx.item}
+    summary["czsl"] = write_czsl_store(run, ctx.output() / CZSL_STORE, czsl_source(ctx), czsl_entry(ctx).check_sizes)
+    return _finish(ctx, run, summary, t0)
+
+
+def run_features_text(ctx: StageContext) -> dict[str, Any]:
+    """Stage entry point of `features_text`: the text-retrieval store, when enabled (see `run_features_fewshot`)."""
+    t0 = time.perf_counter()
+    run = extraction_run(ctx)
     summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name}
-    if "czsl.zarr" in found:
-        summary["czsl"] = write_czsl_store(run, out_dir / "czsl.zarr", found["czsl.zarr"])
-    if "retrieval_text.zarr" in found:
-        summary["retrieval_text"] = write_retrieval_text_store(
-            run, out_dir / "retrieval_text.zarr", found["retrieval_text.zarr"]
-        )
+    source = text_source(ctx)
+    if source is not None:
+        summary["retrieval_text"] = write_retrieval_text_store(run, ctx.output() / TEXT_STORE, source)
     return _finish(ctx, run, summary, t0)

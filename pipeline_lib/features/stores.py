@@ -46,14 +46,6 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resolve_source(root: Path, data_dir: Path, configured: str | None, default_rel: str) -> Path:
-    """A dataset location: the data stage's default under `data_dir`, or the user's path (relative to the project)."""
-    if configured is None:
-        return data_dir / default_rel
-    p = Path(configured).expanduser()
-    return p if p.is_absolute() else root / p
-
-
 def store_provenance(run: ExtractionRun, source: Path, **extra: Any) -> dict[str, Any]:
     """Store attributes: the backbone, the extraction params and the source (plus `extra`, e.g. the dataset entry).
 
@@ -181,13 +173,13 @@ def write_fewshot_store(
 # ---------------------------------------------------------------------------------------------------------- CZSL
 
 
-def load_czsl_source(run: ExtractionRun, source: Path) -> Any:
+def load_czsl_source(run: ExtractionRun, source: Path, check_sizes: bool = True) -> Any:
     """The closed-world CZSL dataset at `source` (patch tokens checked against the backbone first)."""
     from pipeline_lib.czsl.data import load_czsl_dataset
 
     if run.cfg.patch_tokens:
         check_tokens_supported(run.backbone.model)
-    return load_czsl_dataset(source, "closed")
+    return load_czsl_dataset(source, "closed", check_sizes=check_sizes)
 
 
 def czsl_groups(run: ExtractionRun, store: Path, ds: Any) -> list[ImageGroup]:
@@ -205,9 +197,9 @@ def czsl_groups(run: ExtractionRun, store: Path, ds: Any) -> list[ImageGroup]:
     return groups
 
 
-def write_czsl_store(run: ExtractionRun, store: Path, source: Path) -> dict[str, Any]:
+def write_czsl_store(run: ExtractionRun, store: Path, source: Path, check_sizes: bool = True) -> dict[str, Any]:
     """czsl.zarr: closed-world labels (pair indexes attrs['pairs']), image features and optional patch tokens."""
-    ds = load_czsl_source(run, source)
+    ds = load_czsl_source(run, source, check_sizes)
     out: dict[str, Any] = {"attrs": len(ds.attrs), "objs": len(ds.objs), "pairs": len(ds.pairs)}
     for g in czsl_groups(run, store, ds):
         out[g.name] = run.image_group(g)

@@ -24,7 +24,7 @@ def _jobs(ctx: StageContext) -> tuple[dict[str, InversionJob], Path]:
     """The stage's inversion jobs on the context's device (published backbone and features) and its store path."""
     from pipeline_lib.backbone.load import load_published_backbone
 
-    inputs = load_inputs(ctx.input("features_fewshot"), ctx.input("features"))
+    inputs = load_inputs(ctx.input("features_fewshot"), ctx.input("features_text"))
     backbone = load_published_backbone(ctx.input("backbone"), ctx.device)
     model = prepare_model(backbone.model, ctx.device)
     jobs = inversion_jobs(model, backbone.tokenizer, inputs, ctx.cfg.inversion)

@@ -212,7 +212,7 @@ def run_inversion(ctx: StageContext) -> dict[str, Any]:
     from pipeline_lib.backbone.load import load_published_backbone
 
     # cheap, so a missing store fails before the model loads
-    inputs = load_inputs(ctx.input("features_fewshot"), ctx.input("features"))
+    inputs = load_inputs(ctx.input("features_fewshot"), ctx.input("features_text"))
     processes = ctx.cfg.runtime.processes
     if processes > 1 and ctx.device.type == "cpu":  # OTI/OVI blocks of a small model: one core each beats threads
         run_shards_in_processes(ctx, plan_shards, invert_shard, processes)

@@ -15,10 +15,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pipeline_lib.czsl.config import dataset_config
+from pipeline_lib.datasets.sources import CZSL_DEFAULT, FEWSHOT_DEFAULT, TEXTS_DEFAULT, resolve_source
 from pipeline_lib.engine.config import Config
 from pipeline_lib.engine.stages import StageInstance, get_stage
-from pipeline_lib.features.stage import DATA_DEFAULTS, FEWSHOT_DEFAULT
-from pipeline_lib.features.stores import resolve_source
 from pipeline_lib.plan.probe import IMAGE_FORWARD, IMAGE_TRAIN, OTI_STEPS, OVI_STEPS
 
 
@@ -46,6 +46,7 @@ class PlanInputs:
     cfg: Config
     arch: dict[str, int]  # embed_dim, tokens (plan.probe.architecture)
     _sizes: dict[str, ClassificationSizes] = field(default_factory=dict)
+    _czsl: dict[str, dict[str, int] | None] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -78,15 +79,20 @@ class PlanInputs:
         val = len(ds.split("val")) if "val" in ds.splits and ds.splits["val"] is not ds.splits["test"] else 0
         return ClassificationSizes(ds.split("train")["label"].to_list(), val, len(ds.split("test")))
 
-    @cached_property
-    def czsl_images(self) -> dict[str, int] | None:
-        """Images per CZSL split, None when the dataset is not there yet (the shapes world before the data stage)."""
+    def czsl_images(self, name: str) -> dict[str, int] | None:
+        """Images per split of a CZSL dataset, None when it is not there yet (the shapes world before the data
+        stage); read once (the metadata of a real benchmark takes a few seconds)."""
+        if name not in self._czsl:
+            self._czsl[name] = self._read_czsl(name)
+        return self._czsl[name]
+
+    def _read_czsl(self, name: str) -> dict[str, int] | None:
         from pipeline_lib.czsl.data import load_czsl_dataset
 
-        folder = self.source(self.cfg.features.czsl.root, DATA_DEFAULTS["czsl.zarr"])
+        folder = self.source(self.cfg.datasets.czsl[name].root, CZSL_DEFAULT)
         if not folder.is_dir():
             return None
-        ds = load_czsl_dataset(folder, "closed", check_sizes=False)
+        ds = load_czsl_dataset(folder, "closed", check_sizes=False, check_images=False)
         return {split: len(ds.split(split)) for split in ("train", "val", "test")}
 
     @cached_property
@@ -94,7 +100,7 @@ class PlanInputs:
         """Query and gallery texts of the retrieval table, None when it is not there yet."""
         import polars as pl
 
-        path = self.source(self.cfg.features.retrieval_text.path, DATA_DEFAULTS["retrieval_text.zarr"])
+        path = self.source(self.cfg.features.retrieval_text.path, TEXTS_DEFAULT)
         if not path.is_file():
             return None
         counts = pl.read_parquet(path, columns=["split"])["split"].value_counts()
@@ -137,24 +143,23 @@ def support(p: PlanInputs, inst: StageInstance) -> Work:
                 f"{drawn} of {len(labels)} train images x {views} views")
 
 
-def features(p: PlanInputs, inst: StageInstance) -> Work:
-    f, parts, disk, notes = p.cfg.features, [], 0, []
-    if f.czsl.enabled:
-        czsl = p.czsl_images
-        if czsl is None:
-            notes.append("CZSL images counted once the data stage has run")
-        else:
-            images = sum(czsl.values())
-            parts.append((IMAGE_FORWARD, images))
-            disk += _features(p, images, 1 + (p.arch["tokens"] if f.patch_tokens else 0))
-    if f.retrieval_text.enabled:
-        texts = p.texts
-        if texts is None:
-            notes.append("texts counted once the data stage has run")
-        else:
-            parts.append(("text forwards", sum(texts.values())))
-            disk += _features(p, sum(texts.values()))
-    return Work(tuple(parts), disk, "; ".join(notes))
+def features_czsl(p: PlanInputs, inst: StageInstance) -> Work:
+    czsl = p.czsl_images(inst.item["czsl_dataset"])
+    if czsl is None:
+        return Work(note="images counted once the data stage has run")
+    images = sum(czsl.values())
+    tokens = p.arch["tokens"] if p.cfg.features.patch_tokens else 0
+    return Work(((IMAGE_FORWARD, images),), _features(p, images, 1 + tokens),
+                "train + val + test images" + (f", {tokens} patch tokens each" if tokens else ""))
+
+
+def features_text(p: PlanInputs, inst: StageInstance) -> Work:
+    if not p.cfg.features.retrieval_text.enabled:
+        return Work(note="text retrieval disabled")
+    texts = p.texts
+    if texts is None:
+        return Work(note="texts counted once the data stage has run")
+    return Work((("text forwards", sum(texts.values())),), _features(p, sum(texts.values())))
 
 
 def no_model_work(p: PlanInputs, inst: StageInstance) -> Work:
@@ -183,8 +188,9 @@ def inversion(p: PlanInputs, inst: StageInstance) -> Work:
 def czsl(p: PlanInputs, inst: StageInstance) -> Work:
     from pipeline_lib.czsl.experiment import BANK_ROWS  # rows that reuse the +kl model instead of training one
 
-    c = p.cfg.czsl
-    images = p.czsl_images
+    name = inst.item["czsl_dataset"]
+    c = dataset_config(p.cfg.czsl, p.cfg.datasets.czsl[name].overrides, name)
+    images = p.czsl_images(name)
     if images is None:
         return Work(note="counted once the data stage has run")
     trained = len([r for r in c.rows if r not in BANK_ROWS]) * len(c.seeds)
@@ -199,7 +205,8 @@ ESTIMATORS: dict[str, Callable[[PlanInputs, StageInstance], Work]] = {
     "backbone": backbone,
     "features_fewshot": features_fewshot,
     "support": support,
-    "features": features,
+    "features_czsl": features_czsl,
+    "features_text": features_text,
     "diagnose": no_model_work,
     "fewshot_bridge": no_model_work,
     "fewshot_run": fewshot_run,

@@ -15,7 +15,7 @@ import html
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from pipeline_lib.engine.config import effective_params
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.events import latest_status, outcome_counts, read_events
 from pipeline_lib.engine.params import get_dotted
-from pipeline_lib.engine.stages import STAGES, Plot, Stage, instances
+from pipeline_lib.engine.stages import STAGES, Plot, Stage, instances, path_pattern
 from pipeline_lib.engine.summary import claims_path, flatten_metrics
 from pipeline_lib.report.claims import claims_section
 
@@ -309,30 +309,40 @@ imgs[i].setAttribute('data-loaded',ok?'yes':'no');n+=ok?1:0;}
 document.body.setAttribute('data-images-loaded',n+'/'+imgs.length);});"""
 
 
+def _instance_label(template: str, path: Path) -> str:
+    """'' for a plain stage's file; the instance's name (`mit_states`) for a matrix stage's."""
+    return path.stem if "{" in template else ""
+
+
 def stage_section(root: Path, stage: Stage, out_dir: Path) -> tuple[str, list[str], list[str]]:
-    """HTML of one stage's metrics tables and plots, the PNG names drawn and the metrics files shown."""
-    tables, pngs, shown = [], [], []
-    for metrics in stage.metrics:
-        path = root / metrics
-        if path.is_file():
-            rows = flatten_metrics(json.loads(path.read_text()))
-            tables.append(
-                f"<details><summary>{html.escape(metrics)} ({len(rows)} values)</summary>{_table(rows)}</details>"
-            )
-            shown.append(metrics)
-    images = []
-    for figure in (f for f in METRIC_FIGURES if f.stage == stage.name and stage.metrics):
-        path = root / stage.metrics[0]
-        bars = figure.bars(json.loads(path.read_text())) if path.is_file() else None
-        if bars:
-            bars_png(bars, figure.title, out_dir / figure.png, figure.value_label)
-            images.append(_img(figure.png, figure.title))
-            pngs.append(figure.png)
+    """HTML of one stage's metrics tables and plots (every instance's, for a matrix stage), the PNG names drawn and
+    the metrics files shown."""
+    tables, pngs, shown, images = [], [], [], []
+    for template in stage.metrics:
+        for path in sorted(root.glob(path_pattern(template))):
+            rel = path.relative_to(root).as_posix()
+            doc = json.loads(path.read_text())
+            rows = flatten_metrics(doc)
+            summary = f"<summary>{html.escape(rel)} ({len(rows)} values)</summary>"
+            tables.append(f"<details>{summary}{_table(rows)}</details>")
+            shown.append(rel)
+            label = _instance_label(template, path)
+            for figure in (f for f in METRIC_FIGURES if f.stage == stage.name):
+                bars = figure.bars(doc)
+                if bars:
+                    png = Path(figure.png).stem + (f"_{label}" if label else "") + ".png"
+                    title = figure.title + (f": {label}" if label else "")
+                    bars_png(bars, title, out_dir / png, figure.value_label)
+                    images.append(_img(png, title))
+                    pngs.append(png)
     for plot in stage.plots:
-        png = Path(plot.path).with_suffix(".png").name
-        if plot_png(root / plot.path, plot, out_dir / png):
-            images.append(_img(png, plot.title))
-            pngs.append(png)
+        for path in sorted(root.glob(path_pattern(plot.path))):
+            label = _instance_label(plot.path, path)
+            png = plot.name + (f"_{label}" if label else "") + ".png"
+            title = plot.title + (f": {label}" if label else "")
+            if plot_png(path, replace(plot, title=title), out_dir / png):
+                images.append(_img(png, title))
+                pngs.append(png)
     if not tables and not images:
         return "", [], []
     grid = "<div class='grid'>" + "".join(images) + "</div>" if images else ""

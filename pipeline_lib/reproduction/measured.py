@@ -5,8 +5,8 @@ Reads (all optional, missing keys skipped):
   dataset = the entry's `prompts` (its CoOp name), setting = shots; zero_shot (identical at every shot count) once
   more as setting "0"; datasets[name].bridge.{sv_median, sv_max, n_dropped, n_singular_values} -> dataset "-",
   method "bridge", setting "atol=<atol>" (once: the spectrum is the backbone's, the same for every dataset).
-- metrics/czsl.json: rows[row][world][auc|hm|seen|unseen] as fractions (a number, or {mean, std, n}) -> task czsl,
-  setting = world; rows[row].rmg -> metric rmg, setting "closed".
+- each czsl instance's summary: dataset, rows[row][world][auc|hm|seen|unseen] as fractions (a number, or
+  {mean, std, n}) -> task czsl, setting = world; rows[row].rmg -> metric rmg, setting "closed".
 - metrics/inversion.json: image.{image_to_image, oti_to_image}.map and text.{text_to_text, ovi_to_text}.map as
   fractions -> image_retrieval / text_retrieval, setting "-"; *.map_gain -> "<inverted>-minus-<native>", map_diff.
   The *_selected entries (step chosen on validation queries) are left out: the paper keeps the last iterate.
@@ -15,7 +15,7 @@ Rows whose key has no published counterpart are harmless: compare() drops them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,6 @@ class RunIdentity:
 
     backbone: str  # the paper's form, from backbone_id(backbone.model, backbone.pretrained)
     image_dataset: str  # image retrieval (queries = the test split of the classification dataset inversion reads)
-    czsl_dataset: str
     text_dataset: str  # text retrieval
 
 
@@ -47,7 +46,6 @@ def run_identity(params: Mapping[str, Any], prompts: Mapping[str, str] | None = 
     return RunIdentity(
         backbone=backbone_id(str(backbone.get("model", "")), backbone.get("pretrained")),
         image_dataset=dataset_id((prompts or {}).get(image, image)),
-        czsl_dataset=dataset_id(str(params.get("czsl", {}).get("dataset", ""))),
         text_dataset=dataset_id(Path(text_path).stem) if text_path else DEFAULT_TEXT_DATASET,
     )
 
@@ -106,7 +104,7 @@ def _dataset_rows(run: RunIdentity, dataset: str, table: Mapping[str, Any]) -> l
 
 
 def _czsl_rows(run: RunIdentity, czsl: Mapping[str, Any]) -> list[MeasuredRow]:
-    dataset = dataset_id(str(czsl.get("dataset", run.czsl_dataset)))
+    dataset = dataset_id(str(czsl["dataset"]))
     seeds = czsl.get("seeds")
     n = seeds if isinstance(seeds, int) else len(seeds) if isinstance(seeds, list) else None
     rows = []
@@ -148,15 +146,16 @@ def measured_rows(
     run: RunIdentity,
     *,
     fewshot: Mapping[str, Any] | None = None,
-    czsl: Mapping[str, Any] | None = None,
+    czsl: Sequence[Mapping[str, Any]] = (),
     inversion: Mapping[str, Any] | None = None,
 ) -> list[MeasuredRow]:
-    """MeasuredRow for every number of the given metrics dicts (the parsed JSON files) that has a published kind."""
+    """MeasuredRow for every number of the given metrics dicts (the parsed JSON files; `czsl`: one summary per CZSL
+    dataset) that has a published kind."""
     rows: list[MeasuredRow] = []
     if fewshot:
         rows += _fewshot_rows(run, fewshot)
-    if czsl:
-        rows += _czsl_rows(run, czsl)
+    for summary in czsl:
+        rows += _czsl_rows(run, summary)
     if inversion:
         rows += _inversion_rows(run, inversion)
     return rows

@@ -2,7 +2,8 @@
 
 - few-shot: the report's tables (`fewshot.outputs.REPORT_TABLES`: per dataset, mean / std / n per method and shots,
   the bridge, the CoOp name the dataset is published under);
-- CZSL: the czsl stage's manifest summary (means over seeds per row and world, the mean RMG, the seed count);
+- CZSL: each czsl instance's manifest summary (its dataset; means over seeds per row and world, the mean RMG, the seed
+  count);
 - retrieval: the inversion stage's `outputs.RETRIEVAL` (mAP of each method over the test queries).
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.engine.artifacts import MANIFEST
-from pipeline_lib.engine.stages import get_stage
+from pipeline_lib.engine.stages import get_stage, path_pattern
 from pipeline_lib.fewshot.outputs import REPORT_TABLES
 from pipeline_lib.inversion.outputs import RETRIEVAL
 from pipeline_lib.reproduction.compare import MeasuredRow
@@ -32,7 +33,7 @@ def run_params(root: Path) -> dict[str, Any]:
     """The params the published results were computed with (each manifest records its stage's sections), so a
     results folder without params.yaml, or a workspace whose params.yaml changed since, is named correctly."""
     params: dict[str, Any] = {}
-    for name in ("backbone", "features", "czsl", "inversion"):
+    for name in ("backbone", "features_text", "inversion"):
         recorded = (_json(root / get_stage(name).manifest_dir / MANIFEST) or {}).get("params", {})
         for key, value in recorded.items():  # dotted keys: the parts of a section the stage declares
             *groups, leaf = key.split(".")
@@ -45,12 +46,13 @@ def run_params(root: Path) -> dict[str, Any]:
 
 def published_rows(root: Path) -> list[MeasuredRow]:
     """Measured rows of the results published under `root`; stages not published give no rows."""
-    folder = {name: root / get_stage(name).manifest_dir for name in ("fewshot_report", "czsl", "inversion")}
+    folder = {name: root / get_stage(name).manifest_dir for name in ("fewshot_report", "inversion")}
     fewshot = _json(folder["fewshot_report"] / REPORT_TABLES)
     prompts = {name: str(t.get("prompts", name)) for name, t in (fewshot or {}).get("datasets", {}).items()}
+    czsl_manifests = sorted(root.glob(path_pattern(get_stage("czsl").manifest_dir) + "/" + MANIFEST))
     return measured_rows(
         run_identity(run_params(root), prompts),
         fewshot=fewshot,
-        czsl=(_json(folder["czsl"] / MANIFEST) or {}).get("summary"),
+        czsl=[summary for path in czsl_manifests if (summary := (_json(path) or {}).get("summary"))],
         inversion=_json(folder["inversion"] / RETRIEVAL),
     )
