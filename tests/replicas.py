@@ -91,3 +91,46 @@ def write_fgvc(root: Path) -> Path:
 def write_semobridge_datasets(data: Path) -> list[Path]:
     """Every dataset of the SeMoBridge suite under `data/` (the profile's roots are data/<folder>)."""
     return [write_imagenet(data), write_fgvc(data), *(write_coop(data, folder) for folder in COOP)]
+
+
+#: CZSL benchmarks: root folder -> (attrs, objs, image path of (attr, obj, i)), with their real name styles: MIT-States
+#: pair folders as released ("adj noun", with a space), UT-Zappos labels with dots, C-GQA names with underscores and
+#: flat numbered images.
+CZSL: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "mit-states": (("ancient", "broken", "dented"), ("building", "bottle", "car"), "{attr} {obj}/image_{n}.jpg"),
+    "ut-zappos": (("Faux.Fur", "Leather", "Suede"), ("Boots.Ankle", "Shoes.Flats", "Sandals"),
+                  "{attr}_{obj}/{n}.3.jpg"),
+    "cgqa": (("dark_brown", "wooden", "parked"), ("traffic_light", "fire_hydrant", "table"), "{n}.jpg"),
+}
+#: pair indices (attr, obj) per split file, in file order: val and test list one seen pair and two unseen ones, and
+#: every unseen pair's attribute and object occur in the seen pairs
+CZSL_PAIRS = {"train": ((0, 0), (1, 1), (2, 2), (0, 1), (1, 2)), "val": ((0, 0), (2, 0), (1, 0)),
+              "test": ((1, 1), (0, 2), (2, 1))}
+CZSL_IMAGES_PER_PAIR = 2
+
+
+def write_czsl(root: Path, folder: str) -> Path:
+    """One CZSL benchmark at root/folder in the standard layout: compositional-split-natural/<split>_pairs.txt,
+    metadata_compositional-split-natural.t7 (a torch-saved list of {image, attr, obj, set}) and images/."""
+    import torch
+
+    attrs, objs, pattern = CZSL[folder]
+    base = root / folder
+    (base / "compositional-split-natural").mkdir(parents=True, exist_ok=True)
+    metadata, n = [], 0
+    for split, pairs in CZSL_PAIRS.items():
+        lines = "".join(f"{attrs[a]} {objs[o]}\n" for a, o in pairs)
+        (base / "compositional-split-natural" / f"{split}_pairs.txt").write_text(lines)
+        for a, o in pairs:
+            for i in range(CZSL_IMAGES_PER_PAIR):
+                n += 1
+                rel = pattern.format(attr=attrs[a], obj=objs[o], n=1000 + n)
+                _image(base / "images" / rel, 3 * a + o, i)
+                metadata.append({"image": rel, "attr": attrs[a], "obj": objs[o], "set": split})
+    torch.save(metadata, base / "metadata_compositional-split-natural.t7")
+    return base
+
+
+def write_sam_czsl_datasets(data: Path) -> list[Path]:
+    """Every dataset of the SAM-CZSL suite under `data/` (the profile's roots are data/<folder>)."""
+    return [write_czsl(data, folder) for folder in CZSL]

@@ -1,6 +1,7 @@
-"""Paper suites end to end on replicas of the real datasets' layouts: the SeMoBridge profile's 11 datasets (ImageNet
-folders, FGVC-Aircraft lists, nine CoOp split files) through `bridgeflow run` and DVC, with a randomly initialised
-real architecture. Wiring and caching are checked, never accuracy."""
+"""Paper suites end to end on replicas of the real datasets' layouts, through `bridgeflow run` and DVC, with a randomly
+initialised real architecture: the SeMoBridge profile's 11 datasets (ImageNet folders, FGVC-Aircraft lists, nine CoOp
+split files) and the SAM-CZSL profile's three CZSL benchmarks (MIT-States, UT-Zappos, C-GQA, LoRA mode). Wiring and
+caching are checked, never accuracy."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, copy_project
-from replicas import write_semobridge_datasets
+from replicas import CZSL, write_sam_czsl_datasets, write_semobridge_datasets
 
 from pipeline_lib.engine.config import effective_params, load_config
 from pipeline_lib.engine.stages import upstream_closure
 from pipeline_lib.engine.summary import reproduction_lines
 
-pytestmark = pytest.mark.slow  # a Prefect run over 47 stage instances, then DVC
+pytestmark = pytest.mark.slow  # Prefect runs over 47 and 8 stage instances, then DVC
 
 BIN = Path(sys.executable).parent
 #: The suite at smoke size: a small real architecture without weights, one sample, a handful of steps.
@@ -34,11 +35,49 @@ def sh(cwd: Path, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
+#: The CZSL suite at smoke size: one seed, one epoch, one stream and bank setting.
+CZSL_SMOKE = ("backbone.model=ViT-S-32", "backbone.pretrained=null", "czsl.seeds=[0]", "czsl.stream_seeds=[0]",
+              "czsl.bank_alpha_grid=[1.0]", "czsl.bank_beta_grid=[5.0]", "czsl.bank_gate_grid=[1.0]",
+              "czsl.bank_temperature_grid=[0.1]", "czsl.lora_rank=2", "features.batch_size=16")
+
+
+def suite_project(tmp_path_factory: pytest.TempPathFactory, profile: str, overrides: tuple[str, ...]) -> Path:
+    """A copy of the project whose params.yaml is the profile's, at smoke size."""
+    root = copy_project(tmp_path_factory.mktemp(profile) / "project", profile=None)
+    params = effective_params(load_config(REPO, profile, overrides))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def dvc_takes_over(root: Path, stage: str, forced: str) -> None:
+    """DVC takes the graph the flow ran: it records what the flow published (stage by stage in pipeline order, so each
+    stage's .gitignore entries exist before the folders that hold them are hashed as the next stage's deps), finds
+    nothing to do, and runs one instance of it itself."""
+    for command in (("git", "init", "-q"), ("dvc", "init", "-q"), ("dvc", "repro", "check_params")):
+        sh(root, *command)
+    for upstream in upstream_closure([stage]):
+        sh(root, "dvc", "commit", "-f", upstream.name)
+    assert "Running stage" not in sh(root, "dvc", "repro", stage)
+    out = sh(root, "dvc", "repro", "-s", "-f", forced)
+    # DVC removed its outputs first; the runner republishes them from the finished scratch copy
+    assert f"Running stage '{forced}'" in out and "republished" in out, out
+    assert "changed" not in sh(root, "dvc", "status", stage)
+
+
 @pytest.fixture(scope="module")
 def semobridge(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = copy_project(tmp_path_factory.mktemp("suite") / "project", profile=None)
+    root = suite_project(tmp_path_factory, "semobridge", SMOKE)
     write_semobridge_datasets(root / "data")
-    params = effective_params(load_config(REPO, "semobridge", SMOKE))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sam_czsl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = suite_project(tmp_path_factory, "sam_czsl", CZSL_SMOKE)
+    write_sam_czsl_datasets(root / "data")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for entry in params["datasets"]["czsl"].values():  # the replicas are not the published sizes; tiny batches
+        entry.update(check_sizes=False, overrides={**entry["overrides"], "epochs": 1, "batch_size": 4})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
@@ -65,15 +104,30 @@ def test_semobridge_suite_runs_on_the_replicas_with_prefect_then_dvc(semobridge:
     text = "\n".join(reproduction_lines(semobridge))
     assert "imagenet" in text and "fgvc_aircraft" in text  # produced (nothing matches a random-init backbone)
 
-    # DVC takes the same graph: it records what the flow published (stage by stage in pipeline order, so each
-    # stage's .gitignore entries exist before the folders that hold them are hashed as the next stage's deps), finds
-    # nothing to do, and runs a stage of it itself
-    for command in (("git", "init", "-q"), ("dvc", "init", "-q"), ("dvc", "repro", "check_params")):
-        sh(semobridge, *command)
-    for stage in upstream_closure(["fewshot_report"]):
-        sh(semobridge, "dvc", "commit", "-f", stage.name)
-    assert "Running stage" not in sh(semobridge, "dvc", "repro", "fewshot_report")
-    out = sh(semobridge, "dvc", "repro", "-s", "-f", "fewshot_run@imagenet-1-1")
-    # DVC removed its outputs first; the runner republishes them from the finished scratch copy
-    assert "Running stage 'fewshot_run@imagenet-1-1'" in out and "republished" in out, out
-    assert "changed" not in sh(semobridge, "dvc", "status", "fewshot_report")
+    dvc_takes_over(semobridge, "fewshot_report", "fewshot_run@imagenet-1-1")
+
+
+def test_sam_czsl_suite_runs_on_the_replicas_with_prefect_then_dvc(sam_czsl: Path, prefect_server: None) -> None:
+    from flows.pipeline import pipeline_flow
+
+    cfg = load_config(sam_czsl)
+    names = list(cfg.datasets.czsl)
+    assert names == ["ut_zappos", "mit_states", "cgqa"] and not cfg.datasets.classification
+    assert cfg.czsl.mode == "lora" and cfg.backbone.model == "ViT-S-32"
+    rows = pipeline_flow(root=str(sam_czsl), stages=["czsl"])
+    status = {r["stage"]: r["status"] for r in rows}
+    expected = {f"{stage}@{name}" for name in names for stage in ("features_czsl", "czsl")}
+    assert expected | {"data", "backbone"} == set(status)
+    assert all(s.startswith("ran") for s in status.values()), status
+    for name, folder in zip(names, ("ut-zappos", "mit-states", "cgqa"), strict=True):
+        metrics = json.loads((sam_czsl / f"metrics/czsl/{name}.json").read_text())
+        assert set(metrics) == {"baseline", "+sa", "+vac", "+kl", "+bank_seen", "+dynamic"}
+        manifest = json.loads((sam_czsl / f"artifacts/czsl/{name}/manifest.json").read_text())
+        attrs, objs, _ = CZSL[folder]
+        assert manifest["summary"]["dataset"] == name and manifest["summary"]["mode"] == "lora"
+        store = json.loads((sam_czsl / f"artifacts/features/czsl/{name}/manifest.json").read_text())
+        assert store["summary"]["czsl"]["attrs"] == len(attrs) and store["summary"]["czsl"]["objs"] == len(objs)
+    text = "\n".join(reproduction_lines(sam_czsl))
+    assert "ut-zappos" in text and "mit-states" in text and "cgqa" in text  # measured rows, nothing matched
+
+    dvc_takes_over(sam_czsl, "czsl", "czsl@cgqa")
