@@ -114,6 +114,8 @@ def _features(p: PlanInputs, rows: int, per_row: int = 1) -> int:
 
 def data(p: PlanInputs, inst: StageInstance) -> Work:
     d = p.cfg.data
+    if not d.generate:
+        return Work(note="data.generate is off: nothing generated")
     fewshot = len(d.shapes) * (d.fewshot_train_per_class + d.fewshot_val_per_class + d.fewshot_test_per_class)
     return Work((("images drawn", d.pretrain_images + fewshot),), note="pretraining corpus and few-shot world")
 
