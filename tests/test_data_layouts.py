@@ -56,3 +56,52 @@ def test_a_profiles_datasets_replace_the_shapes_entry_and_no_world_is_needed(tmp
     assert cfg.datasets.classification["dtd"].augment[16].epochs == 5 and cfg.data.generate is False
     with pytest.raises(ParamsError, match="datasets.classification.shapes.root reads the shapes world"):
         preflight(REPO, overrides=("data.generate=false",))
+
+
+def test_czsl_replicas_load_with_their_real_name_styles(tmp_path: Path) -> None:
+    """MIT-States pair folders with a space, UT-Zappos labels with dots (prompted as words), C-GQA names with
+    underscores kept and flat image files: each loads in both worlds with every image found."""
+    from replicas import CZSL, CZSL_IMAGES_PER_PAIR, CZSL_PAIRS, write_czsl
+
+    from pipeline_lib.czsl.data import clean_name, load_czsl_dataset
+
+    for folder, (attrs, objs, _) in CZSL.items():
+        root = write_czsl(tmp_path, folder)
+        closed = load_czsl_dataset(root, "closed", check_sizes=False)
+        assert closed.attrs == sorted(attrs) and closed.objs == sorted(objs), folder
+        assert len(closed.pairs) == 9 and len(load_czsl_dataset(root, "open", check_sizes=False).pairs) == 9
+        for split, pairs in CZSL_PAIRS.items():
+            paths = closed.split(split)["path"].to_list()
+            assert len(paths) == len(pairs) * CZSL_IMAGES_PER_PAIR and all(Path(p).is_file() for p in paths)
+    assert clean_name("Boots.Ankle") == "boots ankle" and clean_name("traffic_light") == "traffic_light"
+    with pytest.raises(ValueError, match="mit-states"):  # the release's folder name: its published sizes are checked
+        load_czsl_dataset(tmp_path / "mit-states", "closed")
+
+
+def test_the_sam_czsl_profile_lists_three_benchmarks_and_no_classification() -> None:
+    cfg = load_config(REPO, "sam_czsl")
+    assert list(cfg.datasets.czsl) == ["ut_zappos", "mit_states", "cgqa"] and cfg.datasets.classification == {}
+    assert cfg.czsl.mode == "lora" and cfg.backbone.model == "ViT-L-14" and cfg.data.generate is False
+    from pipeline_lib.czsl.config import dataset_config
+
+    cgqa = dataset_config(cfg.czsl, cfg.datasets.czsl["cgqa"].overrides, "cgqa")
+    assert (cgqa.w_attr, cgqa.w_obj, cgqa.attr_dropout, cgqa.mode) == (0.1, 0.1, 0.0, "lora")
+
+
+def test_adding_a_czsl_dataset_leaves_the_others_instances_alone() -> None:
+    """The CZSL axis keys each instance by its own entry: a second dataset adds its own features and training
+    instances, and the shapes instances keep their params subset and upstream instances (so their fingerprints)."""
+    from pipeline_lib.engine.artifacts import params_subset
+    from pipeline_lib.engine.config import effective_params
+    from pipeline_lib.engine.stages import get_stage, instances, upstream_instances
+
+    one = effective_params(load_config(REPO))
+    two = effective_params(load_config(REPO, overrides=('datasets.czsl={"shapes": {}, "more": {"root": "x"}}',)))
+    for name in ("features_czsl", "czsl"):
+        (shapes,) = instances(get_stage(name), one)
+        ids = [inst.id for inst in instances(get_stage(name), two)]
+        assert ids == [f"{name}@shapes", f"{name}@more"]
+        assert params_subset(one, shapes.params) == params_subset(two, shapes.params)
+        assert upstream_instances(shapes, one) == upstream_instances(shapes, two)
+    claims = instances(get_stage("claims"), two)[0]
+    assert [up.id for up in upstream_instances(claims, two) if up.stage.name == "czsl"] == ["czsl@shapes"]
