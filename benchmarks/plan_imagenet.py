@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import emit, plan_summary  # noqa: E402  (benchmarks/, the script's folder)
+
 TRAIN, TEST, CLASSES = 1_281_167, 50_000, 1000
 
 
@@ -75,13 +77,9 @@ def main() -> None:
         "ratio": round(before / after, 1),
         "disk_bytes_after": sum(r["disk_bytes"] for r in rows.values()),
         "estimated_seconds_after": sum(timed) if timed else None,
-        "probe": None if plan.probe is None else {"device": plan.probe.device, **plan.probe.rates},
-        "plan_seconds": round(seconds, 1),
+        **plan_summary(plan, seconds),
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import tempfile
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from common import emit, plan_summary  # noqa: E402  (benchmarks/, the script's folder)
 
 #: the profile's entry names and the release folder whose published sizes (`czsl.sizes.EXPECTED_SIZES`) they take
 BENCHMARKS = {"ut_zappos": "ut-zappos", "mit_states": "mit-states", "cgqa": "cgqa"}
@@ -78,13 +79,9 @@ def main() -> None:
         "instances": {k: {"work": r["work"], "disk_bytes": r["disk_bytes"], "seconds": r["seconds"], "note": r["note"]}
                       for k, r in rows.items()},
         "totals": plan.totals(),
-        "probe": None if plan.probe is None else {"device": plan.probe.device, **plan.probe.rates},
-        "plan_seconds": round(seconds, 1),
+        **plan_summary(plan, seconds),
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
