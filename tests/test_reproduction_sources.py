@@ -44,7 +44,7 @@ def test_summary_and_report_compare_with_the_paper(tmp_path: Path) -> None:
     _imagenet_run(tmp_path)
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "fewshot.json").write_text(json.dumps({"test_acc": {"semobridge_t": {"16": 73.9}}}))
-    out = CliRunner().invoke(app, ["summary", "--root", str(tmp_path)]).output
+    out = CliRunner().invoke(app, ["summary", "--root", str(tmp_path)], env={"COLUMNS": "120"}).output
     section = out[out.index("reproduction"):]
     assert "73.90 ± 0.10" in section and "73.98 ± 0.05" in section and "-0.08" in section  # paper: 73.98 ± 0.05
     assert "No published numbers exist" not in section and "matched for ViT-B/16: shapes" in section

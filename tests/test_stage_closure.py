@@ -23,13 +23,13 @@ from pipeline_lib.engine.stages import STAGES, get_stage
 
 BIN = Path(sys.executable).parent
 FEWSHOT = {"fewshot_bridge", "fewshot_run", "fewshot_report"}
-FEATURES = {"features_fewshot", "support", "features"}
+FEATURES = {"features_fewshot", "support", "features_czsl"}  # the image-feature stages (sharded)
 
 #: module edited -> the stages whose code it is (directly; downstream stages key on upstream content instead)
 EXPECTED_STALE: dict[str, set[str]] = {
     "pipeline_lib/data/world.py": {"data"},
     "pipeline_lib/backbone/pretrain.py": {"backbone"},
-    "pipeline_lib/features/extract.py": FEATURES,
+    "pipeline_lib/features/extract.py": FEATURES | {"features_text"},
     "pipeline_lib/features/shards.py": FEATURES,  # runs only on Dask workers: named by the registry's shards
     "pipeline_lib/diagnose/gap.py": {"diagnose"},
     "pipeline_lib/fewshot/train.py": FEWSHOT,

@@ -69,7 +69,7 @@ def czsl_metrics() -> dict[str, Any]:
 
 
 def summary_output(root: Path) -> str:
-    result = CliRunner().invoke(app, ["summary", "--root", str(root)])
+    result = CliRunner().invoke(app, ["summary", "--root", str(root)], env={"COLUMNS": "120"})  # as wide as it gets
     assert result.exit_code == 0, result.output
     return result.output
 
