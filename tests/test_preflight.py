@@ -83,3 +83,15 @@ def test_check_params_writes_a_constant_mark(tmp_path: Path) -> None:
     mark = root / "artifacts" / "params_check.txt"
     result = CliRunner().invoke(app, ["check-params", "--root", str(root), "--out", str(mark)])
     assert result.exit_code == 0 and mark.read_text() == "ok\n"
+
+
+def test_czsl_pins_and_per_dataset_overrides_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    with pytest.raises(ParamsError, match=r"czsl.dataset = 'mit_states': not a key of datasets.czsl \(listed: shap"):
+        preflight(root, overrides=("czsl.dataset=mit_states",))
+    with pytest.raises(ParamsError, match=r"datasets.czsl.shapes.overrides: \['lrate'\] are not czsl keys"):
+        preflight(root, overrides=('datasets.czsl.shapes.overrides={"lrate": 0.1}',))
+    with pytest.raises(ParamsError, match=r"datasets.czsl.shapes.overrides.mode = 'full': Input should be"):
+        preflight(root, overrides=('datasets.czsl.shapes.overrides={"mode": "full"}',))
+    # no CZSL dataset listed: no CZSL stage runs, and the claims' pin names nothing
+    assert preflight(root, overrides=("datasets.czsl={}", "czsl.dataset=mit_states")).datasets.czsl == {}
