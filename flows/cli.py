@@ -120,17 +120,20 @@ def run(
     With a profile or overrides that change params.yaml's values, results go to .bridgeflow/runs/<name>/ (printed),
     never over the workspace results that dvc.lock describes, unless --publish.
     """
+    from flows.graph import instance_graph
+    from pipeline_lib.engine.config import effective_params
     from pipeline_lib.engine.preflight import preflight
+    from pipeline_lib.engine.stages import get_stage
+    from pipeline_lib.engine.stages import stage_names as all_stages
 
-    preflight(root, profile, tuple(set_ or ()))  # before the Prefect server starts: a typo fails in a second
+    cfg = preflight(root, profile, tuple(set_ or ()))  # before the Prefect server starts: a typo fails in a second
+    for name in stage_names or []:
+        get_stage(name)
+    instance_graph(stage_names or all_stages(), effective_params(cfg))  # ... and so does an unlisted dataset
     from flows.prefect_env import configure_prefect_env
 
     configure_prefect_env(root)
     from flows.pipeline import pipeline_flow
-    from pipeline_lib.engine.stages import get_stage
-
-    for name in stage_names or []:
-        get_stage(name)
     rows = pipeline_flow(
         root=str(root.resolve()), stages=stage_names, profile=profile, overrides=list(set_ or []), publish=publish
     )

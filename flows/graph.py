@@ -18,7 +18,14 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from pipeline_lib.engine.stages import StageInstance, instances, upstream_closure, upstream_instances
+from pipeline_lib.engine.params import ParamsError
+from pipeline_lib.engine.stages import (
+    StageInstance,
+    instances,
+    unlisted_inputs,
+    upstream_closure,
+    upstream_instances,
+)
 
 T = TypeVar("T")
 
@@ -46,11 +53,19 @@ class Node:
 
 
 def instance_graph(names: list[str], params: dict[str, Any]) -> list[Node]:
-    """Every instance the named stages need, in pipeline (registry) order, each with its upstream instance ids."""
+    """Every instance the named stages need, in pipeline (registry) order, each with its upstream instance ids.
+
+    Raises ParamsError, before anything runs, when an instance reads a pinned dataset the params do not list (a
+    suite without classification datasets run in full, where only its own stages can run)."""
     nodes: list[Node] = []
+    unlisted: list[str] = []
     for stage in upstream_closure(names):
         for inst in instances(stage, params):
             nodes.append(Node(inst, tuple(up.id for up in upstream_instances(inst, params))))
+            unlisted += unlisted_inputs(inst, params)
+    if unlisted:
+        raise ParamsError("these stages read datasets the params do not list:\n  " + "\n  ".join(unlisted)
+                          + "\nlist them, or run only the stages that do not read them (`--stage NAME`)")
     return nodes
 
 

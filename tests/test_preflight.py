@@ -66,6 +66,9 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
         ("fewshot.atoll=0.3", "no such key (known here: atol,"),
         ("datasets.classification.shapes.root=/no/such/folder", "no such file or folder"),
         ("backbone.model=NotAModel-B-99", "not an open_clip model name"),
+        # a suite without classification datasets run in full: the stages pinned to one cannot run
+        ("datasets.classification={}", "diagnose reads features_fewshot@shapes (backbone.diagnose.dataset = 'shapes'), "
+                                       "which datasets.classification does not list"),
     ],
 )
 def test_bridgeflow_run_fails_fast_without_starting_prefect(tmp_path: Path, override: str, expected: str) -> None:
@@ -95,3 +98,19 @@ def test_czsl_pins_and_per_dataset_overrides_are_checked_before_anything_runs(tm
         preflight(root, overrides=('datasets.czsl.shapes.overrides={"mode": "full"}',))
     # no CZSL dataset listed: no CZSL stage runs, and the claims' pin names nothing
     assert preflight(root, overrides=("datasets.czsl={}", "czsl.dataset=mit_states")).datasets.czsl == {}
+
+
+def test_only_the_stages_reading_an_unlisted_dataset_are_named() -> None:
+    """The SAM-CZSL profile lists no classification dataset: its CZSL stages form a graph, the full run does not;
+    the claims read the CZSL results only when a CZSL dataset is listed (the SeMoBridge profile lists none)."""
+    from flows.graph import instance_graph
+    from pipeline_lib.engine.config import effective_params, load_config
+
+    sam = effective_params(load_config(REPO, "sam_czsl"))
+    benchmarks = ("ut_zappos", "mit_states", "cgqa")
+    expected = {"data", "backbone", *(f"{s}@{d}" for s in ("features_czsl", "czsl") for d in benchmarks)}
+    assert {n.id for n in instance_graph(["czsl"], sam)} == expected
+    with pytest.raises(ParamsError, match=r"(?s)diagnose reads.*inversion reads.*claims reads fewshot_run@shapes"):
+        instance_graph(["report"], sam)
+    semobridge = effective_params(load_config(REPO, "semobridge"))
+    assert "claims" in {n.id for n in instance_graph(["report"], semobridge)}

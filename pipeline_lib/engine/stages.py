@@ -64,6 +64,8 @@ class Stage:
     # (variable, params key): upstream matrix instances this stage reads have that variable at that key's value
     # (e.g. inversion reads the few-shot features of `inversion.dataset` only, not every dataset's)
     pins: tuple[tuple[str, str], ...] = ()
+    # deps read only when params list them (the claims without any CZSL dataset): `unlisted_inputs` leaves them out
+    optional: tuple[str, ...] = ()
     shards: Shards | None = None  # set for a stage whose blocks can be computed as shard tasks on a cluster
 
     @property
@@ -288,6 +290,7 @@ STAGES: tuple[Stage, ...] = (
         deps=("diagnose", "fewshot_run", "inversion", "czsl"),
         outs=("artifacts/claims",),
         pins=(("dataset", "backbone.diagnose.dataset"), ("czsl_dataset", "czsl.dataset")),
+        optional=("czsl",),
         metrics=("metrics/claims.json",),
         plots=(Plot("plots/claims.csv", "mean", ("claim",), "Claims: paired difference and 95% interval",
                     "bar_horizontal"),),
@@ -382,3 +385,18 @@ def parse_instance_id(text: str, params: dict[str, Any]) -> StageInstance:
 def dvc_template(path: str) -> str:
     """Registry path template `{shots}` -> DVC's `${item.shots}`."""
     return re.sub(r"\{(\w+)\}", r"${item.\1}", path)
+
+
+def unlisted_inputs(inst: StageInstance, params: dict[str, Any]) -> list[str]:
+    """What an instance reads through a pin that params do not list: a dep with the pinned variable in its matrix but
+    no instance of the pinned value (`diagnose` when `datasets.classification` is empty). Such an instance cannot
+    run; a run names these before it starts anything. Optional deps are left out."""
+    bound, keys = bound_variables(inst, params), dict(inst.stage.pins)
+    problems = []
+    for dep in (d for d in inst.stage.deps if d not in inst.stage.optional):
+        up = get_stage(dep)
+        pinned = [(var, key) for var, key in up.matrix if var in keys]
+        if pinned and not any(all(u.item[var] == bound[var] for var, _ in pinned) for u in instances(up, params)):
+            problems += [f"{inst.id} reads {dep}@{bound[var]} ({keys[var]} = {bound[var]!r}), which {key} does not "
+                         "list" for var, key in pinned]
+    return problems
