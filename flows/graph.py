@@ -21,8 +21,9 @@ from typing import Any, Protocol, TypeVar
 from pipeline_lib.engine.params import ParamsError
 from pipeline_lib.engine.stages import (
     StageInstance,
+    bound_variables,
+    get_stage,
     instances,
-    unlisted_inputs,
     upstream_closure,
     upstream_instances,
 )
@@ -67,6 +68,21 @@ def instance_graph(names: list[str], params: dict[str, Any]) -> list[Node]:
         raise ParamsError("these stages read datasets the params do not list:\n  " + "\n  ".join(unlisted)
                           + "\nlist them, or run only the stages that do not read them (`--stage NAME`)")
     return nodes
+
+
+def unlisted_inputs(inst: StageInstance, params: dict[str, Any]) -> list[str]:
+    """What an instance reads through a pin that params do not list: a dep with the pinned variable in its matrix but
+    no instance of the pinned value (`diagnose` when `datasets.classification` is empty). Such an instance cannot
+    run; a run names these before it starts anything. Optional deps are left out."""
+    bound, keys = bound_variables(inst, params), dict(inst.stage.pins)
+    problems = []
+    for dep in (d for d in inst.stage.deps if d not in inst.stage.optional):
+        up = get_stage(dep)
+        pinned = [(var, key) for var, key in up.matrix if var in keys]
+        if pinned and not any(all(u.item[var] == bound[var] for var, _ in pinned) for u in instances(up, params)):
+            problems += [f"{inst.id} reads {dep}@{bound[var]} ({keys[var]} = {bound[var]!r}), which {key} does not "
+                         "list" for var, key in pinned]
+    return problems
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class Stage:
     # (variable, params key): upstream matrix instances this stage reads have that variable at that key's value
     # (e.g. inversion reads the few-shot features of `inversion.dataset` only, not every dataset's)
     pins: tuple[tuple[str, str], ...] = ()
-    # deps read only when params list them (the claims without any CZSL dataset): `unlisted_inputs` leaves them out
+    # deps read only when listed (the claims without any CZSL dataset): `flows.graph.unlisted_inputs` skips them
     optional: tuple[str, ...] = ()
     shards: Shards | None = None  # set for a stage whose blocks can be computed as shard tasks on a cluster
 
@@ -107,8 +107,8 @@ class StageInstance:
         return tuple(self.path(p) for p in self.stage.all_outputs())
 
 
-#: The keys of the `features` section that decide how any image is encoded: every feature stage's fingerprint (the
-#: section's other keys name the `features` stage's sources; a test keeps this list equal to the section's fields).
+#: The keys of the `features` section that decide how anything is encoded: every feature stage's fingerprint (the
+#: others are the text source and the CZSL tokens switch; a test keeps this list equal to the section's fields).
 EXTRACTION = tuple(f"features.{key}" for key in (
     "batch_size", "views", "augment", "seed", "dtype", "amp", "rows_per_chunk", "rows_per_shard"))
 
@@ -385,18 +385,3 @@ def parse_instance_id(text: str, params: dict[str, Any]) -> StageInstance:
 def dvc_template(path: str) -> str:
     """Registry path template `{shots}` -> DVC's `${item.shots}`."""
     return re.sub(r"\{(\w+)\}", r"${item.\1}", path)
-
-
-def unlisted_inputs(inst: StageInstance, params: dict[str, Any]) -> list[str]:
-    """What an instance reads through a pin that params do not list: a dep with the pinned variable in its matrix but
-    no instance of the pinned value (`diagnose` when `datasets.classification` is empty). Such an instance cannot
-    run; a run names these before it starts anything. Optional deps are left out."""
-    bound, keys = bound_variables(inst, params), dict(inst.stage.pins)
-    problems = []
-    for dep in (d for d in inst.stage.deps if d not in inst.stage.optional):
-        up = get_stage(dep)
-        pinned = [(var, key) for var, key in up.matrix if var in keys]
-        if pinned and not any(all(u.item[var] == bound[var] for var, _ in pinned) for u in instances(up, params)):
-            problems += [f"{inst.id} reads {dep}@{bound[var]} ({keys[var]} = {bound[var]!r}), which {key} does not "
-                         "list" for var, key in pinned]
-    return problems
