@@ -23,7 +23,7 @@ from pipeline_lib.engine.artifacts import MANIFEST, read_manifest
 from pipeline_lib.engine.config import effective_params, load_config
 from pipeline_lib.engine.events import read_events
 from pipeline_lib.engine.runner import run_stage, upstream_fingerprints
-from pipeline_lib.engine.stages import STAGES, StageInstance, instances
+from pipeline_lib.engine.stages import STAGES, StageInstance, instances, upstream_instances
 
 LEAVES = ["leaf@1", "leaf@2"]  # the smoke profile's fewshot.seeds
 ORDER = ["base", *LEAVES, "join"]
@@ -42,15 +42,19 @@ def test_each_instance_waits_for_exactly_what_its_fingerprint_reads(smoke_projec
     for node in nodes:  # every instance published: the runner reads exactly the upstream the node waits for
         (smoke_project / node.inst.manifest_dir).mkdir(parents=True, exist_ok=True)
         (smoke_project / node.inst.manifest_dir / MANIFEST).write_text(json.dumps({"fingerprint": node.id}))
+    for node in nodes:  # with the folder a node reads of an upstream (`Stage.reads`)
+        for up in upstream_instances(node.inst, params):
+            if part := dict(node.inst.stage.reads).get(up.stage.name):
+                (smoke_project / up.manifest_dir / node.inst.path(part)).mkdir(parents=True, exist_ok=True)
     for node in nodes:
         assert set(upstream_fingerprints(smoke_project, node.inst, params)) == set(node.upstream), node.id
         assert len(set(node.upstream)) == len(node.upstream), node.id
     upstream = {n.id: n.upstream for n in nodes}
     runs = [f"fewshot_run@shapes-{k}-{s}" for k in (1, 2) for s in (1, 2)]
     assert upstream["data"] == ()
-    # its dataset's features, its own sample's support views and its dataset's bridge: not another few-shot run
+    # its dataset's features, its seed's support views (it reads its shot count's folder) and its dataset's bridge
     assert upstream["fewshot_run@shapes-2-1"] == (
-        "features_fewshot@shapes", "support@shapes-2-1", "fewshot_bridge@shapes")
+        "features_fewshot@shapes", "support@shapes-1", "fewshot_bridge@shapes")
     assert upstream["fewshot_report"] == ("fewshot_bridge@shapes", *runs)
     # runs beside the few-shot runs and inversion
     assert upstream["czsl@shapes"] == ("data", "backbone", "features_czsl@shapes")

@@ -57,7 +57,7 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("data", "backbone", "features_fewshot", "features_czsl", "features_text", "fewshot_bridge",
                  "inversion"):
         run_stage(root, name, cfg)
-    run_instance(root, instance(root, "support@shapes-1-1"), cfg)
+    run_instance(root, instance(root, "support@shapes-1"), cfg)
     run_instance(root, instance(root, FEWSHOT_RUN), cfg)
     return root
 

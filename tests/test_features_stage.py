@@ -25,6 +25,7 @@ from pipeline_lib.engine.store import ArraySpec, BlockGroup, read_array
 from pipeline_lib.features import shards, stage
 from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.extract import ImageViewsDataset, extract_to_blocks, image_encoder
+from pipeline_lib.fewshot.config import FewshotConfig
 from pipeline_lib.fewshot.sampling import sample_fewshot_indices
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
@@ -94,8 +95,10 @@ def _backbone() -> Backbone:
     )
 
 
-#: The feature stages' instances: the shapes dataset, its 2-shot seed-1 sample's support, the CZSL and text stores.
-ITEMS = {"features_fewshot": {"dataset": "shapes"}, "support": {"dataset": "shapes", "shots": 2, "seed": 1},
+#: The feature stages' instances: the shapes dataset, the support of its seed-1 samples (1 and 2 shots: SHOTS), the
+#: CZSL and text stores.
+SHOTS = [1, 2]
+ITEMS = {"features_fewshot": {"dataset": "shapes"}, "support": {"dataset": "shapes", "seed": 1},
          "features_czsl": {"czsl_dataset": "shapes"}, "features_text": {}}
 RUNNERS = {"features_fewshot": stage.run_features_fewshot, "support": stage.run_support,
            "features_czsl": stage.run_features_czsl, "features_text": stage.run_features_text}
@@ -107,6 +110,7 @@ def _ctx(root: Path, work: Path, name: str = "features_fewshot", **entry) -> Sta
     cfg = Config(
         datasets=DatasetsConfig(classification={"shapes": ClassificationDataset(**entry)}),
         features=FeaturesConfig(batch_size=4, views=3, rows_per_chunk=2, rows_per_shard=4),
+        fewshot=FewshotConfig(shots=SHOTS),
         runtime=RuntimeConfig(device="cpu", num_workers=0, progress=False),
     )
     return stage_context(root, name, cfg, work, **ITEMS[name])
@@ -152,8 +156,10 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     image = read_array(fs, "train/image")
     assert image.shape == (15, 128) and "views" not in zarr.open_group(str(fs))["train"]
     np.testing.assert_array_equal(read_array(fs, "train/label"), np.repeat([0, 1, 2], 5))
-    # Support store of seed 1: every view of the 2 x 3 images its 2-shot sample draws (view 0 = plain image).
-    sp = features / "support" / "shapes" / "k2-s1" / "support.zarr"
+    # Support stores of seed 1, one per shot count: every view of the 2 x 3 images its 2-shot sample draws (view 0 =
+    # plain image), the 1 x 3 of its 1-shot sample.
+    assert read_array(features / "support/shapes/s1/k1/support.zarr", "train/views").shape == (3, 3, 128)
+    sp = features / "support" / "shapes" / "s1" / "k2" / "support.zarr"
     index, views = read_array(sp, "train/index"), read_array(sp, "train/views")
     assert index.tolist() == sorted(sample_fewshot_indices(np.repeat([0, 1, 2], 5).tolist(), 2, 1))
     assert views.shape == (6, 3, 128) and read_array(sp, "sampling/labels").shape == (15,)
@@ -184,7 +190,8 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     assert read_array(rt, "gallery/group").tolist() == [0, 1, 2]
 
     assert summary["features_fewshot"]["fewshot"]["train"]["forwards"] == 15  # each train image once
-    assert summary["support"]["support"]["train"]["forwards"] == 18 and summary["support"]["images_per_s"] > 0
+    assert summary["support"]["support"]["k2"]["train"]["forwards"] == 18 and summary["support"]["images_per_s"] > 0
+    assert summary["support"]["files"].keys() == {"k1/support.zarr", "k2/support.zarr"}
     assert not (tmp_path / "full" / "metrics").exists()  # bookkeeping is the manifest's, not a metrics file
     assert elapsed < 20, f"tiny stage took {elapsed:.1f} s"
 
@@ -206,7 +213,7 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     full_tree = _tree(tmp_path / "full" / "artifacts" / "features")
     assert full_tree == _tree(tmp_path / "resumed" / "artifacts" / "features")
     # Sharding: 3 chunks of 2 rows in 2 shard files of 4 rows (one per block).
-    views = "support/shapes/k2-s1/support.zarr/train/views/c/"
+    views = "support/shapes/s1/k2/support.zarr/train/views/c/"
     assert sorted(k for k in full_tree if k.startswith(views)) == [f"{views}{i}/0/0" for i in range(2)]
 
 
@@ -226,11 +233,14 @@ def test_summary_counts_the_blocks_shard_workers_encoded(
     sharded = run_all(world, tmp_path / "sharded")
 
     assert sharded["blocks_skipped"] == planned > 1  # one block per shard, all written by the workers
-    assert sharded["images_encoded"] == single["images_encoded"] == 15 + 3 + 6 + 6 * 3 + 4 + 2 + 4
+    assert sharded["images_encoded"] == single["images_encoded"] == 15 + 3 + 6 + (3 + 6) * 3 + 4 + 2 + 4
     assert all(sharded[name]["images_per_s"] > 0 for name in IMAGE_STAGES)
-    groups = [("features_fewshot", "fewshot", s) for s in ("train", "val", "test")] + [("support", "support", "train")]
-    for name, store, split in groups + [("features_czsl", "czsl", s) for s in ("train", "val", "test")]:
-        got, want = sharded[name][store][split], single[name][store][split]
+    groups = [("features_fewshot", ("fewshot",), s) for s in ("train", "val", "test")]
+    groups += [("support", ("support", f"k{k}"), "train") for k in SHOTS]
+    for name, store, split in groups + [("features_czsl", ("czsl",), s) for s in ("train", "val", "test")]:
+        got, want = sharded[name], single[name]
+        for key in (*store, split):
+            got, want = got[key], want[key]
         assert got["forwards"] == want["forwards"] and got["images"] == want["images"], (store, split)
         assert got["blocks_written"] == 0 and got["seconds"] > 0 and got["images_per_s"] > 0, (store, split)
     features = Path("artifacts") / "features"

@@ -73,7 +73,7 @@ def published(tmp_path_factory):
     smoke = load_config(REPO, "smoke").fewshot
     cfg = smoke.model_copy(update={"shots": [2]})  # the smoke profile, one shot count to stay fast
     for seed in cfg.seeds:
-        _write_support(root / f"artifacts/features/support/shapes/k2-s{seed}/support.zarr", views, labels, 2, seed)
+        _write_support(root / f"artifacts/features/support/shapes/s{seed}/k2/support.zarr", views, labels, 2, seed)
     fit = run_fewshot_fit(ctx(root, "fewshot_bridge", cfg))
     seeds = [run_fewshot_seed(ctx(root, "fewshot_run", cfg, shots=k, seed=s)) for k in cfg.shots for s in cfg.seeds]
     report = run_fewshot_report(ctx(root, "fewshot_report", cfg))

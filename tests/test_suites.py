@@ -90,7 +90,7 @@ def test_semobridge_suite_runs_on_the_replicas_with_prefect_then_dvc(semobridge:
     rows = pipeline_flow(root=str(semobridge), stages=["fewshot_report"])
     status = {r["stage"]: r["status"] for r in rows}
     expected = {f"{stage}@{name}{item}" for name in names
-                for stage, item in (("features_fewshot", ""), ("support", "-1-1"), ("fewshot_bridge", ""),
+                for stage, item in (("features_fewshot", ""), ("support", "-1"), ("fewshot_bridge", ""),
                                     ("fewshot_run", "-1-1"))}
     assert expected | {"data", "backbone", "fewshot_report"} == set(status)
     assert all(s.startswith("ran") for s in status.values()), status
@@ -99,8 +99,8 @@ def test_semobridge_suite_runs_on_the_replicas_with_prefect_then_dvc(semobridge:
     fewshot = json.loads((semobridge / "artifacts/features/fewshot/imagenet/manifest.json").read_text())
     assert set(fewshot["summary"]["fewshot"]) >= {"test"} and "val" not in fewshot["summary"]["fewshot"]  # val = test
     assert "train" not in fewshot["summary"]["fewshot"]  # train_features: false
-    dtd = json.loads((semobridge / "artifacts/features/support/dtd/k1-s1/manifest.json").read_text())
-    assert dtd["summary"]["support"]["train"]["forwards"] == 2 * 11  # DTD's 1-shot recipe: 10 copies per image
+    dtd = json.loads((semobridge / "artifacts/features/support/dtd/s1/manifest.json").read_text())
+    assert dtd["summary"]["support"]["k1"]["train"]["forwards"] == 2 * 11  # DTD's 1-shot recipe: 10 copies per image
     text = "\n".join(reproduction_lines(semobridge))
     assert "imagenet" in text and "fgvc_aircraft" in text  # produced (nothing matches a random-init backbone)
 

@@ -80,6 +80,19 @@ def fingerprint(
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:20]
 
 
+def _hash_tree(h: Any, base: Path, work: Path) -> None:
+    """Feed every file under `base` (or the file itself) to `h`: its path relative to `work`, then its bytes; the
+    manifest at `base` is left out (it records when and how, not what)."""
+    files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+    for path in files:
+        if path.name == MANIFEST and path.parent == base:
+            continue
+        h.update(str(path.relative_to(work)).encode() + b"\0")
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                h.update(chunk)
+
+
 def content_digest(work: Path, inst: StageInstance) -> str:
     """sha256 over the files of the stage's cached outputs (not metrics/plots, not the manifest).
 
@@ -88,15 +101,15 @@ def content_digest(work: Path, inst: StageInstance) -> str:
     """
     h = hashlib.sha256()
     for out in inst.stage.outs:
-        base = work / inst.path(out)
-        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
-        for path in files:
-            if path.name == MANIFEST and path.parent == base:
-                continue
-            h.update(str(path.relative_to(work)).encode() + b"\0")
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    h.update(chunk)
+        _hash_tree(h, work / inst.path(out), work)
+    return h.hexdigest()[:20]
+
+
+def part_digest(root: Path, part: Path) -> str:
+    """sha256 over the files of one published folder inside an upstream output: the input of a stage that reads
+    only that part (`Stage.reads`), so the upstream adding a part for another instance leaves this one reusable."""
+    h = hashlib.sha256()
+    _hash_tree(h, part, root)
     return h.hexdigest()[:20]
 
 

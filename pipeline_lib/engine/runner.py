@@ -29,6 +29,7 @@ from pipeline_lib.engine.artifacts import (
     fingerprint,
     is_published,
     params_subset,
+    part_digest,
     publish,
     read_manifest,
     reopen_scratch,
@@ -60,7 +61,8 @@ class StageResult:
 
 
 def upstream_fingerprints(root: Path, inst: StageInstance, params: dict[str, Any]) -> dict[str, str]:
-    """Content digests of every published upstream instance (what this stage reads); a clear error when one is missing.
+    """Content digests of every published upstream instance (what this stage reads; only the part it reads of an
+    upstream in `Stage.reads`); a clear error when one is missing.
 
     Manifests written before content digests existed fall back to their fingerprint.
     """
@@ -72,7 +74,15 @@ def upstream_fingerprints(root: Path, inst: StageInstance, params: dict[str, Any
                 f"stage {inst.id} needs the outputs of {up.id}, which are not published under {root}: "
                 f"run `bridgeflow run --stage {inst.stage.name}` or `dvc repro {inst.stage.name}`"
             )
-        found[up.id] = manifest.get("content", manifest["fingerprint"])
+        part = dict(inst.stage.reads).get(up.stage.name)
+        if part is None:
+            found[up.id] = manifest.get("content", manifest["fingerprint"])
+            continue
+        folder = root / up.manifest_dir / inst.path(part)
+        if not folder.is_dir():
+            raise MissingUpstreamError(f"stage {inst.id} reads {folder.relative_to(root)}, which {up.id} did not "
+                                       f"publish: rerun it (`bridgeflow stage {up.id} --force`)")
+        found[up.id] = part_digest(root, folder)
     return found
 
 

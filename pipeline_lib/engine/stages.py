@@ -66,6 +66,10 @@ class Stage:
     pins: tuple[tuple[str, str], ...] = ()
     # deps read only when listed (the claims without any CZSL dataset): `flows.graph.unlisted_inputs` skips them
     optional: tuple[str, ...] = ()
+    # (upstream stage, folder inside its manifest folder): the one part of that upstream's output this stage reads
+    # (`k{shots}` of a seed's support features); DVC and the engine track only that part, so the upstream adding a
+    # part for another instance (a new shot count) leaves this one reusable
+    reads: tuple[tuple[str, str], ...] = ()
     shards: Shards | None = None  # set for a stage whose blocks can be computed as shard tasks on a cluster
 
     @property
@@ -158,11 +162,12 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="support",
         func="pipeline_lib.features.stage:run_support",
-        description="Extract every augmented view of the train images one (shots, seed) few-shot sample draws.",
-        params=(*EXTRACTION, "datasets.classification.{dataset}"),
+        description="Extract every augmented view of the train images each shot count's few-shot sample of one seed "
+                    "draws (a folder per shot count).",
+        params=(*EXTRACTION, "datasets.classification.{dataset}", "fewshot.shots"),
         deps=("data", "backbone"),
-        outs=("artifacts/features/support/{dataset}/k{shots}-s{seed}",),
-        matrix=(("dataset", "datasets.classification"), ("shots", "fewshot.shots"), ("seed", "fewshot.seeds")),
+        outs=("artifacts/features/support/{dataset}/s{seed}",),
+        matrix=(("dataset", "datasets.classification"), ("seed", "fewshot.seeds")),
         shards=Shards("pipeline_lib.features.shards:plan_shards", "pipeline_lib.features.shards:extract_shard"),
     ),
     Stage(
@@ -225,6 +230,7 @@ STAGES: tuple[Stage, ...] = (
             "datasets.classification.{dataset}",  # its per-dataset augmentation epochs and final model
         ),
         deps=("features_fewshot", "support", "fewshot_bridge"),
+        reads=(("support", "k{shots}"),),
         outs=("artifacts/fewshot_runs/{dataset}/k{shots}-s{seed}",),
         matrix=(("dataset", "datasets.classification"), ("shots", "fewshot.shots"), ("seed", "fewshot.seeds")),
     ),

@@ -38,11 +38,13 @@ class ImageGroup:
     views: int = 1
     tokens: bool = False
     view_ids: tuple[int, ...] | None = None  # each image's index in its whole split (augmentation seeds); None = row
+    augment: AugmentConfig | None = None  # the recipe of its augmented views; None: the run's `features.augment`
+    part: str = ""  # the store's folder inside the instance output, when it writes several stores (support: k{shots})
 
     @property
     def key(self) -> str:
-        """How shards name the group, e.g. "fewshot.zarr/train"."""
-        return f"{self.store.name}/{self.name}"
+        """How shards name the group, e.g. "fewshot.zarr/train" or "k4/support.zarr/train"."""
+        return "/".join(x for x in (self.part, self.store.name, self.name) if x)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class ExtractionRun:
         }
 
     def _augment(self, g: ImageGroup) -> AugmentConfig | None:
-        return self.cfg.augment if g.views > 1 else None
+        return (g.augment or self.cfg.augment) if g.views > 1 else None
 
     def layout(self, g: ImageGroup) -> tuple[list[ArraySpec], dict[str, Any]]:
         """The group's array specs and its full block plan."""
@@ -143,7 +145,7 @@ class ExtractionRun:
         return opener(g.store, g.name, specs, self.cfg.rows_per_chunk, self.cfg.rows_per_shard, plan=plan)
 
     def _record_dir(self, g: ImageGroup) -> Path | None:
-        return None if self.records is None else self.records / g.store.name / g.name
+        return None if self.records is None else self.records / g.key
 
     def _block_done(self, g: ImageGroup, bg: BlockGroup) -> Callable[[BlockDone], None]:
         """Record each finished block (before the hook, so a hook that stops the run keeps the record)."""

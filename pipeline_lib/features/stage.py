@@ -1,9 +1,9 @@
 """The feature stages: every CLIP feature later stages need, extracted once into zarr stores.
 
 `features_fewshot@<dataset>` writes one classification dataset's store (`datasets.classification`): val, test and
-(unless the entry says otherwise) train images once, and the class prompts; `support@<dataset>-<shots>-<seed>`
-writes every augmented view of the train images one few-shot sample draws; `features_czsl@<dataset>` writes one CZSL
-dataset's store (`datasets.czsl`); `features_text` writes the text-retrieval store.
+(unless the entry says otherwise) train images once, and the class prompts; `support@<dataset>-<seed>` writes, per
+shot count, every augmented view of the train images that seed's few-shot sample draws; `features_czsl@<dataset>`
+writes one CZSL dataset's store (`datasets.czsl`); `features_text` writes the text-retrieval store.
 The entry points only resolve inputs through the stage context (the data stage's datasets unless params point
 elsewhere, the published backbone) and call the store writers of `features.stores`. Stores land in the stage's
 output folder; block records (what encoding each block took, wherever it ran) stay in the scratch folder, so the
@@ -21,26 +21,24 @@ from pipeline_lib.datasets.config import ClassificationDataset
 from pipeline_lib.datasets.sources import FEWSHOT_DEFAULT, TEXTS_DEFAULT, czsl_entry, czsl_source, resolve_source
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.store import file_count
-from pipeline_lib.features.config import AugmentConfig, FeaturesConfig
+from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.groups import BlockHook, ExtractionRun, ImageGroup
 from pipeline_lib.features.stores import (
     czsl_groups,
     fewshot_groups,
     load_czsl_source,
     load_fewshot_source,
-    support_group,
+    support_groups,
     write_czsl_store,
     write_fewshot_store,
     write_retrieval_text_store,
-    write_support_store,
+    write_support_stores,
 )
 
 log = logging.getLogger(__name__)
 
 #: The few-shot store inside a `features_fewshot` instance's output folder.
 FEWSHOT_STORE = "fewshot.zarr"
-#: The support store inside a `support` instance's output folder.
-SUPPORT_STORE = "support.zarr"
 #: Folder of the block records inside the instance's scratch folder (never published: timings are not content).
 BLOCK_RECORDS = "block_records"
 #: The CZSL store inside a `features_czsl` instance's output folder.
@@ -82,19 +80,6 @@ def cupl_source(ctx: StageContext) -> Path | None:
     return resolve_source(Path(ctx.root), Path(ctx.root), configured, "") if configured else None
 
 
-def features_config(ctx: StageContext) -> FeaturesConfig:
-    """The extraction params of the instance: a support instance whose dataset lists its own augmentation for its
-    shot count encodes E + 1 views with that recipe (SeMoBridge spec 1.3); everything else uses `features`."""
-    cfg = ctx.cfg.features
-    if ctx.inst.stage.name != "support":
-        return cfg
-    recipe = classification_entry(ctx).augment.get(int(ctx.item["shots"]))
-    if recipe is None:
-        return cfg
-    augment = AugmentConfig(**recipe.model_dump(exclude={"epochs"}))
-    return cfg.model_copy(update={"views": recipe.epochs + 1, "augment": augment})
-
-
 def extraction_run(ctx: StageContext, num_workers: int | None = None) -> ExtractionRun:
     """The published backbone (eval mode) on the context's device, with the instance's extraction params."""
     from pipeline_lib.backbone.load import load_published_backbone
@@ -103,7 +88,7 @@ def extraction_run(ctx: StageContext, num_workers: int | None = None) -> Extract
     backbone = load_published_backbone(ctx.input("backbone"), device)
     backbone.model.eval()
     workers = ctx.cfg.runtime.num_workers if num_workers is None else num_workers
-    return ExtractionRun(backbone, features_config(ctx), device, workers, ctx.progress, Path(ctx.root),
+    return ExtractionRun(backbone, ctx.cfg.features, device, workers, ctx.progress, Path(ctx.root),
                          records=ctx.work / BLOCK_RECORDS, on_block=_after_block)
 
 
@@ -116,8 +101,7 @@ def image_groups(run: ExtractionRun, ctx: StageContext) -> list[ImageGroup]:
     if ctx.inst.stage.name == "support":
         entry, source = classification_entry(ctx), fewshot_source(ctx)
         ds = load_fewshot_source(entry, source)
-        return [support_group(run, out_dir / SUPPORT_STORE, ds, source, entry, int(ctx.item["shots"]),
-                              int(ctx.item["seed"]))]
+        return support_groups(run, out_dir, ds, source, entry, ctx.cfg.fewshot.shots, int(ctx.item["seed"]))
     ds = load_czsl_source(run, czsl_source(ctx), czsl_entry(ctx).check_sizes)  # features_czsl
     return czsl_groups(run, out_dir / CZSL_STORE, ds)
 
@@ -140,7 +124,8 @@ def work_summary(run: ExtractionRun) -> dict[str, Any]:
 def _finish(ctx: StageContext, run: ExtractionRun, summary: dict[str, Any], t0: float) -> dict[str, Any]:
     out_dir = ctx.output()
     summary.update(work_summary(run))
-    summary["files"] = {p.name: file_count(p) for p in sorted(out_dir.glob("*.zarr"))}
+    stores = sorted([*out_dir.glob("*.zarr"), *out_dir.glob("*/*.zarr")])  # support: one store per shot folder
+    summary["files"] = {p.relative_to(out_dir).as_posix(): file_count(p) for p in stores}
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("%s: %d images encoded at %.1f img/s in %.1f s",
              ctx.inst.id, summary["images_encoded"], summary["images_per_s"], summary["seconds"])
@@ -159,14 +144,14 @@ def run_features_fewshot(ctx: StageContext) -> dict[str, Any]:
 
 
 def run_support(ctx: StageContext) -> dict[str, Any]:
-    """Stage entry point of `support@<dataset>-<shots>-<seed>`: every view of the train images that few-shot sample
-    draws (see `run_features_fewshot`)."""
+    """Stage entry point of `support@<dataset>-<seed>`: for each shot count, every view of the train images that
+    seed's few-shot sample draws, in its own folder (see `run_features_fewshot`)."""
     t0 = time.perf_counter()
     run = extraction_run(ctx)
-    shots, seed = int(ctx.item["shots"]), int(ctx.item["seed"])
+    seed = int(ctx.item["seed"])
     summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name, **ctx.item}
-    summary["support"] = write_support_store(run, ctx.output() / SUPPORT_STORE, fewshot_source(ctx),
-                                             classification_entry(ctx), shots, seed)
+    summary["support"] = write_support_stores(run, ctx.output(), fewshot_source(ctx), classification_entry(ctx),
+                                              ctx.cfg.fewshot.shots, seed)
     return _finish(ctx, run, summary, t0)
 
 

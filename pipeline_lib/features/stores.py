@@ -1,7 +1,7 @@
 """The feature stores, one writer per dataset: plain functions of an ExtractionRun, the store path and the source.
 
   fewshot.zarr         {train,val,test}/image|label|index (train only with train_features), text/*, clip/*
-  support.zarr         train/image|views|label|index of the images one few-shot sample draws, sampling/labels
+  k<K>/support.zarr    train/image|views|label|index of the images one few-shot sample draws, sampling/labels
   czsl.zarr            {train,val,test}/image|attr|obj|pair[|tokens]
   retrieval_text.zarr  {query,gallery}/text|group
 Image groups are written in resumable shard blocks (layout in pipeline_lib.engine.store): a killed run continues from
@@ -25,6 +25,7 @@ import zarr
 from pipeline_lib.datasets.config import ClassificationDataset
 from pipeline_lib.engine.stages import EXTRACTION
 from pipeline_lib.engine.store import ArraySpec, BlockGroup, provenance, write_whole
+from pipeline_lib.features.config import AugmentConfig
 from pipeline_lib.features.groups import ExtractionRun, ImageGroup, check_tokens_supported
 from pipeline_lib.features.text import (
     class_prompts,
@@ -36,6 +37,8 @@ from pipeline_lib.features.text import (
 )
 
 SPLITS = ("train", "val", "test")
+#: The store of one shot count inside a `support` instance's output folder (`<folder>/k<shots>/support.zarr`).
+SUPPORT_STORE = "support.zarr"
 #: text/ arrays of the few-shot store, in the order they are written (fields of features.text.ClassTextFeatures)
 TEXT_ARRAYS = (
     "class_proj", "class_proj_raw", "class_eos", "class_eos_raw", "prompt_proj", "prompt_eos", "prompt_count"
@@ -89,7 +92,8 @@ def fewshot_groups(run: ExtractionRun, store: Path, ds: Any, source: Path, entry
 
 
 def _image_group(run: ExtractionRun, store: Path, name: str, df: pl.DataFrame, image_root: Path,
-                 chosen: np.ndarray | None = None, views: int = 1) -> ImageGroup:
+                 chosen: np.ndarray | None = None, views: int = 1, augment: AugmentConfig | None = None,
+                 part: str = "") -> ImageGroup:
     """The group of a split's images (or of its `chosen` rows), labelled, with each image's index in the split."""
     index = np.arange(len(df), dtype=np.int64) if chosen is None else chosen
     paths = [df["path"][int(i)] for i in index] if chosen is not None else df["path"].to_list()
@@ -97,7 +101,8 @@ def _image_group(run: ExtractionRun, store: Path, name: str, df: pl.DataFrame, i
     labels = df["label"].to_numpy().astype(np.int64)[index]
     plan = run.plan(split=_digest([rel, labels.tolist()] + ([index.tolist()] if chosen is not None else [])))
     view_ids = tuple(index.tolist()) if chosen is not None else None
-    return ImageGroup(store, name, paths, {"label": labels, "index": index}, plan, views=views, view_ids=view_ids)
+    return ImageGroup(store, name, paths, {"label": labels, "index": index}, plan, views=views, view_ids=view_ids,
+                      augment=augment, part=part)
 
 
 def support_indices(labels: Sequence[int], shots: int, seed: int) -> np.ndarray:
@@ -108,29 +113,52 @@ def support_indices(labels: Sequence[int], shots: int, seed: int) -> np.ndarray:
     return np.array(sorted(sample_fewshot_indices(labels, shots, seed)), dtype=np.int64)
 
 
+def support_part(shots: int) -> str:
+    """The folder of one shot count's support store inside a `support` instance's output (what `fewshot_run` reads:
+    its `Stage.reads`)."""
+    return f"k{shots}"
+
+
 def support_group(run: ExtractionRun, store: Path, ds: Any, source: Path, entry: ClassificationDataset,
                   shots: int, seed: int) -> ImageGroup:
-    """The support store's one group: every view of the train images the (shots, seed) sample draws."""
+    """The support store's one group: every view of the train images the (shots, seed) sample draws; a dataset entry
+    that lists its own augmentation for this shot count gets E + 1 views with that recipe (SeMoBridge spec 1.3)."""
     df = ds.split("train")
     chosen = support_indices(df["label"].to_list(), shots, seed)
-    return _image_group(run, store, "train", df, source / entry.image_dir, chosen, views=run.cfg.views)
+    recipe = entry.augment.get(shots)
+    views, augment = run.cfg.views, None
+    if recipe is not None:
+        views, augment = recipe.epochs + 1, AugmentConfig(**recipe.model_dump(exclude={"epochs"}))
+    return _image_group(run, store, "train", df, source / entry.image_dir, chosen, views=views, augment=augment,
+                        part=support_part(shots))
 
 
-def write_support_store(run: ExtractionRun, store: Path, source: Path, entry: ClassificationDataset,
-                        shots: int, seed: int) -> dict[str, Any]:
-    """support.zarr: train/views (row r = train image train/index[r]; view 0 un-augmented) and the whole split's
-    labels (`sampling/labels`), from which a run redraws its sample and finds its rows."""
+def support_groups(run: ExtractionRun, folder: Path, ds: Any, source: Path, entry: ClassificationDataset,
+                   shots: Sequence[int], seed: int) -> list[ImageGroup]:
+    """A seed's support groups, one store per shot count: `<folder>/k<shots>/support.zarr`."""
+    return [support_group(run, folder / support_part(k) / SUPPORT_STORE, ds, source, entry, k, seed) for k in shots]
+
+
+def write_support_stores(run: ExtractionRun, folder: Path, source: Path, entry: ClassificationDataset,
+                         shots: Sequence[int], seed: int) -> dict[str, Any]:
+    """A seed's support stores. Each support.zarr holds train/views (row r = train image train/index[r]; view 0
+    un-augmented) and the whole split's labels (`sampling/labels`), from which a run redraws its sample and finds its
+    rows."""
     ds = load_fewshot_source(entry, source)
-    g = support_group(run, store, ds, source, entry, shots, seed)
-    out = {"train": run.image_group(g), "train_images": len(ds.split("train")), "drawn": len(g.paths)}
-    top = zarr.open_group(str(store), mode="a")
-    write_whole(top.require_group("sampling"), "labels", ds.split("train")["label"].to_numpy().astype(np.int64))
-    top.attrs.update({
-        "shots": shots,
-        "seed": seed,
-        "views": "train/views[:, 0] is the un-augmented image (= train/image); views 1.. are offline augmentations",
-        "provenance": store_provenance(run, source, dataset=entry.model_dump(mode="json")),
-    })
+    labels = ds.split("train")["label"].to_numpy().astype(np.int64)
+    out: dict[str, Any] = {"train_images": len(labels)}
+    for k, g in zip(shots, support_groups(run, folder, ds, source, entry, shots, seed), strict=True):
+        out[support_part(k)] = {"train": run.image_group(g), "drawn": len(g.paths)}
+        top = zarr.open_group(str(g.store), mode="a")
+        write_whole(top.require_group("sampling"), "labels", labels)
+        top.attrs.update({
+            "shots": k,
+            "seed": seed,
+            "views": "train/views[:, 0] is the un-augmented image (= train/image); views 1.. are offline augmentations",
+            "provenance": store_provenance(run, source, dataset=entry.model_dump(mode="json")),
+        })
+        if g.augment is not None:  # the entry's own recipe for this shot count replaced features.views/augment
+            top.attrs["augment_recipe"] = {"views": g.views, **g.augment.model_dump(mode="json")}
     return out
 
 

@@ -34,7 +34,7 @@ from pipeline_lib.fewshot.sampling import build_support, sample_fewshot_indices
 log = logging.getLogger(__name__)
 
 STORE = "fewshot.zarr"  # the few-shot store inside a `features_fewshot` instance's output folder
-SUPPORT = "support.zarr"  # the support store inside a `support` instance's output folder
+SUPPORT = "support.zarr"  # the support store inside the folder of a `support` instance this run reads (`Stage.reads`)
 BRIDGE_WEIGHTS = "bridge.pt"
 BRIDGE_META = "bridge.json"
 # Files of one (shots, seed) run that the report reads.
@@ -172,7 +172,8 @@ def run_fewshot_seed(ctx: StageContext) -> dict:
     parallel = ctx.cfg.runtime.processes > 1 and cfg.run_training
     with started_pool(1) if parallel else nullcontext() as pool:  # its worker starts before the store is opened
         fit = load_bridge(bridge_dir)
-        inp, idx = load_inputs(store, ctx.input("support") / SUPPORT, shots, seed, cfg.augment_epochs)
+        support = ctx.input("support") / ctx.inst.path(dict(ctx.inst.stage.reads)["support"]) / SUPPORT
+        inp, idx = load_inputs(store, support, shots, seed, cfg.augment_epochs)
         res = evaluate_seed(inp, fit, cfg, seed, ctx.device, pool)
     out = ctx.output()
     record = {"shots": shots, "seed": seed, "support_shape": list(inp.support.shape), "train_indices": idx,

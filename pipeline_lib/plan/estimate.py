@@ -138,11 +138,16 @@ def features_fewshot(p: PlanInputs, inst: StageInstance) -> Work:
 def support(p: PlanInputs, inst: StageInstance) -> Work:
     from pipeline_lib.features.stores import support_indices
 
-    labels = p.classification(inst.item["dataset"]).train_labels
-    drawn = len(support_indices(labels, int(inst.item["shots"]), int(inst.item["seed"])))
-    views = p.cfg.features.views
-    return Work(((IMAGE_FORWARD, drawn * views),), _features(p, drawn, views + 1),
-                f"{drawn} of {len(labels)} train images x {views} views")
+    name, seed = inst.item["dataset"], int(inst.item["seed"])
+    labels, entry = p.classification(name).train_labels, p.cfg.datasets.classification[name]
+    forwards = stored = 0
+    for shots in p.cfg.fewshot.shots:
+        drawn = len(support_indices(labels, shots, seed))
+        recipe = entry.augment.get(shots)
+        views = recipe.epochs + 1 if recipe is not None else p.cfg.features.views
+        forwards, stored = forwards + drawn * views, stored + drawn * (views + 1)
+    return Work(((IMAGE_FORWARD, forwards),), _features(p, stored),
+                f"{len(p.cfg.fewshot.shots)} shot counts' samples of {len(labels)} train images, all views")
 
 
 def features_czsl(p: PlanInputs, inst: StageInstance) -> Work:
