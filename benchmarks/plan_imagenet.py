@@ -58,7 +58,8 @@ def main() -> None:
         cfg = load_config(REPO, overrides=(
             "backbone.model=ViT-B-16", f"features.views={args.views}", f"fewshot.shots={args.shots}",
             f"fewshot.seeds={args.seeds}"))
-        cfg = cfg.model_copy(update={"datasets": DatasetsConfig(classification={"imagenet": entry})})
+        only = DatasetsConfig(classification={"imagenet": entry}, image_retrieval={}, text_retrieval={}, czsl={})
+        cfg = cfg.model_copy(update={"datasets": only})
         start = time.perf_counter()
         plan = build_plan(Path(tmp), cfg, ["features_fewshot", "support"], with_probe=args.probe)
         seconds = time.perf_counter() - start

@@ -36,7 +36,12 @@ from pipeline_lib.data import vocab  # noqa: E402
 from pipeline_lib.data.world import identifying_primitives  # noqa: E402
 from pipeline_lib.diagnose.retrieval import retrieval_metrics  # noqa: E402
 from pipeline_lib.engine.config import load_config  # noqa: E402
-from pipeline_lib.engine.stages import get_stage  # noqa: E402
+from pipeline_lib.engine.stages import StageInstance, get_stage  # noqa: E402
+
+
+def instance_dir(root: Path, stage: str, **item: str) -> Path:
+    """The published output folder of one stage instance (the shapes world's)."""
+    return root / StageInstance(get_stage(stage), item).manifest_dir
 
 
 def czsl_baseline(root: Path, cfg, seeds: list[int]) -> dict:
@@ -47,7 +52,7 @@ def czsl_baseline(root: Path, cfg, seeds: list[int]) -> dict:
     data_root = root / get_stage("data").manifest_dir / vocab.CZSL_ROOT
     worlds = load_worlds(data_root, czsl, bb.model, bb.tokenizer)
     ds = worlds["closed"].ds
-    splits = load_splits(root / get_stage("features").manifest_dir / CZSL_STORE, ds, czsl.mode)
+    splits = load_splits(instance_dir(root, "features_czsl", czsl_dataset="shapes") / CZSL_STORE, ds, czsl.mode)
     per_seed = {}
     for seed in seeds:
         seed_everything(seed)
@@ -66,19 +71,17 @@ def czsl_baseline(root: Path, cfg, seeds: list[int]) -> dict:
 
 def retrieval_baselines(root: Path) -> dict:
     """Intra-modal mAP that OTI (image->image) and OVI (text->text) must improve on, from the cached features."""
-    from pipeline_lib.engine.stages import StageInstance
-    from pipeline_lib.inversion.jobs import load_inputs
+    from pipeline_lib.datasets.config import ImageRetrievalDataset
+    from pipeline_lib.inversion.jobs import load_image_retrieval, load_text_retrieval
 
-    fewshot = StageInstance(get_stage("features_fewshot"), {"dataset": "shapes"}).manifest_dir
-    inputs = load_inputs(root / fewshot, root / get_stage("features").manifest_dir)
-    image = retrieval_metrics(inputs.image_query, inputs.image_query_labels, inputs.image_gallery,
-                              inputs.image_gallery_labels)
-    out = {"image_to_image_map": round(float(image.map), 4)}
-    if inputs.text_query is not None:
-        text = retrieval_metrics(inputs.text_query, inputs.text_query_groups, inputs.text_gallery,
-                                 inputs.text_gallery_groups)
-        out["text_to_text_map"] = round(float(text.map), 4)
-    return out
+    image = load_image_retrieval(instance_dir(root, "features_fewshot", dataset="shapes"), ImageRetrievalDataset())
+    text = load_text_retrieval(instance_dir(root, "features_text", text_dataset="shapes"))
+    return {
+        "image_to_image_map": round(float(retrieval_metrics(image.query, image.query_labels, image.gallery,
+                                                            image.gallery_labels).map), 4),
+        "text_to_text_map": round(float(retrieval_metrics(text.query, text.query_groups, text.gallery,
+                                                          text.gallery_groups).map), 4),
+    }
 
 
 def summarise(czsl: dict, retrieval: dict) -> dict:

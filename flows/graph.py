@@ -2,7 +2,7 @@
 
 An instance waits for exactly the instances its fingerprint reads: the instances of each stage in its `deps` that agree
 with it on their shared matrix variables (`engine.stages.upstream_instances`). So `fewshot_run@shapes-4-2` waits for
-`features_fewshot@shapes` and `fewshot_bridge@shapes` only, every dataset's few-shot runs, `inversion` and `czsl` run
+`features_fewshot@shapes` and `fewshot_bridge@shapes` only, every dataset's few-shot runs, `oti`, `ovi` and `czsl` run
 side by side, and `fewshot_report` starts when the last few-shot run ends.
 
 The scheduler knows nothing about Prefect: an instance is a *job*, a generator that yields the futures it waits for

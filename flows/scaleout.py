@@ -1,7 +1,7 @@
 """Scale-out of the sharded stages on a Dask cluster, as Prefect tasks on a DaskTaskRunner.
 
 Which stages are sharded, and by which planner and worker functions, is the registry's `Stage.shards`
-(`pipeline_lib.engine.stages`: today features and inversion).
+(`pipeline_lib.engine.stages`: today feature extraction, OTI and OVI).
 
 When `runtime.dask` names a scheduler address or asks for a local cluster, the pipeline flow runs all its tasks on
 that cluster (`flows.lanes`), and for a sharded stage calls `submit_shards` once the stage's upstream instances are

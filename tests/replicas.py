@@ -134,3 +134,34 @@ def write_czsl(root: Path, folder: str) -> Path:
 def write_sam_czsl_datasets(data: Path) -> list[Path]:
     """Every dataset of the SAM-CZSL suite under `data/` (the profile's roots are data/<folder>)."""
     return [write_czsl(data, folder) for folder in CZSL]
+
+
+#: Caption files in Karpathy's layout: folder -> (file, image file-name pattern, the split the profile reads).
+KARPATHY = {"coco": ("dataset_coco.json", "COCO_val2014_{n:012d}.jpg", "test"),
+            "flickr30k": ("dataset_flickr30k.json", "{n}.jpg", "val")}
+KARPATHY_IMAGES = 3  # per split; 5 captions each, as released
+
+
+def write_karpathy(root: Path, folder: str) -> Path:
+    """Karpathy's caption file (`images`: filename, split, sentences with `raw` and `tokens`); images are not needed,
+    text retrieval reads captions only."""
+    name, pattern, _ = KARPATHY[folder]
+    images = []
+    for s, split in enumerate(("train", "val", "test")):
+        for i in range(KARPATHY_IMAGES):
+            n = 100 * s + i
+            raws = [f"A {('red', 'blue', 'green')[i]} thing number {j} seen in the {split} set." for j in range(5)]
+            images.append({"filepath": "val2014" if folder == "coco" else "", "filename": pattern.format(n=n),
+                           "imgid": n, "split": split,
+                           "sentences": [{"raw": r, "tokens": r.lower().rstrip(".").split(), "imgid": n}
+                                         for r in raws]})
+    base = root / folder
+    base.mkdir(parents=True, exist_ok=True)
+    (base / name).write_text(json.dumps({"images": images, "dataset": folder}))
+    return base
+
+
+def write_cross_the_gap_datasets(data: Path) -> list[Path]:
+    """Every dataset of the Cross-the-Gap suite under `data/`: the SeMoBridge suite's 11 image datasets (their test
+    images query their train images) and the caption files (the profile's paths are data/<folder>/<file>)."""
+    return [*write_semobridge_datasets(data), *(write_karpathy(data, folder) for folder in KARPATHY)]

@@ -56,9 +56,10 @@ def test_each_instance_waits_for_exactly_what_its_fingerprint_reads(smoke_projec
     assert upstream["fewshot_run@shapes-2-1"] == (
         "features_fewshot@shapes", "support@shapes-1", "fewshot_bridge@shapes")
     assert upstream["fewshot_report"] == ("fewshot_bridge@shapes", *runs)
-    # runs beside the few-shot runs and inversion
+    # runs beside the few-shot runs and the inversions
     assert upstream["czsl@shapes"] == ("data", "backbone", "features_czsl@shapes")
-    assert upstream["inversion"] == ("backbone", "features_fewshot@shapes", "features_text")
+    assert upstream["oti@shapes"] == ("backbone", "features_fewshot@shapes")  # its own dataset's features
+    assert upstream["ovi@shapes"] == ("backbone", "features_text@shapes")
     assert [n.id for n in instance_graph(["fewshot_bridge"], params)] == [
         "data", "backbone", "features_fewshot@shapes", "fewshot_bridge@shapes"]
 

@@ -65,5 +65,7 @@ def test_numeric_folder_names_stay_names() -> None:
     cfg = load_config(REPO, overrides=("datasets.classification.shapes.image_dir=2750",
                                        "datasets.czsl.shapes.root=1234"))
     assert cfg.datasets.classification["shapes"].image_dir == "2750" and cfg.datasets.czsl["shapes"].root == "1234"
-    with pytest.raises(ParamsError, match="features.retrieval_text.enabled"):
-        load_config(REPO, overrides=("features.retrieval_text.enabled=3.5",))
+    assert load_config(REPO, overrides=("datasets.text_retrieval.shapes.path=77",)).datasets.text_retrieval[
+        "shapes"].path == "77"
+    with pytest.raises(ParamsError, match="datasets.czsl.shapes.check_sizes"):  # a flag stays a flag
+        load_config(REPO, overrides=("datasets.czsl.shapes.check_sizes=3.5",))

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.slow  # stages killed with SIGKILL in subprocesses, the
 BRIDGEFLOW = Path(sys.executable).with_name("bridgeflow")  # the console script of this environment
 PAUSED_CLI = Path(__file__).with_name("paused_cli.py")
 FEWSHOT_RUN = "fewshot_run@shapes-1-1"
+OTI = "oti@shapes"
 CZSL_FEATURES = "features_czsl@shapes"
 STORE = "artifacts/features/fewshot/shapes/fewshot.zarr"
 
@@ -54,8 +55,7 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["inversion"]["oti"]["batch_size"] = 8
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = load_config(root)
-    for name in ("data", "backbone", "features_fewshot", "features_czsl", "features_text", "fewshot_bridge",
-                 "inversion"):
+    for name in ("data", "backbone", "features_fewshot", "features_czsl", "features_text", "fewshot_bridge", "oti"):
         run_stage(root, name, cfg)
     run_instance(root, instance(root, "support@shapes-1"), cfg)
     run_instance(root, instance(root, FEWSHOT_RUN), cfg)
@@ -225,22 +225,23 @@ def test_sigkill_during_extraction_resumes_to_the_uninterrupted_store(produced: 
 
 
 def test_sigkill_during_oti_resumes_to_the_uninterrupted_result(produced: Path, project: Path, tmp_path: Path) -> None:
-    reference = read_manifest(produced, instance(produced, "inversion"))
-    unpublish(project, "inversion")
+    reference = read_manifest(produced, instance(produced, OTI))
+    unpublish(project, OTI)
     marker, log = tmp_path / "paused", tmp_path / "killed.log"
     # the pause hook patches the stage process, so OTI runs there (runtime.processes=1); the rerun resumes the killed
     # store with the default worker processes, and both paths write blocks through the same resumable runner
-    proc = start(project, "inversion", "-S", "runtime.processes=1", log=log, pause="oti", marker=marker)
+    proc = start(project, OTI, "-S", "runtime.processes=1", log=log, pause="oti", marker=marker)
     wait_until(marker.exists, proc, log)
-    (store,) = (project / ".bridgeflow/work/inversion").glob("*/artifacts/inversion/inversion.zarr")
+    (store,) = (project / ".bridgeflow/work/oti_shapes").glob("*/artifacts/inversion/oti/shapes/inversion.zarr")
     done = np.asarray(zarr.open_array(str(store / "oti" / DONE), mode="r")[...])
     assert done[0] and not done.all(), done  # killed between finished and pending OTI blocks
     kill(proc)
-    assert_not_published(project, "inversion")
+    assert_not_published(project, OTI)
 
-    assert "inversion: ran" in run_to_end(project, "inversion", log=tmp_path / "rerun.log")
-    assert read_manifest(project, instance(project, "inversion"))["content"] == reference["content"]
-    for rel in ("metrics/inversion.json", "plots/inversion_map_vs_step.csv", "plots/inversion_similarity.csv"):
+    assert f"{OTI}: ran" in run_to_end(project, OTI, log=tmp_path / "rerun.log")
+    assert read_manifest(project, instance(project, OTI))["content"] == reference["content"]
+    for rel in ("metrics/inversion/oti/shapes.json", "plots/oti_map_vs_step/shapes.csv",
+                "plots/inversion_similarity/shapes.csv"):
         assert (project / rel).read_bytes() == (produced / rel).read_bytes(), rel
     assert not leftovers(project)
 
@@ -308,15 +309,15 @@ def test_truncated_chunk_in_a_published_store_is_a_clear_error(project: Path, cu
     shard = project / STORE / "test/image/c/0/0"
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2] if cut == "half" else b"")  # zarr would read an empty shard as zeros
-    unpublish(project, "inversion")
-    code, out = cli(project, "stage", "inversion")
+    unpublish(project, OTI)
+    code, out = cli(project, "stage", OTI)
     assert code == 2, out
     assert "fewshot.zarr" in out and "array 'test/image'" in out
     assert "bridgeflow stage features_fewshot@shapes --force" in out
-    assert_not_published(project, "inversion")
+    assert_not_published(project, OTI)
 
 
-@pytest.mark.parametrize("stage_id", [FEWSHOT_RUN, "inversion"])
+@pytest.mark.parametrize("stage_id", [FEWSHOT_RUN, OTI])
 def test_wrong_feature_width_in_the_store_is_a_clear_error(project: Path, stage_id: str) -> None:
     split = zarr.open_group(str(project / STORE), mode="r+")["test"]
     n, d = split["image"].shape

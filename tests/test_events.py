@@ -15,8 +15,8 @@ def test_outcomes_are_counted_per_instance(tmp_path: Path) -> None:
         fh.write('{"id": "data", "sta')  # a process killed mid-write
     events = read_events(tmp_path)
     assert len(events) == 6
-    counts = outcome_counts(events, ["data", "czsl", "inversion"])
-    assert counts == {"data": {"ran": 1, "reused": 2}, "czsl": {"ran": 1, "reused": 1}, "inversion": {}}
+    counts = outcome_counts(events, ["data", "czsl", "oti@shapes"])
+    assert counts == {"data": {"ran": 1, "reused": 2}, "czsl": {"ran": 1, "reused": 1}, "oti@shapes": {}}
     assert latest_status(events) == {"data": "cached (prefect)", "czsl": "republished", "report": "ran"}
 
 

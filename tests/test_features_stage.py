@@ -99,7 +99,7 @@ def _backbone() -> Backbone:
 #: CZSL and text stores.
 SHOTS = [1, 2]
 ITEMS = {"features_fewshot": {"dataset": "shapes"}, "support": {"dataset": "shapes", "seed": 1},
-         "features_czsl": {"czsl_dataset": "shapes"}, "features_text": {}}
+         "features_czsl": {"czsl_dataset": "shapes"}, "features_text": {"text_dataset": "shapes"}}
 RUNNERS = {"features_fewshot": stage.run_features_fewshot, "support": stage.run_support,
            "features_czsl": stage.run_features_czsl, "features_text": stage.run_features_text}
 IMAGE_STAGES = ("features_fewshot", "support", "features_czsl")  # sharded by image blocks
@@ -185,7 +185,7 @@ def test_stage_end_to_end_and_resume(world: Path, tmp_path: Path, published: Bac
     np.testing.assert_allclose(tokens[:, 0], read_array(cz, "train/image"), rtol=1e-5, atol=1e-6)
     # closed-world pairs, sorted: blue circle, blue square, red circle, red square
     assert read_array(cz, "test/pair").tolist() == [0, 0, 2, 2]
-    rt = features / "texts" / "retrieval_text.zarr"
+    rt = features / "texts" / "shapes" / "retrieval_text.zarr"
     assert read_array(rt, "gallery/text").shape == (3, 128)
     assert read_array(rt, "gallery/group").tolist() == [0, 1, 2]
 

@@ -1,4 +1,5 @@
-"""The inversion stage on synthetic feature stores and a tiny CLIP: outputs, metrics and plots per the contract."""
+"""The inversion stages (oti, ovi) on synthetic feature stores and a tiny CLIP: outputs, metrics and plots per the
+contract."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.evaluate import select_step
 from pipeline_lib.inversion.jobs import STORE, query_subset
 from pipeline_lib.inversion.outputs import PER_QUERY_AP, RETRIEVAL
-from pipeline_lib.inversion.stage import run_inversion, similarity_histogram
+from pipeline_lib.inversion.stage import run_oti, run_ovi, similarity_histogram
 
 CFG = InversionConfig(
     max_queries=10,
@@ -61,71 +62,80 @@ def _stores(fewshot: Path, texts: Path) -> None:
     })
 
 
-def _ctx(tmp_path: Path) -> StageContext:
-    """The stage's real context: synthetic feature stores published under `repo`, outputs into `work`."""
-    ctx = stage_context(tmp_path / "repo", "inversion", Config(inversion=CFG, runtime=RuntimeConfig(processes=1)),
-                        tmp_path / "work")
-    _stores(ctx.input("features_fewshot"), ctx.input("features_text"))
+def _ctx(tmp_path: Path, stage: str) -> StageContext:
+    """An instance's real context (`oti@shapes` or `ovi@shapes`): synthetic feature stores published under `repo`,
+    outputs into `work`."""
+    item = {"image_dataset": "shapes"} if stage == "oti" else {"text_dataset": "shapes"}
+    ctx = stage_context(tmp_path / "repo", stage, Config(inversion=CFG, runtime=RuntimeConfig(processes=1)),
+                        tmp_path / "work", **item)
+    _stores(tmp_path / "repo/artifacts/features/fewshot/shapes", tmp_path / "repo/artifacts/features/texts/shapes")
     return ctx
 
 
-def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = tiny_clip()
-    loaded: list[Path] = []
+@pytest.fixture
+def tiny_backbone(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The published backbone replaced by a tiny CLIP; the folders it was loaded from."""
+    model, loaded = tiny_clip(), []
 
     def fake_load(backbone_dir: Path, device: torch.device) -> SimpleNamespace:
         loaded.append(backbone_dir)
         return SimpleNamespace(model=model, tokenizer=tiny_tokenizer())
 
     monkeypatch.setattr(backbone_load, "load_published_backbone", fake_load)
-    ctx = _ctx(tmp_path)
-    summary = run_inversion(ctx)
-    assert loaded == [ctx.input("backbone")]
+    return loaded
+
+
+def _check_side(side: dict, inverted: str) -> None:
+    """The selected step is chosen on validation mAP; every reported number is over the test queries."""
+    val = {int(s): m for s, m in side["by_step"]["val"].items()}
+    assert side["selected_step"] == select_step(val)
+    assert side[inverted]["map"] == side["by_step"]["test"][str(side["final_step"])]
+    assert side[f"{inverted}_selected"]["map"] == side["by_step"]["test"][str(side["selected_step"])]
+    assert side[inverted]["n_queries"] == side["n_test"]
+
+
+def test_oti_instance_writes_the_contracted_outputs(tmp_path: Path, tiny_backbone: list[Path]) -> None:
+    ctx = _ctx(tmp_path, "oti")
+    assert ctx.input("features_fewshot") == tmp_path / "repo/artifacts/features/fewshot/shapes"  # its own dataset's
+    summary = run_oti(ctx)
+    assert tiny_backbone == [ctx.input("backbone")]
     json.dumps(summary)
-    assert summary["oti"]["queries"] == 10 and summary["ovi"]["queries"] == 3
+    assert summary["oti"]["queries"] == 10 and "ovi" not in summary
 
     store = zarr.open_group(ctx.output() / STORE, mode="r")
     assert store["oti/params"].shape == (10, 1, 128) and store["oti/snapshots"].shape == (10, 3, 128)
-    assert store["ovi/params"].shape == (3, 1, 96) and store["ovi/losses"].shape == (3, 2)
     assert store[f"oti/{DONE}"][...].all() and store["oti"].attrs["query_index"] == query_subset(18, 10).tolist()
+    assert "ovi" not in store
 
     metrics = json.loads((ctx.output() / RETRIEVAL).read_text())  # every number; the metrics file: the mAPs
-    img, txt = metrics["image"], metrics["text"]
-    headline = json.loads(ctx.metrics().read_text())
-    assert headline["image"] == {"image_to_image": {"map": round(img["image_to_image"]["map"], 4)},
-                                 "oti_to_image": {"map": round(img["oti_to_image"]["map"], 4)},
-                                 "oti_to_image_selected": {"map": round(img["oti_to_image_selected"]["map"], 4)},
-                                 "selected_step": img["selected_step"]}
-    assert set(headline["text"]) == {"text_to_text", "ovi_to_text", "ovi_to_text_selected", "selected_step"}
+    assert set(metrics) == {"image"}
+    img = metrics["image"]
+    assert json.loads(ctx.metrics().read_text()) == {"image": {
+        "image_to_image": {"map": round(img["image_to_image"]["map"], 4)},
+        "oti_to_image": {"map": round(img["oti_to_image"]["map"], 4)},
+        "oti_to_image_selected": {"map": round(img["oti_to_image_selected"]["map"], 4)},
+        "selected_step": img["selected_step"]}}
     assert "best_step" not in img and "best_map" not in img
     assert set(img["by_step"]) == {"val", "test"} and set(img["by_step"]["val"]) == {"1", "2", "3"}
-    assert set(txt["by_step"]["test"]) == {"1", "2"}
     assert (img["n_queries"], img["n_val"], img["n_test"]) == (10, 5, 5)
-    assert (txt["n_queries"], txt["n_val"], txt["n_test"]) == (3, 1, 2)
-    for side, inverted in ((img, "oti_to_image"), (txt, "ovi_to_text")):
-        val = {int(s): m for s, m in side["by_step"]["val"].items()}
-        assert side["selected_step"] == select_step(val)
-        assert side[inverted]["map"] == side["by_step"]["test"][str(side["final_step"])]
-        assert side[f"{inverted}_selected"]["map"] == side["by_step"]["test"][str(side["selected_step"])]
-        assert side[inverted]["n_queries"] == side["n_test"]
-    assert img["final_step"] == 3 and txt["final_step"] == 2
+    _check_side(img, "oti_to_image")
+    assert img["final_step"] == 3
     assert img["map_gain"] == pytest.approx(img["oti_to_image"]["map"] - img["image_to_image"]["map"])
-    assert 0 < img["image_to_image"]["map"] <= 1 and 0 < txt["ovi_to_text"]["map"] <= 1
+    assert 0 < img["image_to_image"]["map"] <= 1
     assert img["class_text_to_image"]["n_queries"] == 3
 
-    # per-query AP: every method and recorded step over both splits; the test means are the headline numbers
+    # per-query AP: both methods at every recorded step over both splits; the test means are the headline numbers
     table = pl.read_parquet(ctx.output() / PER_QUERY_AP)
     assert table.columns == ["direction", "method", "step", "query", "split", "ap"]
-    assert table.height == 10 * (1 + 3) + 3 * (1 + 2)
+    assert table.height == 10 * (1 + 3)
     assert table.group_by("method").agg(pl.col("step").unique().sort()).sort("method").rows() == [
-        ("image_to_image", [-1]), ("oti_to_image", [1, 2, 3]), ("ovi_to_text", [1, 2]), ("text_to_text", [-1])]
+        ("image_to_image", [-1]), ("oti_to_image", [1, 2, 3])]
     oti_rows = table.filter(pl.col("method") == "oti_to_image", pl.col("step") == 3)
     assert oti_rows["query"].to_list() == query_subset(18, 10).tolist()
     assert (oti_rows["split"] == "val").sum() == 5
-    for direction, side, method, step in (("image", img, "oti_to_image", 3), ("image", img, "image_to_image", -1),
-                                          ("text", txt, "ovi_to_text", 2), ("text", txt, "text_to_text", -1)):
-        rows = table.filter(pl.col("direction") == direction, pl.col("method") == method, pl.col("step") == step)
-        assert rows["ap"].filter(rows["split"] == "test").mean() == pytest.approx(side[method]["map"], rel=1e-12)
+    for method, step in (("oti_to_image", 3), ("image_to_image", -1)):
+        rows = table.filter(pl.col("method") == method, pl.col("step") == step)
+        assert rows["ap"].filter(rows["split"] == "test").mean() == pytest.approx(img[method]["map"], rel=1e-12)
 
     # the test numbers are the metrics of the test queries alone, computed from scratch
     test_idx = (oti_rows["split"] == "test").to_numpy()
@@ -136,9 +146,9 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
     assert retrieval_metrics(snaps[test_idx, 2], ql[test_idx], g, gl).as_dict() == pytest.approx(img["oti_to_image"])
     assert retrieval_metrics(snaps[:, 2], ql, g, gl).map != pytest.approx(img["oti_to_image"]["map"])  # not all
 
-    with ctx.plot("inversion_map_vs_step").open() as f:
+    with ctx.plot("oti_map_vs_step").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["step"] for r in rows] == ["1", "2", "3"] and rows[2]["ovi_to_text"] == ""
+    assert list(rows[0]) == ["step", "oti_to_image", "image_to_image"] and [r["step"] for r in rows] == ["1", "2", "3"]
     assert float(rows[0]["image_to_image"]) == pytest.approx(img["image_to_image"]["map"], abs=1e-6)
     assert float(rows[1]["oti_to_image"]) == pytest.approx(img["by_step"]["test"]["2"], abs=1e-6)
     with ctx.plot("inversion_similarity").open() as f:
@@ -148,16 +158,45 @@ def test_stage_writes_the_contracted_outputs(tmp_path: Path, monkeypatch: pytest
     assert sum(float(r["image_image"]) for r in sims) * width == pytest.approx(1.0, abs=1e-4)
 
     # a rerun finds every block finished and reproduces the metrics exactly
-    run_inversion(ctx)
+    run_oti(ctx)
     assert json.loads((ctx.output() / RETRIEVAL).read_text()) == metrics
     assert pl.read_parquet(ctx.output() / PER_QUERY_AP).equals(table)
 
 
+def test_ovi_instance_writes_the_contracted_outputs(tmp_path: Path, tiny_backbone: list[Path]) -> None:
+    ctx = _ctx(tmp_path, "ovi")
+    assert ctx.input("features_text") == tmp_path / "repo/artifacts/features/texts/shapes"
+    summary = run_ovi(ctx)
+    assert summary["ovi"]["queries"] == 3 and "oti" not in summary
+    store = zarr.open_group(ctx.output() / STORE, mode="r")
+    assert store["ovi/params"].shape == (3, 1, 96) and store["ovi/losses"].shape == (3, 2) and "oti" not in store
+    metrics = json.loads((ctx.output() / RETRIEVAL).read_text())
+    assert set(metrics) == {"text"}
+    txt = metrics["text"]
+    assert set(json.loads(ctx.metrics().read_text())["text"]) == {
+        "text_to_text", "ovi_to_text", "ovi_to_text_selected", "selected_step"}
+    assert set(txt["by_step"]["test"]) == {"1", "2"} and txt["final_step"] == 2
+    assert (txt["n_queries"], txt["n_val"], txt["n_test"]) == (3, 1, 2)
+    _check_side(txt, "ovi_to_text")
+    assert 0 < txt["ovi_to_text"]["map"] <= 1
+    table = pl.read_parquet(ctx.output() / PER_QUERY_AP)
+    assert table.height == 3 * (1 + 2) and set(table["direction"]) == {"text"}
+    for method, step in (("ovi_to_text", 2), ("text_to_text", -1)):
+        rows = table.filter(pl.col("method") == method, pl.col("step") == step)
+        assert rows["ap"].filter(rows["split"] == "test").mean() == pytest.approx(txt[method]["map"], rel=1e-12)
+    with ctx.plot("ovi_map_vs_step").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["step", "ovi_to_text", "text_to_text"] and [r["step"] for r in rows] == ["1", "2"]
+
+
 def test_missing_store_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backbone_load, "load_published_backbone", lambda d, device: None)
-    ctx = stage_context(tmp_path, "inversion", Config(inversion=CFG), tmp_path / "w")
+    ctx = stage_context(tmp_path, "oti", Config(inversion=CFG), tmp_path / "w", image_dataset="shapes")
     with pytest.raises(FileNotFoundError, match="fewshot.zarr"):
-        run_inversion(ctx)
+        run_oti(ctx)
+    ctx = stage_context(tmp_path, "ovi", Config(inversion=CFG), tmp_path / "w", text_dataset="shapes")
+    with pytest.raises(FileNotFoundError, match="retrieval_text.zarr"):
+        run_ovi(ctx)
 
 
 def test_query_subset_and_histogram() -> None:
@@ -170,7 +209,8 @@ def test_query_subset_and_histogram() -> None:
 
 
 def test_worker_processes_give_the_single_process_outputs(smoke_pipeline, tmp_path: Path) -> None:
-    """runtime.processes = 2 (the default) runs OTI/OVI shards in worker processes; one process gives the same bytes."""
+    """runtime.processes = 2 (the default) runs OTI / OVI shards in worker processes; one process gives the same
+    bytes."""
     import shutil
 
     from pipeline_lib.engine.artifacts import read_manifest
@@ -182,8 +222,10 @@ def test_worker_processes_give_the_single_process_outputs(smoke_pipeline, tmp_pa
     shutil.copytree(smoke_pipeline.root, root, symlinks=True)
     pooled = load_config(root)
     assert pooled.runtime.processes == 2
-    (inst,) = instances(get_stage("inversion"), effective_params(pooled))
-    content = read_manifest(root, inst)["content"]
-    (result,) = run_stage(root, "inversion", load_config(root, overrides=("runtime.processes=1",)), force=True)
-    assert result.status == "ran"
-    assert read_manifest(root, inst)["content"] == content
+    single = load_config(root, overrides=("runtime.processes=1",))
+    for name in ("oti", "ovi"):
+        (inst,) = instances(get_stage(name), effective_params(pooled))
+        content = read_manifest(root, inst)["content"]
+        (result,) = run_stage(root, name, single, force=True)
+        assert result.status == "ran"
+        assert read_manifest(root, inst)["content"] == content

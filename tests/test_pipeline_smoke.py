@@ -23,7 +23,8 @@ def test_every_stage_runs_and_publishes(smoke_pipeline: SmokePipeline) -> None:
             assert read_manifest(root, inst) is not None, inst.id
             for out in inst.outputs():
                 assert (root / out).exists(), out
-    for metrics in ("data", "backbone", "gap", "fewshot", "inversion", "czsl/shapes", "claims"):
+    for metrics in ("data", "backbone", "gap", "fewshot", "inversion/oti/shapes", "inversion/ovi/shapes", "czsl/shapes",
+                    "claims"):
         assert json.loads((root / "metrics" / f"{metrics}.json").read_text()), metrics
     claims = json.loads((root / "artifacts/claims/claims.json").read_text())["claims"]
     ran = {c["id"]: c for c in claims if c["verdict"] != "not run"}

@@ -52,12 +52,13 @@ def test_support_extraction_is_proportional_to_the_drawn_images(tmp_path: Path) 
 
 def test_probe_times_the_forward_passes(tmp_path: Path) -> None:
     cfg = load_config(REPO, "smoke", ("runtime.device=cpu",))
-    plan = build_plan(tmp_path, cfg, ["inversion"], with_probe=True)
+    plan = build_plan(tmp_path, cfg, ["oti", "ovi"], with_probe=True)
     assert plan.probe is not None and all(rate > 0 for rate in plan.probe.rates.values())
     rows = {r["instance"]: r for r in plan.rows}
     forwards = rows["features_fewshot@shapes"]["work"][IMAGE_FORWARD]
     assert rows["features_fewshot@shapes"]["seconds"] == forwards / plan.probe.rates[IMAGE_FORWARD]
-    assert rows["inversion"]["seconds"] > 0 and plan.totals()["seconds"] >= rows["inversion"]["seconds"]
+    assert rows["oti@shapes"]["seconds"] > 0 and plan.totals()["seconds"] >= rows["oti@shapes"]["seconds"]
+    assert rows["ovi@shapes"]["seconds"] is None  # the paraphrases exist only once the data stage has run
 
 
 def test_cli_prints_the_plan_as_json(tmp_path: Path) -> None:

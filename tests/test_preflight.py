@@ -62,19 +62,23 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("fewshot.atol=abc", "fewshot.atol = 'abc'"),
-        ("fewshot.atoll=0.3", "no such key (known here: atol,"),
-        ("datasets.classification.shapes.root=/no/such/folder", "no such file or folder"),
-        ("backbone.model=NotAModel-B-99", "not an open_clip model name"),
+        (("fewshot.atol=abc",), "fewshot.atol = 'abc'"),
+        (("fewshot.atoll=0.3",), "no such key (known here: atol,"),
+        (("datasets.classification.shapes.root=/no/such/folder",), "no such file or folder"),
+        (("backbone.model=NotAModel-B-99",), "not an open_clip model name"),
+        # an image-retrieval entry reads its classification entry's store
+        (("datasets.classification={}",), "image_retrieval.shapes: no datasets.classification entry 'shapes'"),
         # a suite without classification datasets run in full: the stages pinned to one cannot run
-        ("datasets.classification={}", "diagnose reads features_fewshot@shapes (backbone.diagnose.dataset = 'shapes'), "
-                                       "which datasets.classification does not list"),
+        (("datasets.classification={}", "datasets.image_retrieval={}"),
+         "diagnose reads features_fewshot@shapes (backbone.diagnose.dataset = 'shapes'), which "
+         "datasets.classification does not list"),
     ],
 )
-def test_bridgeflow_run_fails_fast_without_starting_prefect(tmp_path: Path, override: str, expected: str) -> None:
+def test_bridgeflow_run_fails_fast_without_starting_prefect(tmp_path: Path, override: tuple[str, ...],
+                                                           expected: str) -> None:
     root = _project(tmp_path)
     started = time.perf_counter()
-    result = CliRunner().invoke(app, ["run", "--root", str(root), "-S", override])
+    result = CliRunner().invoke(app, ["run", "--root", str(root), *(a for o in override for a in ("-S", o))])
     seconds = time.perf_counter() - started
     assert result.exit_code == 2, result.output
     assert expected in " ".join(result.output.split())
@@ -110,7 +114,7 @@ def test_only_the_stages_reading_an_unlisted_dataset_are_named() -> None:
     benchmarks = ("ut_zappos", "mit_states", "cgqa")
     expected = {"data", "backbone", *(f"{s}@{d}" for s in ("features_czsl", "czsl") for d in benchmarks)}
     assert {n.id for n in instance_graph(["czsl"], sam)} == expected
-    with pytest.raises(ParamsError, match=r"(?s)diagnose reads.*inversion reads.*claims reads fewshot_run@shapes"):
+    with pytest.raises(ParamsError, match=r"(?s)diagnose reads.*claims reads fewshot_run@shapes"):
         instance_graph(["report"], sam)
     semobridge = effective_params(load_config(REPO, "semobridge"))
     assert "claims" in {n.id for n in instance_graph(["report"], semobridge)}

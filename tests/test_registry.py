@@ -9,9 +9,8 @@ from pipeline_lib.engine.config import effective_params, load_config
 from pipeline_lib.engine.dvcfile import render
 from pipeline_lib.engine.params import get_dotted
 from pipeline_lib.engine.runner import load_function
+from pipeline_lib.engine.stage_keys import CZSL_TRAINING, EXTRACTION, OTI_KEYS, OVI_KEYS
 from pipeline_lib.engine.stages import (
-    CZSL_TRAINING,
-    EXTRACTION,
     PARAMS_CHECK,
     STAGES,
     dvc_template,
@@ -54,11 +53,10 @@ def test_declared_params_modules_and_functions_exist() -> None:
 
 
 def test_feature_stages_are_versioned_by_every_extraction_key() -> None:
-    """EXTRACTION lists every `features` key except the text source and the CZSL patch-token switch."""
+    """EXTRACTION lists every `features` key except the CZSL patch-token switch."""
     from pipeline_lib.features.config import FeaturesConfig
 
-    sources = {"retrieval_text", "patch_tokens"}
-    assert set(EXTRACTION) == {f"features.{key}" for key in FeaturesConfig.model_fields if key not in sources}
+    assert set(EXTRACTION) == {f"features.{key}" for key in FeaturesConfig.model_fields if key != "patch_tokens"}
     for name in ("features_fewshot", "support", "features_czsl", "features_text"):
         assert set(EXTRACTION) <= set(get_stage(name).params), name
 
@@ -70,3 +68,14 @@ def test_czsl_instances_are_versioned_by_every_czsl_key_but_the_claims_pin() -> 
 
     assert set(CZSL_TRAINING) == {f"czsl.{key}" for key in CzslConfig.model_fields if key != "dataset"}
     assert set(CZSL_TRAINING) <= set(get_stage("czsl").params)
+
+
+def test_inversion_instances_are_versioned_by_every_inversion_key_but_the_claims_pins() -> None:
+    """oti and ovi read every `inversion` key of their direction, never the claims' pins (`inversion.dataset`,
+    `inversion.text_dataset`): moving a pin reruns the claims, never an inversion."""
+    from pipeline_lib.inversion.config import InversionConfig
+
+    every = {f"inversion.{key}" for key in InversionConfig.model_fields if key not in ("dataset", "text_dataset")}
+    assert set(OTI_KEYS) | set(OVI_KEYS) == every
+    assert "inversion.ovi" not in OTI_KEYS and "inversion.oti" not in OVI_KEYS
+    assert set(OTI_KEYS) <= set(get_stage("oti").params) and set(OVI_KEYS) <= set(get_stage("ovi").params)

@@ -20,7 +20,7 @@ ARTIFACTS = REPO / "test-artifacts"
 # What the report must show: the backbone's modality gap, few-shot accuracy vs shots per method, inversion mAP intra
 # vs inverted and vs step, the CZSL ablation and seen/unseen curve, stage timings and cache hits.
 REQUIRED_PLOTS = {
-    "gap_similarity.png", "gap_summary.png", "fewshot_accuracy.png", "inversion_map.png", "inversion_map_vs_step.png",
+    "gap_similarity.png", "gap_summary.png", "fewshot_accuracy.png", "oti_map_shapes.png", "oti_map_vs_step_shapes.png",
     "claims_forest.png", "czsl_ablation_shapes.png", "czsl_curve_shapes.png", "stage_timings.png", "cache_hits.png",
 }
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

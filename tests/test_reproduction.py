@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared"
 PUBLISHED_MD = SHARED / "reference" / "published_results.md"
 SEMOBRIDGE_MD = SHARED / "specs" / "semobridge.md"
-TINY_RUN = RunIdentity("bf-tiny-vit-32", "shapes", "shapes-captions")
+TINY_RUN = RunIdentity("bf-tiny-vit-32")
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +314,7 @@ def test_duplicate_measured_keys_are_rejected(table: PublishedTable) -> None:
 
 
 def test_no_match_says_so_and_lists_what_exists(table: PublishedTable) -> None:
-    measured = measured_rows(TINY_RUN, fewshot=FEWSHOT, czsl=[CZSL], inversion=INVERSION)
+    measured = measured_rows(TINY_RUN, fewshot=FEWSHOT, czsl=[CZSL], retrieval=RETRIEVAL)
     assert measured, "the metrics fixtures gave no measured rows"
     df = compare(measured, table)
     assert df.is_empty() and df.schema == SCHEMA
@@ -370,31 +370,27 @@ CZSL = {
     "seeds": 5,
     "rows": {"+dynamic": {"closed": {"auc": 0.5, "hm": 0.62}, "open": {"auc": 0.1}, "rmg": 0.84}},
 }
-INVERSION = {
-    "image": {
+#: (dataset id, retrieval table) of an OTI instance and an OVI instance
+RETRIEVAL = [
+    ("imagenet", {"image": {
         "image_to_image": {"map": 0.38, "n_queries": 900},
         "oti_to_image": {"map": 0.40, "n_queries": 900},
         "oti_to_image_selected": {"map": 0.41},
         "map_gain": 0.02,
-    },
-    "text": {
+    }}),
+    ("shapes-captions", {"text": {
         "text_to_text": {"map": 0.60, "n_queries": 64},
         "ovi_to_text": {"map": 0.58, "n_queries": 64},
         "map_gain": -0.02,
-    },
-}
+    }}),
+]
 
 
 def test_metrics_files_map_to_measured_rows() -> None:
-    params = {
-        "backbone": {"model": "ViT-L-14", "pretrained": "openai"},
-        "features": {"retrieval_text": {"path": None}},
-        "inversion": {"dataset": "imnet"},
-    }
-    run = run_identity(params, {"imnet": "ImageNet"})
-    assert run == RunIdentity("ViT-L/14", "imagenet", "shapes-captions")
+    run = run_identity({"backbone": {"model": "ViT-L-14", "pretrained": "openai"}})
+    assert run == RunIdentity("ViT-L/14")
     czsl = [{**CZSL, "dataset": "UT-Zappos"}, {**CZSL, "dataset": "mit_states"}]  # one summary per CZSL dataset
-    rows = {r.key: r for r in measured_rows(run, fewshot=FEWSHOT, czsl=czsl, inversion=INVERSION)}
+    rows = {r.key: r for r in measured_rows(run, fewshot=FEWSHOT, czsl=czsl, retrieval=RETRIEVAL)}
     zs = rows[("fewshot", "imagenet", "ViT-L/14", "zero_shot", "0", "accuracy")]
     assert (zs.value, zs.unit, zs.n) == (60.1, "points", 5)
     t16 = rows[("fewshot", "imagenet", "ViT-L/14", "semobridge_t", "16", "accuracy")]

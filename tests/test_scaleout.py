@@ -42,7 +42,7 @@ def test_shards_cover_whole_files_only() -> None:
 
 def test_registry_declares_the_sharded_stages() -> None:
     sharded = {stage.name: stage.shards for stage in STAGES if stage.shards is not None}
-    assert sorted(sharded) == ["features_czsl", "features_fewshot", "inversion", "support"]
+    assert sorted(sharded) == ["features_czsl", "features_fewshot", "oti", "ovi", "support"]
     for shards in sharded.values():  # both names resolve to functions
         assert callable(load_function(shards.planner)) and callable(load_function(shards.worker))
 
@@ -92,7 +92,7 @@ def test_local_cluster_shuts_down_without_comm_errors(prefect_server: None, capf
 def test_dask_params_are_runtime_only(smoke_project: Path) -> None:
     plain = effective_params(load_config(smoke_project))
     dask = effective_params(load_config(smoke_project, overrides=(*DASK, "runtime.dask.address=tcp://h:8786")))
-    for name in ("features_fewshot", "features_czsl", "inversion"):
+    for name in ("features_fewshot", "features_czsl", "oti", "ovi"):
         (inst,) = instances(get_stage(name), plain)
         assert fingerprint(inst, plain, {}, "code") == fingerprint(inst, dask, {}, "code")
     with pytest.raises(ParamsError, match="runtime.dask.address"):
@@ -168,17 +168,17 @@ def test_sharded_stages_on_local_cluster_equal_single_process(
     params["inversion"]["oti"]["batch_size"] = params["inversion"]["ovi"]["batch_size"] = 8
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    rows = pipeline_flow(root=str(root), stages=["inversion"], overrides=DASK)
+    rows = pipeline_flow(root=str(root), stages=["oti"], overrides=DASK)
     status = {row["stage"]: row["status"] for row in rows}
     cfg = load_config(root, overrides=("runtime.num_workers=0",))  # in-process decoding: no worker start-up cost
-    insts = {name: instances(get_stage(name), effective_params(cfg))[0] for name in ("features_fewshot", "inversion")}
+    insts = {name: instances(get_stage(name), effective_params(cfg))[0] for name in ("features_fewshot", "oti")}
     features_summary = read_manifest(root, insts["features_fewshot"])["summary"]
     blocks = features_summary["blocks_skipped"]  # the stage found every image block done by the shards...
     assert blocks > 1 and features_summary["images_encoded"] > 0 and features_summary["images_per_s"] > 0
     assert status["features_fewshot@shapes"].startswith(f"ran ({blocks} shards on Dask, "), status  # one per shard
-    inversion = zarr.open_group(str(root / "artifacts/inversion/inversion.zarr"), mode="r")
-    inv_shards = sum(-(-inversion[g][DONE].shape[0] // 2) for g in ("oti", "ovi"))  # whole zarr shards of 2 blocks
-    assert inversion["oti"][DONE].shape == (4,) and status["inversion"].startswith(f"ran ({inv_shards} shards on")
+    inversion = zarr.open_group(str(root / "artifacts/inversion/oti/shapes/inversion.zarr"), mode="r")
+    assert inversion["oti"][DONE].shape == (4,)  # 2 whole zarr shards of 2 blocks
+    assert status["oti@shapes"].startswith("ran (2 shards on"), status
     out, err = capfd.readouterr()
     assert "CommClosedError" not in out + err and "Traceback" not in out + err  # both clusters shut down in order
 
@@ -186,7 +186,7 @@ def test_sharded_stages_on_local_cluster_equal_single_process(
     content = {name: read_manifest(root, inst)["content"] for name, inst in insts.items()}
     for name, inst in insts.items():
         shutil.copytree(root / inst.manifest_dir, sharded[name])
-    for name, inst in insts.items():  # features first: inversion reads the single-process features
+    for name, inst in insts.items():  # features first: OTI reads the single-process features
         (result,) = run_stage(root, name, cfg, force=True)
         assert result.status == "ran"
         _assert_same_stores(sharded[name], root / inst.manifest_dir)

@@ -1,6 +1,7 @@
 """Paper suites end to end on replicas of the real datasets' layouts, through `bridgeflow run` and DVC, with a randomly
 initialised real architecture: the SeMoBridge profile's 11 datasets (ImageNet folders, FGVC-Aircraft lists, nine CoOp
-split files) and the SAM-CZSL profile's three CZSL benchmarks (MIT-States, UT-Zappos, C-GQA, LoRA mode). Wiring and
+split files), the SAM-CZSL profile's three CZSL benchmarks (MIT-States, UT-Zappos, C-GQA, LoRA mode) and the
+Cross-the-Gap profile's 11 image-retrieval datasets and two caption files (Karpathy's COCO and Flickr30k). Wiring and
 caching are checked, never accuracy."""
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, copy_project
-from replicas import CZSL, write_sam_czsl_datasets, write_semobridge_datasets
+from replicas import (
+    CZSL,
+    KARPATHY_IMAGES,
+    write_cross_the_gap_datasets,
+    write_sam_czsl_datasets,
+    write_semobridge_datasets,
+)
 
 from pipeline_lib.engine.config import effective_params, load_config
 from pipeline_lib.engine.stages import upstream_closure
@@ -49,25 +56,38 @@ def suite_project(tmp_path_factory: pytest.TempPathFactory, profile: str, overri
     return root
 
 
-def dvc_takes_over(root: Path, stage: str, forced: str) -> None:
+def dvc_takes_over(root: Path, stages: tuple[str, ...], forced: str) -> None:
     """DVC takes the graph the flow ran: it records what the flow published (stage by stage in pipeline order, so each
     stage's .gitignore entries exist before the folders that hold them are hashed as the next stage's deps), finds
     nothing to do, and runs one instance of it itself."""
     for command in (("git", "init", "-q"), ("dvc", "init", "-q"), ("dvc", "repro", "check_params")):
         sh(root, *command)
-    for upstream in upstream_closure([stage]):
+    for upstream in upstream_closure(list(stages)):
         sh(root, "dvc", "commit", "-f", upstream.name)
-    assert "Running stage" not in sh(root, "dvc", "repro", stage)
+    assert "Running stage" not in sh(root, "dvc", "repro", *stages)
     out = sh(root, "dvc", "repro", "-s", "-f", forced)
     # DVC removed its outputs first; the runner republishes them from the finished scratch copy
     assert f"Running stage '{forced}'" in out and "republished" in out, out
-    assert "changed" not in sh(root, "dvc", "status", stage)
+    assert "changed" not in sh(root, "dvc", "status", *stages)
 
 
 @pytest.fixture(scope="module")
 def semobridge(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = suite_project(tmp_path_factory, "semobridge", SMOKE)
     write_semobridge_datasets(root / "data")
+    return root
+
+
+#: The retrieval suite at smoke size: two queries per dataset, two optimisation steps each way.
+GAP_SMOKE = ("backbone.model=ViT-S-32", "backbone.pretrained=null", "inversion.max_queries=2",
+             "inversion.oti.steps=2", "inversion.oti.snapshot_steps=[1,2]", "inversion.ovi.steps=2",
+             "inversion.ovi.snapshot_steps=[1,2]", "inversion.plot_steps=[1]", "features.batch_size=16")
+
+
+@pytest.fixture(scope="module")
+def cross_the_gap(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = suite_project(tmp_path_factory, "cross_the_gap", GAP_SMOKE)
+    write_cross_the_gap_datasets(root / "data")
     return root
 
 
@@ -104,7 +124,7 @@ def test_semobridge_suite_runs_on_the_replicas_with_prefect_then_dvc(semobridge:
     text = "\n".join(reproduction_lines(semobridge))
     assert "imagenet" in text and "fgvc_aircraft" in text  # produced (nothing matches a random-init backbone)
 
-    dvc_takes_over(semobridge, "fewshot_report", "fewshot_run@imagenet-1-1")
+    dvc_takes_over(semobridge, ("fewshot_report",), "fewshot_run@imagenet-1-1")
 
 
 def test_sam_czsl_suite_runs_on_the_replicas_with_prefect_then_dvc(sam_czsl: Path, prefect_server: None) -> None:
@@ -130,4 +150,32 @@ def test_sam_czsl_suite_runs_on_the_replicas_with_prefect_then_dvc(sam_czsl: Pat
     text = "\n".join(reproduction_lines(sam_czsl))
     assert "ut-zappos" in text and "mit-states" in text and "cgqa" in text  # measured rows, nothing matched
 
-    dvc_takes_over(sam_czsl, "czsl", "czsl@cgqa")
+    dvc_takes_over(sam_czsl, ("czsl",), "czsl@cgqa")
+
+
+def test_cross_the_gap_suite_runs_on_the_replicas_with_prefect_then_dvc(cross_the_gap: Path,
+                                                                        prefect_server: None) -> None:
+    from flows.pipeline import pipeline_flow
+
+    cfg = load_config(cross_the_gap)
+    images, texts = list(cfg.datasets.image_retrieval), list(cfg.datasets.text_retrieval)
+    assert len(images) == 11 and texts == ["coco", "flickr30k"] and "shapes" not in images
+    rows = pipeline_flow(root=str(cross_the_gap), stages=["oti", "ovi"])
+    status = {r["stage"]: r["status"] for r in rows}
+    expected = {f"{s}@{name}" for name in images for s in ("features_fewshot", "oti")}
+    expected |= {f"{s}@{name}" for name in texts for s in ("features_text", "ovi")}
+    assert expected | {"data", "backbone"} == set(status)
+    assert all(s.startswith("ran") for s in status.values()), status
+    for name in images:
+        metrics = json.loads((cross_the_gap / f"metrics/inversion/oti/{name}.json").read_text())
+        assert set(metrics["image"]) == {"image_to_image", "oti_to_image", "oti_to_image_selected", "selected_step"}
+    for name in texts:  # each image of the split: its first caption queries its four others
+        store = json.loads((cross_the_gap / f"artifacts/features/texts/{name}/manifest.json").read_text())
+        assert store["summary"]["retrieval_text"]["query"]["rows"] == KARPATHY_IMAGES
+        assert store["summary"]["retrieval_text"]["gallery"]["rows"] == 4 * KARPATHY_IMAGES
+        ovi = json.loads((cross_the_gap / f"artifacts/inversion/ovi/{name}/manifest.json").read_text())
+        assert ovi["summary"]["ovi"]["queries"] == 2  # inversion.max_queries
+    text = "\n".join(reproduction_lines(cross_the_gap))
+    assert "coco" in text and "flickr30k" in text and "oxford_pets" in text  # measured rows, nothing matched
+
+    dvc_takes_over(cross_the_gap, ("oti", "ovi"), "ovi@coco")

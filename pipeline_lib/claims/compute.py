@@ -76,11 +76,11 @@ def _fewshot_interval(claim: Claim, ev: Evidence, shots: int) -> Interval | str:
 
 def _inversion_interval(claim: Claim, ev: Evidence) -> Interval | str:
     if ev.per_query_ap is None:
-        return "the inversion stage did not run"
+        return "no oti or ovi instance of the claims' datasets ran (inversion.dataset, inversion.text_dataset)"
     test = ev.per_query_ap.filter(pl.col("split") == "test")
     inverted = test.filter(pl.col("method") == claim.better)
     if inverted.is_empty():
-        return f"no {claim.better} queries (text retrieval disabled?)"
+        return f"no {claim.better} queries (its dataset is not listed: datasets.image_retrieval / text_retrieval)"
     final = inverted.filter(pl.col("step") == inverted["step"].max()).sort("query")  # the paper's fixed step count
     base = test.filter(pl.col("method") == claim.worse).sort("query")
     if final["query"].to_list() != base["query"].to_list():

@@ -1,7 +1,8 @@
 """The `claims` stage: every paper claim as a paired comparison with a 95% interval and a verdict.
 
 It reads what the method stages published (few-shot runs per (shots, seed) of the dataset the gap is diagnosed on,
-`backbone.diagnose.dataset`; inversion per-query AP; CZSL per-seed rows of `czsl.dataset`; the gap diagnostics),
+`backbone.diagnose.dataset`; per-query AP of OTI on `inversion.dataset` and of OVI on `inversion.text_dataset`; CZSL
+per-seed rows of `czsl.dataset`; the gap diagnostics),
 evaluates `claims.registry.CLAIMS` (`claims.compute`), and writes the full table (`outputs.TABLE`, what
 `bridgeflow summary` and the report lead with), metrics/claims.json (per claim the mean difference, its interval and
 the verdict) and plots/claims.csv (the forest plot's data).
@@ -39,7 +40,7 @@ def load_evidence(ctx: StageContext) -> Evidence:
             if run is None:
                 raise FileNotFoundError(f"fewshot_run@{dataset}-{k}-{seed} has no {FEWSHOT_RESULTS}")
             fewshot[k, seed] = {m: float(v["test_acc"]) for m, v in run["methods"].items() if "test_acc" in v}
-    ap_path = ctx.input("inversion") / PER_QUERY_AP
+    frames = [pl.read_parquet(path) for path in _inversion_ap(ctx)]
     czsl_dataset = ctx.cfg.czsl.dataset  # the czsl claims' dataset (its pin); none when no CZSL dataset is listed
     listed = czsl_dataset in ctx.cfg.datasets.czsl
     czsl = (_json(ctx.input_instance("czsl", czsl_dataset=czsl_dataset) / CZSL_RESULTS) if listed else None) or {}
@@ -56,8 +57,21 @@ def load_evidence(ctx: StageContext) -> Evidence:
             counts[0] += int(chosen["selects_off"])
             counts[1] += 1
     context["bank_selects_off"] = {row: tuple(c) for row, c in switched.items()}
-    return Evidence(fewshot=fewshot, per_query_ap=pl.read_parquet(ap_path) if ap_path.is_file() else None,
-                    czsl=per_seed or None, context=context)
+    return Evidence(fewshot=fewshot, per_query_ap=pl.concat(frames) if frames else None, czsl=per_seed or None,
+                    context=context)
+
+
+def _inversion_ap(ctx: StageContext) -> list[Path]:
+    """The per-query AP tables of the OTI and OVI instances the claims compare (`inversion.dataset`,
+    `inversion.text_dataset`), of those that are listed and published."""
+    inv, datasets = ctx.cfg.inversion, ctx.cfg.datasets
+    found = []
+    for stage, key, name, listed in (("oti", "image_dataset", inv.dataset, datasets.image_retrieval),
+                                     ("ovi", "text_dataset", inv.text_dataset, datasets.text_retrieval)):
+        path = ctx.input_instance(stage, **{key: name}) / PER_QUERY_AP if name in listed else None
+        if path is not None and path.is_file():
+            found.append(path)
+    return found
 
 
 def headline(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ The keys of `datasets.classification` are a matrix axis of the pipeline: each na
 bridge and run instances (`features_fewshot@pets`, `fewshot_run@pets-4-1`), versioned by its own entry only
 (`datasets.classification.pets`), so adding a dataset computes just its instances and removing one touches nothing
 else. The keys of `datasets.czsl` are the CZSL axis in the same way (`features_czsl@mit_states`,
-`czsl@mit_states`). The shapes world the data stage generates is the entry whose `root` is null.
+`czsl@mit_states`), and so are `datasets.image_retrieval` (`oti@pets`) and `datasets.text_retrieval`
+(`features_text@coco`, `ovi@coco`). The shapes world the data stage generates is the entry whose `root` (or `path`)
+is null.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline_lib.engine.configbase import NamedPaths, Section
 from pipeline_lib.features.config import AugmentConfig
@@ -79,6 +81,38 @@ class CzslDataset(NamedPaths):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+Split = Literal["train", "val", "test"]
+
+
+class ImageRetrievalDataset(Section):
+    """One image-retrieval benchmark: two splits of the `datasets.classification` entry of the same name, whose few-shot
+    store holds their image features (Cross-the-Gap's DASSL protocol: test images query the train images, relevant =
+    same class; spec 3.1)."""
+
+    query_split: Split = "test"
+    gallery_split: Split = "train"
+
+    @model_validator(mode="after")
+    def _distinct_splits(self) -> ImageRetrievalDataset:
+        if self.query_split == self.gallery_split:
+            raise ValueError(f"query_split = gallery_split = {self.query_split!r}: same-split retrieval (CUB all/all, "
+                             "SOP test/test) needs each query's own item removed from its ranking, which is not "
+                             "implemented; use two different splits")
+        return self
+
+
+class TextRetrievalDataset(NamedPaths):
+    """One text-retrieval benchmark: query texts, gallery texts and the group that makes a gallery text relevant.
+
+    `table`: a parquet with columns text, group, split ("query" | "gallery"). `karpathy`: Karpathy's caption file
+    (`dataset_coco.json`, `dataset_flickr30k.json`): of each image in `split`, the first caption is a query and the
+    others are its gallery texts (relevant = same image; spec 3.1)."""
+
+    path: str | None = None  # null = the data stage's shapes paraphrases (artifacts/data/retrieval/texts.parquet)
+    format: Literal["table", "karpathy"] = "table"
+    split: str = "test"  # karpathy: the images whose captions are used (COCO: test; Flickr30k: val in the paper)
+
+
 def _check_names(kind: str, names: list[str]) -> None:
     bad = [name for name in names if not NAME.match(name)]
     if bad:
@@ -96,8 +130,28 @@ class DatasetsConfig(Section):
     # {} = no CZSL stages (a few-shot or retrieval suite)
     czsl: dict[str, CzslDataset] = Field(default_factory=lambda: {"shapes": CzslDataset()})
 
-    @field_validator("classification", "czsl")
+    # {} = no OTI stages; each name is also a key of `classification` (its feature store has both splits)
+    image_retrieval: dict[str, ImageRetrievalDataset] = Field(
+        default_factory=lambda: {"shapes": ImageRetrievalDataset()})
+
+    # {} = no text-retrieval features and no OVI stages
+    text_retrieval: dict[str, TextRetrievalDataset] = Field(
+        default_factory=lambda: {"shapes": TextRetrievalDataset()})
+
+    @field_validator("classification", "czsl", "image_retrieval", "text_retrieval")
     @classmethod
-    def _names(cls, v: dict[str, NamedPaths], info: ValidationInfo) -> dict[str, NamedPaths]:
+    def _names(cls, v: dict[str, Section], info: ValidationInfo) -> dict[str, Section]:
         _check_names(str(info.field_name), list(v))
         return v
+
+    @model_validator(mode="after")
+    def _image_retrieval_reads_classification(self) -> DatasetsConfig:
+        for name, entry in self.image_retrieval.items():
+            source = self.classification.get(name)
+            if source is None:
+                raise ValueError(f"image_retrieval.{name}: no datasets.classification entry {name!r} (its feature "
+                                 f"store holds the query and gallery images; listed: {', '.join(self.classification)})")
+            if "train" in (entry.query_split, entry.gallery_split) and not source.train_features:
+                raise ValueError(f"image_retrieval.{name} reads train images, which classification.{name} does not "
+                                 "extract (set its train_features: true)")
+        return self

@@ -43,6 +43,7 @@ def upstream_outs(stage: Stage) -> list[str]:
     """The cached outputs of the upstream instances this stage reads (`stages.upstream_instances`, as DVC paths; only
     the part named in `Stage.reads` of such an upstream)."""
     bound = {var: f"${{{key}}}" for var, key in stage.pins} | {var: f"${{item.{var}}}" for var, _ in stage.matrix}
+    bound |= {var: f"${{item.{own}}}" for var, own in stage.binds}
     reads = dict(stage.reads)
     paths = [upstream_out(f"{out}/{reads[dep]}" if dep in reads and i == 0 else out, bound)
              for dep in stage.deps for i, out in enumerate(get_stage(dep).outs)]

@@ -35,7 +35,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 #: Mappings a profile replaces instead of merging into: a profile's datasets are the run's datasets (the shapes entry
 #: of params.yaml must not linger in a suite of real datasets).
-REPLACED = frozenset({("datasets", "classification"), ("datasets", "czsl")})
+REPLACED = frozenset({("datasets", name) for name in ("classification", "czsl", "image_retrieval", "text_retrieval")})
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any], at: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -24,14 +24,16 @@ from pipeline_lib.engine.config import Config, load_config
 from pipeline_lib.engine.params import ParamsError, get_dotted, load_params
 
 #: params whose value names a file or folder that must exist when set (relative paths are from the project root)
-PATH_KEYS = (
-    "features.retrieval_text.path",
-    "czsl.ow_word_vectors",
-)
+PATH_KEYS = ("czsl.ow_word_vectors",)
 #: path fields of each `datasets.classification` entry
 DATASET_PATH_FIELDS = ("root", "cupl_file")
-#: params naming the classification dataset a stage reads (its pin in the registry)
-DATASET_PINS = ("backbone.diagnose.dataset", "inversion.dataset")
+#: per dataset list, the params naming the entry a stage reads (its pin in the registry)
+DATASET_PINS = {
+    "classification": ("backbone.diagnose.dataset",),
+    "czsl": ("czsl.dataset",),
+    "image_retrieval": ("inversion.dataset",),
+    "text_retrieval": ("inversion.text_dataset",),
+}
 
 
 def unknown_keys(raw: dict[str, Any], model: type[BaseModel] = Config, prefix: str = "") -> Iterator[str]:
@@ -69,10 +71,11 @@ def missing_dvc_params(root: Path, raw: dict[str, Any]) -> list[str]:
 
 
 def path_keys(cfg: Config) -> list[str]:
-    """Every params key naming a file or folder: the fixed ones and each classification and CZSL dataset's."""
+    """Every params key naming a file or folder: the fixed ones and each listed dataset's."""
     entries = [f"datasets.classification.{name}.{field}" for name in cfg.datasets.classification
                for field in DATASET_PATH_FIELDS]
-    return [*PATH_KEYS, *entries, *(f"datasets.czsl.{name}.root" for name in cfg.datasets.czsl)]
+    entries += [f"datasets.czsl.{name}.root" for name in cfg.datasets.czsl]
+    return [*PATH_KEYS, *entries, *(f"datasets.text_retrieval.{name}.path" for name in cfg.datasets.text_retrieval)]
 
 
 def dataset_problems(cfg: Config) -> list[str]:
@@ -80,7 +83,7 @@ def dataset_problems(cfg: Config) -> list[str]:
     params, problems = cfg.model_dump(mode="json"), []
     # an empty list runs none of its task's stages (a CZSL suite lists no classification dataset), so its pins are
     # checked only when the list has entries
-    for section, pins in (("classification", DATASET_PINS), ("czsl", ("czsl.dataset",))):
+    for section, pins in DATASET_PINS.items():
         names = list(getattr(cfg.datasets, section))
         problems += [f"{key} = {get_dotted(params, key)!r}: not a key of datasets.{section} (listed: "
                      f"{', '.join(names)})" for key in pins if names and get_dotted(params, key) not in names]
@@ -95,8 +98,8 @@ def world_readers(cfg: Config) -> list[str]:
     readers = [f"datasets.classification.{name}.root" for name, entry in cfg.datasets.classification.items()
                if entry.root is None]
     readers += [f"datasets.czsl.{name}.root" for name, entry in cfg.datasets.czsl.items() if entry.root is None]
-    if cfg.features.retrieval_text.enabled and cfg.features.retrieval_text.path is None:
-        readers.append("features.retrieval_text.path")
+    readers += [f"datasets.text_retrieval.{name}.path" for name, entry in cfg.datasets.text_retrieval.items()
+                if entry.path is None]
     if cfg.backbone.trains_here:
         readers.append("backbone.model")  # the tiny CLIP pretrains on the world's corpus
     return readers

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.engine.params import get_dotted
+from pipeline_lib.engine.stage_keys import CZSL_TRAINING, EXTRACTION, OTI_KEYS, OVI_KEYS
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,13 @@ class Stage:
     plots: tuple[Plot, ...] = ()  # CSV plot data (git-tracked, `dvc plots show`)
     matrix: tuple[tuple[str, str], ...] = ()  # (item variable, params key holding its values: a list, or a dict's keys)
     # (variable, params key): upstream matrix instances this stage reads have that variable at that key's value
-    # (e.g. inversion reads the few-shot features of `inversion.dataset` only, not every dataset's)
+    # (e.g. diagnose reads the few-shot features of `backbone.diagnose.dataset` only, not every dataset's)
     pins: tuple[tuple[str, str], ...] = ()
     # deps read only when listed (the claims without any CZSL dataset): `flows.graph.unlisted_inputs` skips them
     optional: tuple[str, ...] = ()
+    # (upstream variable, own variable): upstream instances read have that variable at this instance's value of its
+    # own (`oti@pets` reads `features_fewshot@pets`)
+    binds: tuple[tuple[str, str], ...] = ()
     # (upstream stage, folder inside its manifest folder): the one part of that upstream's output this stage reads
     # (`k{shots}` of a seed's support features); DVC and the engine track only that part, so the upstream adding a
     # part for another instance (a new shot count) leaves this one reusable
@@ -110,21 +114,6 @@ class StageInstance:
     def outputs(self) -> tuple[str, ...]:
         return tuple(self.path(p) for p in self.stage.all_outputs())
 
-
-#: The keys of the `features` section that decide how anything is encoded: every feature stage's fingerprint (the
-#: others are the text source and the CZSL tokens switch; a test keeps this list equal to the section's fields).
-EXTRACTION = tuple(f"features.{key}" for key in (
-    "batch_size", "views", "augment", "seed", "dtype", "amp", "rows_per_chunk", "rows_per_shard"))
-
-#: The keys of the `czsl` section that decide what a `czsl` instance computes: all but `czsl.dataset`, which only
-#: says whose results the claims read (a test keeps this list equal to the section's fields but that one).
-CZSL_TRAINING = tuple(f"czsl.{key}" for key in (
-    "worlds", "ow_filter", "ow_word_vectors", "context_length", "prompt_init", "attr_dropout", "logit_scale",
-    "w_attr", "w_obj", "sa_topk", "sa_chunk", "vac_blocks", "vac_heads", "vac_mlp_ratio", "vac_dropout", "kl_alpha",
-    "kl_temperature", "w_sa", "w_vac", "w_bank", "mode", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
-    "lora_lr", "epochs", "lr", "batch_size", "weight_decay", "eval_every", "select_window", "bank_slots", "bank_key",
-    "bank_alpha_grid", "bank_beta_grid", "bank_gate_grid", "bank_temperature_grid", "bank_text_entropy",
-    "stream_seeds", "rows", "seeds"))
 
 #: Written by `bridgeflow check-params`, DVC's first stage; every stage without upstream stages depends on it, so
 #: `dvc repro` / `dvc exp run` stop on a bad param before DVC removes any output. Its content never changes.
@@ -183,10 +172,11 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="features_text",
         func="pipeline_lib.features.stage:run_features_text",
-        description="Extract the text-retrieval query and gallery features (zarr).",
-        params=(*EXTRACTION, "features.retrieval_text"),
+        description="Extract one text-retrieval dataset's query and gallery text features (zarr).",
+        params=(*EXTRACTION, "datasets.text_retrieval.{text_dataset}"),
         deps=("data", "backbone"),
-        outs=("artifacts/features/texts",),
+        outs=("artifacts/features/texts/{text_dataset}",),
+        matrix=(("text_dataset", "datasets.text_retrieval"),),
     ),
     Stage(
         name="diagnose",
@@ -250,29 +240,35 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
-        name="inversion",
-        func="pipeline_lib.inversion.stage:run_inversion",
-        description="OTI on query images, OVI on query texts; intra- vs inter-modal retrieval at every snapshot step.",
-        params=("inversion",),
-        deps=("backbone", "features_fewshot", "features_text"),
-        outs=("artifacts/inversion",),
-        metrics=("metrics/inversion.json",),
+        name="oti",
+        func="pipeline_lib.inversion.stage:run_oti",
+        description="OTI on one image-retrieval dataset's query images; OTI->image vs image->image at every step.",
+        params=(*OTI_KEYS, "datasets.image_retrieval.{image_dataset}"),
+        deps=("backbone", "features_fewshot"),
+        outs=("artifacts/inversion/oti/{image_dataset}",),
+        matrix=(("image_dataset", "datasets.image_retrieval"),),
+        binds=(("dataset", "image_dataset"),),
+        metrics=("metrics/inversion/oti/{image_dataset}.json",),
         plots=(
-            Plot(
-                "plots/inversion_map_vs_step.csv",
-                "step",
-                ("oti_to_image", "image_to_image", "ovi_to_text", "text_to_text"),
-                "Retrieval mAP vs inversion step",
-            ),
-            Plot(
-                "plots/inversion_similarity.csv",
-                "cosine",
-                ("image_image", "text_image", "oti_image"),
-                "Similarity distributions of inverted features",
-            ),
+            Plot("plots/oti_map_vs_step/{image_dataset}.csv", "step", ("oti_to_image", "image_to_image"),
+                 "Image retrieval mAP vs OTI step"),
+            Plot("plots/inversion_similarity/{image_dataset}.csv", "cosine", ("image_image", "text_image", "oti_image"),
+                 "Similarity distributions of OTI features"),
         ),
         shards=Shards("pipeline_lib.inversion.shards:plan_shards", "pipeline_lib.inversion.shards:invert_shard"),
-        pins=(("dataset", "inversion.dataset"),),
+    ),
+    Stage(
+        name="ovi",
+        func="pipeline_lib.inversion.stage:run_ovi",
+        description="OVI on one text-retrieval dataset's query texts; OVI->text vs text->text at every step.",
+        params=(*OVI_KEYS, "datasets.text_retrieval.{text_dataset}"),
+        deps=("backbone", "features_text"),
+        outs=("artifacts/inversion/ovi/{text_dataset}",),
+        matrix=(("text_dataset", "datasets.text_retrieval"),),
+        metrics=("metrics/inversion/ovi/{text_dataset}.json",),
+        plots=(Plot("plots/ovi_map_vs_step/{text_dataset}.csv", "step", ("ovi_to_text", "text_to_text"),
+                    "Text retrieval mAP vs OVI step"),),
+        shards=Shards("pipeline_lib.inversion.shards:plan_shards", "pipeline_lib.inversion.shards:invert_shard"),
     ),
     Stage(
         name="czsl",
@@ -293,10 +289,11 @@ STAGES: tuple[Stage, ...] = (
         func="pipeline_lib.claims.stage:run_claims",
         description="Every paper claim as a paired comparison over seeds or queries: 95% interval and verdict.",
         params=("fewshot.shots", "fewshot.seeds", "backbone.model"),
-        deps=("diagnose", "fewshot_run", "inversion", "czsl"),
+        deps=("diagnose", "fewshot_run", "oti", "ovi", "czsl"),
         outs=("artifacts/claims",),
-        pins=(("dataset", "backbone.diagnose.dataset"), ("czsl_dataset", "czsl.dataset")),
-        optional=("czsl",),
+        pins=(("dataset", "backbone.diagnose.dataset"), ("czsl_dataset", "czsl.dataset"),
+              ("image_dataset", "inversion.dataset"), ("text_dataset", "inversion.text_dataset")),
+        optional=("oti", "ovi", "czsl"),
         metrics=("metrics/claims.json",),
         plots=(Plot("plots/claims.csv", "mean", ("claim",), "Claims: paired difference and 95% interval",
                     "bar_horizontal"),),
@@ -306,7 +303,7 @@ STAGES: tuple[Stage, ...] = (
         func="pipeline_lib.report.page:run_report",
         description="HTML report with PNG plots: claims, modality gap, few-shot, inversion, CZSL, timings, cache hits.",
         params=(),
-        deps=("claims", "diagnose", "fewshot_report", "inversion", "czsl"),
+        deps=("claims", "diagnose", "fewshot_report", "oti", "ovi", "czsl"),
         outs=("reports",),
     ),
 )
@@ -358,8 +355,9 @@ def instances(stage: Stage, params: dict[str, Any]) -> list[StageInstance]:
 
 
 def bound_variables(inst: StageInstance, params: dict[str, Any]) -> dict[str, Any]:
-    """The item variables that select which upstream instances `inst` reads: its own item plus its pins."""
-    return {**{var: get_dotted(params, key) for var, key in inst.stage.pins}, **inst.item}
+    """The item variables that select which upstream instances `inst` reads: its own item, its pins and binds."""
+    pinned = {var: get_dotted(params, key) for var, key in inst.stage.pins}
+    return {**pinned, **inst.item, **{var: inst.item[own] for var, own in inst.stage.binds}}
 
 
 def upstream_instances(inst: StageInstance, params: dict[str, Any]) -> list[StageInstance]:

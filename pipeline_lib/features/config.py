@@ -1,4 +1,5 @@
-"""Params of the `features` stage: what is extracted, how train views are augmented, how stores are laid out."""
+"""Params of the feature stages: how images and texts are encoded, how train views are augmented, how stores are laid
+out."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline_lib.engine.configbase import NamedPaths, Section
+from pipeline_lib.engine.configbase import Section
 
 
 class AugmentConfig(Section):
@@ -33,17 +34,9 @@ class AugmentConfig(Section):
         return v
 
 
-class RetrievalTextSource(NamedPaths):
-    """A text-retrieval parquet with columns text, group, split ("query"|"gallery")."""
-
-    path: str | None = None  # None = artifacts/data/retrieval/texts.parquet from the data stage
-    enabled: bool = True
-
-
 class FeaturesConfig(Section):
-    """How features are extracted (`engine.stages.EXTRACTION`: every feature stage's fingerprint) and the
-    text-retrieval source of the `features_text` stage; the classification and CZSL datasets are in the `datasets`
-    section."""
+    """How features are extracted (`engine.stages.EXTRACTION`: every feature stage's fingerprint); the datasets they
+    are extracted from are in the `datasets` section."""
 
     batch_size: int = Field(128, ge=1)  # spec 1.1 uses 128; bigger only helps on a GPU
     views: int = Field(4, ge=1)  # V views per train image, view 0 un-augmented (spec's K' = K * (E + 1), E = V - 1)
@@ -54,7 +47,6 @@ class FeaturesConfig(Section):
     amp: bool = True  # bf16 autocast on CUDA (faster, slightly different numbers); CPU always runs fp32
     rows_per_chunk: int = Field(256, ge=1)  # read unit along samples (~128 kB at D = 128)
     rows_per_shard: int = Field(2048, ge=1)  # write unit = resumable block; keeps a store to tens of files
-    retrieval_text: RetrievalTextSource = RetrievalTextSource()
 
     @model_validator(mode="after")
     def _shard_multiple_of_chunk(self) -> FeaturesConfig:

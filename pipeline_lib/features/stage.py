@@ -3,7 +3,8 @@
 `features_fewshot@<dataset>` writes one classification dataset's store (`datasets.classification`): val, test and
 (unless the entry says otherwise) train images once, and the class prompts; `support@<dataset>-<seed>` writes, per
 shot count, every augmented view of the train images that seed's few-shot sample draws; `features_czsl@<dataset>`
-writes one CZSL dataset's store (`datasets.czsl`); `features_text` writes the text-retrieval store.
+writes one CZSL dataset's store (`datasets.czsl`); `features_text@<dataset>` writes one text-retrieval dataset's
+store (`datasets.text_retrieval`).
 The entry points only resolve inputs through the stage context (the data stage's datasets unless params point
 elsewhere, the published backbone) and call the store writers of `features.stores`. Stores land in the stage's
 output folder; block records (what encoding each block took, wherever it ran) stay in the scratch folder, so the
@@ -17,11 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.datasets.config import ClassificationDataset
+from pipeline_lib.datasets.config import ClassificationDataset, TextRetrievalDataset
 from pipeline_lib.datasets.sources import FEWSHOT_DEFAULT, TEXTS_DEFAULT, czsl_entry, czsl_source, resolve_source
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.store import file_count
-from pipeline_lib.features.config import FeaturesConfig
 from pipeline_lib.features.groups import BlockHook, ExtractionRun, ImageGroup
 from pipeline_lib.features.stores import (
     czsl_groups,
@@ -66,12 +66,14 @@ def fewshot_source(ctx: StageContext) -> Path:
     return resolve_source(Path(ctx.root), ctx.input("data"), classification_entry(ctx).root, FEWSHOT_DEFAULT)
 
 
-def text_source(ctx: StageContext) -> Path | None:
-    """The text-retrieval table `features_text` encodes, None when text retrieval is disabled."""
-    cfg: FeaturesConfig = ctx.cfg.features
-    if not cfg.retrieval_text.enabled:
-        return None
-    return resolve_source(Path(ctx.root), ctx.input("data"), cfg.retrieval_text.path, TEXTS_DEFAULT)
+def text_entry(ctx: StageContext) -> TextRetrievalDataset:
+    """The `datasets.text_retrieval` entry of a `features_text` instance."""
+    return ctx.cfg.datasets.text_retrieval[ctx.item["text_dataset"]]
+
+
+def text_source(ctx: StageContext) -> Path:
+    """Where the instance's text-retrieval file lives (the data stage's shapes paraphrases when its path is null)."""
+    return resolve_source(Path(ctx.root), ctx.input("data"), text_entry(ctx).path, TEXTS_DEFAULT)
 
 
 def cupl_source(ctx: StageContext) -> Path | None:
@@ -166,11 +168,11 @@ def run_features_czsl(ctx: StageContext) -> dict[str, Any]:
 
 
 def run_features_text(ctx: StageContext) -> dict[str, Any]:
-    """Stage entry point of `features_text`: the text-retrieval store, when enabled (see `run_features_fewshot`)."""
+    """Stage entry point of `features_text@<dataset>`: one text-retrieval dataset's store (see
+    `run_features_fewshot`)."""
     t0 = time.perf_counter()
     run = extraction_run(ctx)
-    summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name}
-    source = text_source(ctx)
-    if source is not None:
-        summary["retrieval_text"] = write_retrieval_text_store(run, ctx.output() / TEXT_STORE, source)
+    summary: dict[str, Any] = {"device": run.device.type, "backbone": run.backbone.name, **ctx.item}
+    summary["retrieval_text"] = write_retrieval_text_store(run, ctx.output() / TEXT_STORE, text_source(ctx),
+                                                           text_entry(ctx))
     return _finish(ctx, run, summary, t0)

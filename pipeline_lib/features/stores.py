@@ -22,8 +22,9 @@ import numpy as np
 import polars as pl
 import zarr
 
-from pipeline_lib.datasets.config import ClassificationDataset
-from pipeline_lib.engine.stages import EXTRACTION
+from pipeline_lib.datasets.config import ClassificationDataset, TextRetrievalDataset
+from pipeline_lib.datasets.texts import load_retrieval_texts
+from pipeline_lib.engine.stage_keys import EXTRACTION
 from pipeline_lib.engine.store import ArraySpec, BlockGroup, provenance, write_whole
 from pipeline_lib.features.config import AugmentConfig
 from pipeline_lib.features.groups import ExtractionRun, ImageGroup, check_tokens_supported
@@ -251,27 +252,10 @@ def write_czsl_store(run: ExtractionRun, store: Path, source: Path, check_sizes:
 # ------------------------------------------------------------------------------------------------ text retrieval
 
 
-def read_retrieval_texts(source: Path) -> tuple[pl.DataFrame, np.ndarray, list[str] | None]:
-    """The retrieval table, its meaning groups as int64 ids and their names (None when the table's are integers)."""
-    if not source.is_file():
-        raise FileNotFoundError(f"text retrieval table {source} not found (features.retrieval_text.path)")
-    df = pl.read_parquet(source)
-    missing = {"text", "group", "split"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{source} lacks columns {sorted(missing)}; expected text, group, split")
-    bad = set(df["split"].unique().to_list()) - {"query", "gallery"}
-    if bad:
-        raise ValueError(f"{source}: split values {sorted(bad)}; expected 'query' or 'gallery'")
-    if df["group"].dtype.is_integer():
-        return df, df["group"].cast(pl.Int64).to_numpy(), None
-    group_names = sorted(str(g) for g in df["group"].unique().to_list())
-    lookup = {g: i for i, g in enumerate(group_names)}
-    return df, np.array([lookup[str(g)] for g in df["group"].to_list()], dtype=np.int64), group_names
-
-
-def write_retrieval_text_store(run: ExtractionRun, store: Path, source: Path) -> dict[str, Any]:
+def write_retrieval_text_store(run: ExtractionRun, store: Path, source: Path, entry: TextRetrievalDataset
+                               ) -> dict[str, Any]:
     """retrieval_text.zarr: raw projected features of query and gallery texts, and their meaning groups."""
-    df, groups, group_names = read_retrieval_texts(source)
+    df, groups, group_names = load_retrieval_texts(entry, source)
     c, model = run.cfg, run.backbone.model
     dim = text_projection(model).shape[1]
     out: dict[str, Any] = {}

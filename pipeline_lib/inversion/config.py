@@ -76,8 +76,11 @@ class OviConfig(OptimConfig):
 class InversionConfig(Section):
     """OTI / OVI settings and how their retrieval is evaluated."""
 
-    # The classification dataset (a key of `datasets.classification`) whose test images query its train images.
+    # Whose results the claims compare: the image-retrieval dataset (a key of `datasets.image_retrieval`) of the OTI
+    # claim and the text-retrieval dataset (a key of `datasets.text_retrieval`) of the OVI claim. Every listed dataset
+    # gets its own `oti@` / `ovi@` instance; these only pin the claims.
     dataset: str = "shapes"
+    text_dataset: str = "shapes"
 
     # Seeds the pseudo-token initialisation; each block derives its own seed from this and its index, so a resumed
     # run reproduces an uninterrupted one.

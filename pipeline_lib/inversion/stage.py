@@ -1,22 +1,24 @@
-"""The `inversion` stage: OTI on query images, OVI on query texts, and inter- vs intra-modal retrieval.
+"""The inversion stages: OTI on one image-retrieval dataset's query images (`oti@<dataset>`), OVI on one
+text-retrieval dataset's query texts (`ovi@<dataset>`), and inter- vs intra-modal retrieval.
 
-Image retrieval uses the few-shot feature store (test split = queries, train split = gallery); each query image's
-feature is inverted into a pseudo-word (OTI) whose text feature is ranked against the raw gallery image features and
-compared with plain image->image ranking. Text retrieval uses the retrieval-text store: each query text's feature is
-inverted into pseudo-patches (OVI) whose image feature is ranked against the raw gallery text features and compared
-with text->text. Retrieval is measured at every recorded optimisation step, because the inverted features drift back
-toward their own modality the longer they are optimised.
+Image retrieval reads the dataset's few-shot feature store (by default test images query train images, relevant = same
+class); each query image's feature is inverted into a pseudo-word (OTI) whose text feature is ranked against the raw
+gallery image features and compared with plain image->image ranking. Text retrieval reads the dataset's
+retrieval-text store; each query text's feature is inverted into pseudo-patches (OVI) whose image feature is ranked
+against the raw gallery text features and compared with text->text. Retrieval is measured at every recorded
+optimisation step, because the inverted features drift back toward their own modality the longer they are optimised.
 
-Each direction's queries are split into validation and test queries (`inversion.evaluate`): the step reported as
+Each instance's queries are split into validation and test queries (`inversion.evaluate`): the step reported as
 selected is chosen on validation mAP alone, and every reported retrieval number (metrics JSON, mAP-vs-step plot) is a
-mean over the test queries. Per-query AP of every method at every step, both splits, goes to `outputs.PER_QUERY_AP` in
-the output folder.
+mean over the test queries. Per-query AP of both methods at every step, both splits, goes to `outputs.PER_QUERY_AP`
+in the output folder.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,6 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
 from torch import Tensor
 
 from pipeline_lib.diagnose.retrieval import retrieval_metrics
@@ -35,13 +36,13 @@ from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.evaluate import direction_split, evaluate_direction, write_per_query
 from pipeline_lib.inversion.jobs import (
     STORE,
-    RetrievalInputs,
-    load_inputs,
-    oti_job,
-    ovi_job,
+    ImageRetrieval,
+    InversionJob,
+    TextRetrieval,
+    instance_job,
+    load_instance_inputs,
     prepare_model,
 )
-from pipeline_lib.inversion.oti import Tokenizer
 from pipeline_lib.inversion.outputs import PER_QUERY_AP, RETRIEVAL
 from pipeline_lib.inversion.runner import Progress, run_blocks
 from pipeline_lib.inversion.shards import invert_shard, plan_shards
@@ -80,110 +81,91 @@ def _metrics(q: np.ndarray | Tensor, ql: np.ndarray, g: np.ndarray, gl: np.ndarr
     return retrieval_metrics(q, ql, g, gl, chunk=chunk).as_dict()
 
 
-def invert_and_evaluate(
-    model: CLIP,
-    tokenizer: Tokenizer,
-    inputs: RetrievalInputs,
-    cfg: InversionConfig,
-    *,
-    out_dir: Path,
-    metrics_path: Path,
-    map_plot_path: Path,
-    similarity_plot_path: Path,
-    device: torch.device,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Run OTI and OVI block-wise (resumable in `out_dir`), evaluate retrieval, write metrics, per-query AP, plots."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    store = out_dir / STORE
-    model = prepare_model(model, device)
-    chunk = cfg.query_chunk
-    summary: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
-    frames: list[pl.DataFrame] = []  # per-query AP
-
-    # --- OTI: query images -> text side, ranked against raw gallery images
-    job = oti_job(model, tokenizer, inputs, cfg)
-    qi, targets = job.query_index, job.targets
-    ql = inputs.image_query_labels[qi]
+def _invert(job: InversionJob, store: Path, device: torch.device, progress: Progress | None) -> tuple[Any, float]:
+    """Run the job's blocks (resumable in `store`); its group and the seconds it took."""
     t0 = time.perf_counter()
-    oti = run_blocks(store, job.name, targets, job.invert, job.spec, device=device, progress=progress).group
-    oti.attrs["query_index"] = qi.tolist()
-    summary["oti"] = {"queries": len(qi), "seconds": round(time.perf_counter() - t0, 3)}
-    g, gl = inputs.image_gallery, inputs.image_gallery_labels
-    oti_snaps = np.asarray(oti["snapshots"][...])  # (Q, S, D)
-    metrics["image"], frame = evaluate_direction(
-        "image", "image_to_image", "oti_to_image", targets, oti_snaps, cfg.oti.recorded_steps, cfg.oti.steps, ql, g,
-        gl, qi, is_val=direction_split("image", ql, cfg.val_fraction, cfg.seed), chunk=chunk)
-    metrics["image"]["oti_final_loss"] = float(np.mean(oti["losses"][:, -1]))
-    frames.append(frame)
+    group = run_blocks(store, job.name, job.targets, job.invert, job.spec, device=device, progress=progress).group
+    group.attrs["query_index"] = job.query_index.tolist()
+    return group, round(time.perf_counter() - t0, 3)
+
+
+def oti_and_evaluate(job: InversionJob, inputs: ImageRetrieval, cfg: InversionConfig, out: Outputs,
+                     device: torch.device, progress: Progress | None = None) -> dict[str, Any]:
+    """OTI of the query images, ranked against the raw gallery images (and image->image): metrics, per-query AP and
+    plots."""
+    group, seconds = _invert(job, out.folder / STORE, device, progress)
+    qi, targets = job.query_index, job.targets
+    ql, g, gl = inputs.query_labels[qi], inputs.gallery, inputs.gallery_labels
+    snaps = np.asarray(group["snapshots"][...])  # (Q, S, D)
+    metrics, frame = evaluate_direction(
+        "image", "image_to_image", "oti_to_image", targets, snaps, cfg.oti.recorded_steps, cfg.oti.steps, ql, g, gl,
+        qi, is_val=direction_split("image", ql, cfg.val_fraction, cfg.seed), chunk=cfg.query_chunk)
+    metrics["oti_final_loss"] = float(np.mean(group["losses"][:, -1]))
     if inputs.class_text is not None:  # reference: one class prompt per class as the query (no query split)
         classes = np.unique(gl)
-        metrics["image"]["class_text_to_image"] = _metrics(inputs.class_text[classes], classes, g, gl, chunk)
+        metrics["class_text_to_image"] = _metrics(inputs.class_text[classes], classes, g, gl, cfg.query_chunk)
+    out.write({"image": metrics}, frame, "oti_to_image", "image_to_image")
+    _write_similarity_plot(out.plots[1], cfg, inputs, targets, snaps, g)
+    return _summary("oti", len(qi), seconds, metrics, "image_to_image", "oti_to_image")
 
-    # --- OVI: query texts -> image side, ranked against raw gallery texts
-    text_job = ovi_job(model, inputs, cfg)
-    if text_job is not None:
-        qt, ttargets = text_job.query_index, text_job.targets
-        tql = inputs.text_query_groups[qt]
-        t0 = time.perf_counter()
-        ovi = run_blocks(store, text_job.name, ttargets, text_job.invert, text_job.spec, device=device,
-                         progress=progress).group
-        ovi.attrs["query_index"] = qt.tolist()
-        summary["ovi"] = {"queries": len(qt), "seconds": round(time.perf_counter() - t0, 3)}
-        tg, tgl = inputs.text_gallery, inputs.text_gallery_groups
-        metrics["text"], frame = evaluate_direction(
-            "text", "text_to_text", "ovi_to_text", ttargets, np.asarray(ovi["snapshots"][...]),
-            cfg.ovi.recorded_steps, cfg.ovi.steps, tql, tg, tgl, qt,
-            is_val=direction_split("text", tql, cfg.val_fraction, cfg.seed), chunk=chunk)
-        metrics["text"]["ovi_final_loss"] = float(np.mean(ovi["losses"][:, -1]))
-        frames.append(frame)
 
-    write_json(out_dir / RETRIEVAL, metrics, sort_keys=True)
-    write_json(metrics_path, headline(metrics), sort_keys=True)
-    write_per_query(out_dir / PER_QUERY_AP, frames)
-    _write_map_plot(map_plot_path, metrics["image"], metrics.get("text"))
-    _write_similarity_plot(similarity_plot_path, cfg, inputs, targets, oti_snaps, g)
-    text = metrics.get("text")
-    summary.update({  # test queries only
-        "image_to_image_map": metrics["image"]["image_to_image"]["map"],
-        "oti_to_image_map": metrics["image"]["oti_to_image"]["map"],
-        "oti_selected_step": metrics["image"]["selected_step"],
-        "text_to_text_map": text["text_to_text"]["map"] if text else None,
-        "ovi_to_text_map": text["ovi_to_text"]["map"] if text else None,
-        "ovi_selected_step": text["selected_step"] if text else None,
-    })
-    log.info("inversion: %s", summary)
+def ovi_and_evaluate(job: InversionJob, inputs: TextRetrieval, cfg: InversionConfig, out: Outputs,
+                     device: torch.device, progress: Progress | None = None) -> dict[str, Any]:
+    """OVI of the query texts, ranked against the raw gallery texts (and text->text): metrics, per-query AP, plot."""
+    group, seconds = _invert(job, out.folder / STORE, device, progress)
+    qt = job.query_index
+    ql, g, gl = inputs.query_groups[qt], inputs.gallery, inputs.gallery_groups
+    metrics, frame = evaluate_direction(
+        "text", "text_to_text", "ovi_to_text", job.targets, np.asarray(group["snapshots"][...]),
+        cfg.ovi.recorded_steps, cfg.ovi.steps, ql, g, gl, qt,
+        is_val=direction_split("text", ql, cfg.val_fraction, cfg.seed), chunk=cfg.query_chunk)
+    metrics["ovi_final_loss"] = float(np.mean(group["losses"][:, -1]))
+    out.write({"text": metrics}, frame, "ovi_to_text", "text_to_text")
+    return _summary("ovi", len(qt), seconds, metrics, "text_to_text", "ovi_to_text")
+
+
+def _summary(name: str, queries: int, seconds: float, metrics: dict[str, Any], baseline: str, inverted: str
+             ) -> dict[str, Any]:
+    """The manifest summary of an instance: test-query mAPs only."""
+    summary = {name: {"queries": queries, "seconds": seconds}, f"{baseline}_map": metrics[baseline]["map"],
+               f"{inverted}_map": metrics[inverted]["map"], f"{name}_selected_step": metrics["selected_step"]}
+    log.info("%s: %s", name, summary)
     return summary
 
 
-def _write_map_plot(path: Path, image: dict[str, Any], text: dict[str, Any] | None) -> None:
-    """mAP vs optimisation step over the *test* queries: inverted queries per step, intra-modal baselines flat.
+@dataclass(frozen=True)
+class Outputs:
+    """Where an instance writes: its output folder, metrics file and plots (mAP vs step first)."""
+
+    folder: Path
+    metrics: Path
+    plots: tuple[Path, ...]
+
+    def write(self, retrieval: dict[str, Any], frame: pl.DataFrame, inverted: str, baseline: str) -> None:
+        """Every retrieval number, the metrics a reader compares, per-query AP and the mAP-vs-step plot."""
+        write_json(self.folder / RETRIEVAL, retrieval, sort_keys=True)
+        write_json(self.metrics, headline(retrieval), sort_keys=True)
+        write_per_query(self.folder / PER_QUERY_AP, [frame])
+        (side,) = retrieval.values()
+        _write_map_plot(self.plots[0], side, inverted, baseline)
+
+
+def _write_map_plot(path: Path, side: dict[str, Any], inverted: str, baseline: str) -> None:
+    """mAP vs optimisation step over the *test* queries: the inverted queries per step, the intra-modal baseline flat.
 
     The curve is shown for reading, not for selection: the selected step (`selected_step` in the metrics) is chosen on
     the validation queries' mAP (`by_step.val`).
     """
-    oti_rows = image["by_step"]["test"]
-    ovi_rows = text["by_step"]["test"] if text else {}
-    steps = sorted({int(s) for s in oti_rows} | {int(s) for s in ovi_rows})
-    rows = [
-        [
-            s,
-            _fmt(oti_rows.get(str(s))),
-            _fmt(image["image_to_image"]["map"]),
-            _fmt(ovi_rows.get(str(s))),
-            _fmt(text["text_to_text"]["map"] if text else None),
-        ]
-        for s in steps
-    ]
-    write_csv(path, ["step", "oti_to_image", "image_to_image", "ovi_to_text", "text_to_text"], rows)
+    by_step = side["by_step"]["test"]
+    rows = [[s, _fmt(by_step[str(s)]), _fmt(side[baseline]["map"])] for s in sorted(int(s) for s in by_step)]
+    write_csv(path, ["step", inverted, baseline], rows)
 
 
 def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.6f}"
 
 
-def _write_similarity_plot(path: Path, cfg: InversionConfig, inputs: RetrievalInputs, image_queries: np.ndarray,
+def _write_similarity_plot(path: Path, cfg: InversionConfig, inputs: ImageRetrieval, image_queries: np.ndarray,
                            oti_snaps: np.ndarray, gallery: np.ndarray) -> None:
     """Cosine-similarity densities against the gallery images: image-image, text-image, OTI-image at chosen steps.
 
@@ -207,25 +189,29 @@ def _write_similarity_plot(path: Path, cfg: InversionConfig, inputs: RetrievalIn
     write_csv(path, ["cosine", *columns], rows)
 
 
-def run_inversion(ctx: StageContext) -> dict[str, Any]:
-    """Stage entry point: resolve inputs and outputs, load the published backbone, invert and evaluate."""
+def run_oti(ctx: StageContext) -> dict[str, Any]:
+    """Stage entry point of `oti@<dataset>`: invert its query images and evaluate image retrieval."""
+    return _run(ctx, (ctx.plot("oti_map_vs_step"), ctx.plot("inversion_similarity")))
+
+
+def run_ovi(ctx: StageContext) -> dict[str, Any]:
+    """Stage entry point of `ovi@<dataset>`: invert its query texts and evaluate text retrieval."""
+    return _run(ctx, (ctx.plot("ovi_map_vs_step"),))
+
+
+def _run(ctx: StageContext, plots: tuple[Path, ...]) -> dict[str, Any]:
+    """Resolve inputs and outputs, load the published backbone, invert (in worker processes when asked) and evaluate."""
     from pipeline_lib.backbone.load import load_published_backbone
 
-    # cheap, so a missing store fails before the model loads
-    inputs = load_inputs(ctx.input("features_fewshot"), ctx.input("features_text"))
+    inputs = load_instance_inputs(ctx)  # cheap, so a missing store fails before the model loads
     processes = ctx.cfg.runtime.processes
     if processes > 1 and ctx.device.type == "cpu":  # OTI/OVI blocks of a small model: one core each beats threads
         run_shards_in_processes(ctx, plan_shards, invert_shard, processes)
     backbone = load_published_backbone(ctx.input("backbone"), ctx.device)
-    return invert_and_evaluate(
-        backbone.model,
-        backbone.tokenizer,
-        inputs,
-        ctx.cfg.inversion,
-        out_dir=ctx.output(),
-        metrics_path=ctx.metrics(),
-        map_plot_path=ctx.plot("inversion_map_vs_step"),
-        similarity_plot_path=ctx.plot("inversion_similarity"),
-        device=ctx.device,
-        progress=lambda it, total, desc: ctx.progress(it, total=total, desc=desc),
-    )
+    model = prepare_model(backbone.model, ctx.device)
+    job = instance_job(model, backbone.tokenizer, inputs, ctx.cfg.inversion)
+    out = Outputs(ctx.output(), ctx.metrics(), plots)
+    progress: Progress = lambda it, total, desc: ctx.progress(it, total=total, desc=desc)  # noqa: E731
+    if isinstance(inputs, ImageRetrieval):
+        return oti_and_evaluate(job, inputs, ctx.cfg.inversion, out, ctx.device, progress)
+    return ovi_and_evaluate(job, inputs, ctx.cfg.inversion, out, ctx.device, progress)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ class PlanInputs:
     arch: dict[str, int]  # embed_dim, tokens (plan.probe.architecture)
     _sizes: dict[str, ClassificationSizes] = field(default_factory=dict)
     _czsl: dict[str, dict[str, int] | None] = field(default_factory=dict)
+    _texts: dict[str, dict[str, int] | None] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -95,16 +95,17 @@ class PlanInputs:
         ds = load_czsl_dataset(folder, "closed", check_sizes=False, check_images=False)
         return {split: len(ds.split(split)) for split in ("train", "val", "test")}
 
-    @cached_property
-    def texts(self) -> dict[str, int] | None:
-        """Query and gallery texts of the retrieval table, None when it is not there yet."""
-        import polars as pl
+    def texts(self, name: str) -> dict[str, int] | None:
+        """Query and gallery texts of a text-retrieval dataset, None when it is not there yet (the data stage's
+        paraphrases before it ran)."""
+        from pipeline_lib.datasets.texts import load_retrieval_texts
 
-        path = self.source(self.cfg.features.retrieval_text.path, TEXTS_DEFAULT)
-        if not path.is_file():
-            return None
-        counts = pl.read_parquet(path, columns=["split"])["split"].value_counts()
-        return {str(row[0]): int(row[1]) for row in counts.iter_rows()}
+        if name not in self._texts:
+            entry = self.cfg.datasets.text_retrieval[name]
+            path = self.source(entry.path, TEXTS_DEFAULT)
+            split = load_retrieval_texts(entry, path)[0]["split"] if path.is_file() else None
+            self._texts[name] = None if split is None else {s: int((split == s).sum()) for s in ("query", "gallery")}
+        return self._texts[name]
 
 
 def _features(p: PlanInputs, rows: int, per_row: int = 1) -> int:
@@ -161,9 +162,7 @@ def features_czsl(p: PlanInputs, inst: StageInstance) -> Work:
 
 
 def features_text(p: PlanInputs, inst: StageInstance) -> Work:
-    if not p.cfg.features.retrieval_text.enabled:
-        return Work(note="text retrieval disabled")
-    texts = p.texts
+    texts = p.texts(inst.item["text_dataset"])
     if texts is None:
         return Work(note="texts counted once the data stage has run")
     return Work((("text forwards", sum(texts.values())),), _features(p, sum(texts.values())))
@@ -181,15 +180,18 @@ def fewshot_run(p: PlanInputs, inst: StageInstance) -> Work:
     return Work(tuple(parts), note="on cached features")
 
 
-def inversion(p: PlanInputs, inst: StageInstance) -> Work:
-    inv = p.cfg.inversion
-    cap = inv.max_queries or math.inf
-    images = int(min(p.classification(inv.dataset).test, cap))
-    parts = [(OTI_STEPS, images * inv.oti.steps)]
-    texts = p.texts
-    if texts is not None:
-        parts.append((OVI_STEPS, int(min(texts.get("query", 0), cap)) * inv.ovi.steps))
-    return Work(tuple(parts), note="OTI" + (" and OVI" if texts is not None else "; OVI counted once texts exist"))
+def oti(p: PlanInputs, inst: StageInstance) -> Work:
+    inv, name = p.cfg.inversion, inst.item["image_dataset"]
+    sizes, entry = p.classification(name), p.cfg.datasets.image_retrieval[name]
+    queries = {"train": len(sizes.train_labels), "val": sizes.val, "test": sizes.test}[entry.query_split]
+    return Work(((OTI_STEPS, int(min(queries, inv.max_queries or math.inf)) * inv.oti.steps),), note="OTI")
+
+
+def ovi(p: PlanInputs, inst: StageInstance) -> Work:
+    inv, texts = p.cfg.inversion, p.texts(inst.item["text_dataset"])
+    if texts is None:
+        return Work(note="counted once the texts exist")
+    return Work(((OVI_STEPS, int(min(texts["query"], inv.max_queries or math.inf)) * inv.ovi.steps),), note="OVI")
 
 
 def czsl(p: PlanInputs, inst: StageInstance) -> Work:
@@ -218,7 +220,8 @@ ESTIMATORS: dict[str, Callable[[PlanInputs, StageInstance], Work]] = {
     "fewshot_bridge": no_model_work,
     "fewshot_run": fewshot_run,
     "fewshot_report": no_model_work,
-    "inversion": inversion,
+    "oti": oti,
+    "ovi": ovi,
     "czsl": czsl,
     "claims": no_model_work,
     "report": no_model_work,

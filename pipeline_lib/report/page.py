@@ -195,13 +195,8 @@ METRIC_FIGURES = (
         gap_bars,
         "mean cosine; centroid distance",
     ),
-    MetricFigure(
-        "inversion",
-        "inversion_map.png",
-        "Retrieval mAP: intra-modal vs inverted",
-        inversion_bars,
-        "mAP",
-    ),
+    MetricFigure("oti", "oti_map.png", "Image retrieval mAP: image->image vs OTI", inversion_bars, "mAP"),
+    MetricFigure("ovi", "ovi_map.png", "Text retrieval mAP: text->text vs OVI", inversion_bars, "mAP"),
     MetricFigure("czsl", "czsl_ablation.png", "CZSL ablation (test split)", czsl_bars),
 )
 

@@ -7,8 +7,9 @@ Reads (all optional, missing keys skipped):
   method "bridge", setting "atol=<atol>" (once: the spectrum is the backbone's, the same for every dataset).
 - each czsl instance's summary: dataset, rows[row][world][auc|hm|seen|unseen] as fractions (a number, or
   {mean, std, n}) -> task czsl, setting = world; rows[row].rmg -> metric rmg, setting "closed".
-- metrics/inversion.json: image.{image_to_image, oti_to_image}.map and text.{text_to_text, ovi_to_text}.map as
-  fractions -> image_retrieval / text_retrieval, setting "-"; *.map_gain -> "<inverted>-minus-<native>", map_diff.
+- each oti / ovi instance's retrieval table: image.{image_to_image, oti_to_image}.map or
+  text.{text_to_text, ovi_to_text}.map as fractions -> image_retrieval / text_retrieval, setting "-";
+  *.map_gain -> "<inverted>-minus-<native>", map_diff.
   The *_selected entries (step chosen on validation queries) are left out: the paper keeps the last iterate.
 Rows whose key has no published counterpart are harmless: compare() drops them.
 """
@@ -17,37 +18,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipeline_lib.reproduction.compare import MeasuredRow
 from pipeline_lib.reproduction.published import backbone_id, dataset_id
 
-#: The text-retrieval set when features.retrieval_text.path is unset (the data stage's synthetic captions).
+#: The text-retrieval set of an entry without a path (the data stage's synthetic captions).
 DEFAULT_TEXT_DATASET = "shapes-captions"
 
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """What a run's numbers are keyed by, besides method, setting and metric."""
+    """What a run's numbers are keyed by, besides dataset, method, setting and metric."""
 
     backbone: str  # the paper's form, from backbone_id(backbone.model, backbone.pretrained)
-    image_dataset: str  # image retrieval (queries = the test split of the classification dataset inversion reads)
-    text_dataset: str  # text retrieval
 
 
-def run_identity(params: Mapping[str, Any], prompts: Mapping[str, str] | None = None) -> RunIdentity:
-    """The identity from a loaded params.yaml (the dict; only the keys below are read); `prompts` maps a
-    classification dataset's name to its CoOp name (its entry's `prompts`)."""
+def run_identity(params: Mapping[str, Any]) -> RunIdentity:
+    """The identity from a loaded params.yaml (the dict; only the backbone keys are read)."""
     backbone = params.get("backbone", {})
-    features = params.get("features", {})
-    text_path = features.get("retrieval_text", {}).get("path")
-    image = str(params.get("inversion", {}).get("dataset", "shapes"))
-    return RunIdentity(
-        backbone=backbone_id(str(backbone.get("model", "")), backbone.get("pretrained")),
-        image_dataset=dataset_id((prompts or {}).get(image, image)),
-        text_dataset=dataset_id(Path(text_path).stem) if text_path else DEFAULT_TEXT_DATASET,
-    )
+    return RunIdentity(backbone=backbone_id(str(backbone.get("model", "")), backbone.get("pretrained")))
 
 
 Stat = tuple[float, float | None, int | None]  # (value, spread, n)
@@ -123,13 +113,13 @@ def _czsl_rows(run: RunIdentity, czsl: Mapping[str, Any]) -> list[MeasuredRow]:
     return rows
 
 
-def _inversion_rows(run: RunIdentity, inversion: Mapping[str, Any]) -> list[MeasuredRow]:
+def _retrieval_rows(run: RunIdentity, dataset: str, retrieval: Mapping[str, Any]) -> list[MeasuredRow]:
     rows = []
-    for direction, task, dataset, native, inverted in (
-        ("image", "image_retrieval", run.image_dataset, "image_to_image", "oti_to_image"),
-        ("text", "text_retrieval", run.text_dataset, "text_to_text", "ovi_to_text"),
+    for direction, task, native, inverted in (
+        ("image", "image_retrieval", "image_to_image", "oti_to_image"),
+        ("text", "text_retrieval", "text_to_text", "ovi_to_text"),
     ):
-        block = inversion.get(direction) or {}
+        block = retrieval.get(direction) or {}
         for method in (native, inverted):
             entry = block.get(method) or {}
             if "map" in entry:
@@ -147,15 +137,15 @@ def measured_rows(
     *,
     fewshot: Mapping[str, Any] | None = None,
     czsl: Sequence[Mapping[str, Any]] = (),
-    inversion: Mapping[str, Any] | None = None,
+    retrieval: Sequence[tuple[str, Mapping[str, Any]]] = (),
 ) -> list[MeasuredRow]:
     """MeasuredRow for every number of the given metrics dicts (the parsed JSON files; `czsl`: one summary per CZSL
-    dataset) that has a published kind."""
+    dataset; `retrieval`: (dataset id, retrieval table) per OTI or OVI instance) that has a published kind."""
     rows: list[MeasuredRow] = []
     if fewshot:
         rows += _fewshot_rows(run, fewshot)
     for summary in czsl:
         rows += _czsl_rows(run, summary)
-    if inversion:
-        rows += _inversion_rows(run, inversion)
+    for dataset, table in retrieval:
+        rows += _retrieval_rows(run, dataset, table)
     return rows
