@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from conftest import REPO
 
@@ -79,3 +80,27 @@ def test_inversion_instances_are_versioned_by_every_inversion_key_but_the_claims
     assert set(OTI_KEYS) | set(OVI_KEYS) == every
     assert "inversion.ovi" not in OTI_KEYS and "inversion.oti" not in OVI_KEYS
     assert set(OTI_KEYS) <= set(get_stage("oti").params) and set(OVI_KEYS) <= set(get_stage("ovi").params)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "added"),
+    [
+        (("datasets.text_retrieval={shapes: {}, coco: {path: coco.json, format: karpathy}}",),
+         {"features_text@coco", "ovi@coco"}),
+        (("datasets.classification={shapes: {}, pets: {root: pets}}",
+          "datasets.image_retrieval={shapes: {}, pets: {}}"),
+         {"features_fewshot@pets", "fewshot_bridge@pets", "oti@pets"}),
+        (("datasets.czsl={shapes: {}, mit: {root: mit}}",), {"features_czsl@mit", "czsl@mit"}),
+    ],
+)
+def test_adding_a_dataset_leaves_every_other_instance_as_it_was(overrides: tuple[str, ...], added: set[str]) -> None:
+    """A new entry of any dataset list adds its own instances and changes the versioning params of no other instance
+    but the aggregations that list every dataset (few-shot report)."""
+    from pipeline_lib.engine.artifacts import params_subset
+
+    before, after = (effective_params(load_config(REPO, overrides=o)) for o in ((), overrides))
+    old = {i.id: params_subset(before, i.params) for s in STAGES for i in instances(s, before)}
+    new = {i.id: params_subset(after, i.params) for s in STAGES for i in instances(s, after)}
+    assert added <= set(new) - set(old)
+    assert all(i.startswith(("support@pets", "fewshot_run@pets")) for i in set(new) - set(old) - added)
+    assert {i for i in old if new[i] != old[i]} <= {"fewshot_report"}
