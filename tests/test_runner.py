@@ -109,3 +109,14 @@ def test_upstream_rerun_with_identical_bytes_keeps_downstream(
     assert run_instance(root, StageInstance(noisy_alpha), cfg2).status == "ran"
     assert run_instance(root, StageInstance(BETA), cfg2).status == "cached"
     assert (runs(root, "alpha"), runs(root, "beta")) == (2, 1)
+
+
+
+def test_the_manifest_says_where_the_numbers_were_computed(smoke_project: Path) -> None:
+    """Float results can differ between CPU models and thread counts: each manifest records both."""
+    import torch  # a stage that computes has torch loaded; the fake one does not import it itself
+
+    assert run_instance(smoke_project, StageInstance(ALPHA), load_config(smoke_project)).status == "ran"
+    machine = read_manifest(smoke_project, StageInstance(ALPHA))["machine"]
+    assert machine["cpu"] and machine["cpus"] == os.cpu_count()
+    assert machine["torch_threads"] == torch.get_num_threads()

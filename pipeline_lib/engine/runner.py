@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata
 import json
 import logging
+import os
 import platform
 import shutil
 import sys
@@ -155,6 +156,22 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _machine() -> dict[str, Any]:
+    """Where the numbers were computed: CPU model and count, and torch's intra-op threads at the end of the run (float
+    results can differ between CPU models, whose BLAS kernels differ, and between thread counts)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    machine: dict[str, Any] = {"cpu": cpu, "cpus": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        machine["torch_threads"] = torch.get_num_threads()
+    return machine
+
+
 def run_instance(
     root: Path,
     inst: StageInstance,
@@ -224,6 +241,7 @@ def _compute_or_reuse(
             "seconds": round(seconds, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": _versions(),
+            "machine": _machine(),
             "summary": summary,
             "results": result_digests(work, inst),  # lets `status` tell these results from another run's
         }
