@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+
+
+def plan_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of every plan benchmark: --probe (time the architecture on this machine's device) and --out."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--probe", action="store_true")
+    parser.add_argument("--out", type=Path)
+    return parser
 
 
 def plan_summary(plan, seconds: float) -> dict:  # plan: pipeline_lib.plan.build.Plan

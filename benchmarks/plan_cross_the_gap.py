@@ -13,7 +13,6 @@ device.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import emit, plan_summary  # noqa: E402  (benchmarks/, the script's folder)
+from common import emit, plan_parser, plan_summary  # noqa: E402  (benchmarks/, the script's folder)
 
 #: profile entry -> (classes, train, val, test images) of CoOp's split files (ImageNet: val 0, its val is the test)
 IMAGE_SETS = {
@@ -59,9 +58,7 @@ def write_captions(path: Path, split: str, images: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probe", action="store_true")
-    parser.add_argument("--out", type=Path)
+    parser = plan_parser(__doc__)
     args = parser.parse_args()
 
     from pipeline_lib.datasets.config import ClassificationDataset, DatasetsConfig, TextRetrievalDataset

@@ -11,7 +11,6 @@ architecture (random weights) on this machine's device, for the hours column.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import emit, plan_summary  # noqa: E402  (benchmarks/, the script's folder)
+from common import emit, plan_parser, plan_summary  # noqa: E402  (benchmarks/, the script's folder)
 
 TRAIN, TEST, CLASSES = 1_281_167, 50_000, 1000
 
@@ -37,12 +36,10 @@ def write_split(folder: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = plan_parser(__doc__)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--probe", action="store_true")
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     from pipeline_lib.datasets.config import ClassificationDataset, DatasetsConfig

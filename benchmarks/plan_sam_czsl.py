@@ -11,7 +11,6 @@ machine's device.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import emit, plan_summary  # noqa: E402  (benchmarks/, the script's folder)
+from common import emit, plan_parser, plan_summary  # noqa: E402  (benchmarks/, the script's folder)
 
 #: the profile's entry names and the release folder whose published sizes (`czsl.sizes.EXPECTED_SIZES`) they take
 BENCHMARKS = {"ut_zappos": "ut-zappos", "mit_states": "mit-states", "cgqa": "cgqa"}
@@ -52,9 +51,7 @@ def write_benchmark(folder: Path, sizes) -> None:  # sizes: czsl.sizes.ExpectedS
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probe", action="store_true")
-    parser.add_argument("--out", type=Path)
+    parser = plan_parser(__doc__)
     args = parser.parse_args()
 
     from pipeline_lib.czsl.sizes import EXPECTED_SIZES
