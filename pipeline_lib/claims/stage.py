@@ -68,8 +68,7 @@ def _inversion_ap(ctx: StageContext) -> list[Path]:
     found = []
     for stage, key, name, listed in (("oti", "image_dataset", inv.dataset, datasets.image_retrieval),
                                      ("ovi", "text_dataset", inv.text_dataset, datasets.text_retrieval)):
-        path = ctx.input_instance(stage, **{key: name}) / PER_QUERY_AP if name in listed else None
-        if path is not None and path.is_file():
+        if name in listed and (path := ctx.input_instance(stage, **{key: name}) / PER_QUERY_AP).is_file():
             found.append(path)
     return found
 

@@ -6,6 +6,7 @@ one notion of "already done".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.metadata
@@ -160,11 +161,8 @@ def _machine() -> dict[str, Any]:
     """Where the numbers were computed: CPU model and count, and torch's intra-op threads at the end of the run (float
     results can differ between CPU models, whose BLAS kernels differ, and between thread counts)."""
     cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:  # Linux; elsewhere the platform's name
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
     machine: dict[str, Any] = {"cpu": cpu, "cpus": os.cpu_count()}
     torch = sys.modules.get("torch")
     if torch is not None:

@@ -44,10 +44,10 @@ def run_params(root: Path) -> dict[str, Any]:
     return params
 
 
-def _manifests(root: Path, stage: str) -> list[dict[str, Any]]:
-    """The manifests of a matrix stage's published instances, in name order."""
+def _manifests(root: Path, stage: str) -> list[tuple[Path, dict[str, Any]]]:
+    """(output folder, manifest) of a matrix stage's published instances, in name order."""
     paths = sorted(root.glob(path_pattern(get_stage(stage).manifest_dir) + "/" + MANIFEST))
-    return [doc for path in paths if (doc := _json(path))]
+    return [(path.parent, doc) for path in paths if (doc := _json(path))]
 
 
 def _retrieval(root: Path, prompts: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
@@ -55,10 +55,9 @@ def _retrieval(root: Path, prompts: dict[str, str]) -> list[tuple[str, dict[str,
     text dataset by its entry's name (the data stage's captions when its path is null)."""
     found = []
     for stage, key, lists in (("oti", "image_dataset", "image_retrieval"), ("ovi", "text_dataset", "text_retrieval")):
-        for manifest in _manifests(root, stage):
-            name = str(manifest.get("item", {}).get(key, ""))
-            table = _json(root / get_stage(stage).manifest_dir.format(**{key: name}) / RETRIEVAL)
-            if not name or table is None:
+        for folder, manifest in _manifests(root, stage):
+            name, table = str(manifest.get("item", {}).get(key, "")), _json(folder / RETRIEVAL)
+            if table is None:
                 continue
             if stage == "oti":
                 found.append((dataset_id(prompts.get(name, name)), table))
@@ -75,6 +74,6 @@ def published_rows(root: Path) -> list[MeasuredRow]:
     return measured_rows(
         run_identity(run_params(root)),
         fewshot=fewshot,
-        czsl=[summary for manifest in _manifests(root, "czsl") if (summary := manifest.get("summary"))],
+        czsl=[summary for _, manifest in _manifests(root, "czsl") if (summary := manifest.get("summary"))],
         retrieval=_retrieval(root, prompts),
     )
