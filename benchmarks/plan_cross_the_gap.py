@@ -1,14 +1,15 @@
-"""The Cross-the-Gap suite at the published sizes: what `bridgeflow plan --profile cross_the_gap` counts for the 11
-image-retrieval datasets and the two caption sets (images and texts encoded, OTI / OVI query-steps, feature disk, and
+"""The Cross-the-Gap suite at the published sizes: what `bridgeflow plan --profile cross_the_gap` counts for its 15
+image-retrieval and 12 text-retrieval datasets (images and texts encoded, OTI / OVI query-steps, feature disk, and
 with `--probe` the time). JSON.
 
     python benchmarks/plan_cross_the_gap.py [--probe] [--out F]
 
 Each image dataset is written to a temporary folder as a CoOp split file with its published class, train, val and
-test counts (CoOp's splits; the test counts are those of specs/semobridge.md 6; ImageNet's val is its test split), and
-each caption set as Karpathy's json with its split's image count and 5 captions per image; no image exists or is
-opened, the plan reads split and caption files only. `--probe` times ViT-B/32 (random weights) on this machine's
-device.
+test counts (CoOp's splits, the test counts of specs/semobridge.md 6, ImageNet's val as its test split; CUB's and
+SOP's release splits; a revisited set's database as train and its 70 queries as test), each caption set as
+Karpathy's json with its split's image count and 5 captions per image, and every other text set as a table with its
+query and gallery counts (NanoBEIR: the corpus sizes of the hub's dataset cards). No image exists or is opened: the
+plan reads split and text files only. `--probe` times ViT-B/32 (random weights) on this machine's device.
 """
 
 from __future__ import annotations
@@ -37,9 +38,21 @@ IMAGE_SETS = {
     "dtd": (47, 2820, 1128, 1692),
     "eurosat": (10, 13_500, 5400, 8100),
     "ucf101": (101, 7639, 1898, 3783),
+    "cub": (200, 5994, 0, 5794),  # all / all: 11,788 queries
+    "sop": (22_634, 59_551, 0, 60_502),  # test / test (its train images are not encoded)
+    "roxford5k": (17, 4993, 0, 70),  # database / queries
+    "rparis6k": (12, 6322, 0, 70),
 }
 #: profile entry -> (Karpathy file, split, images in it); 5 captions each: 1 query and 4 gallery texts per image
 CAPTION_SETS = {"coco": ("dataset_coco.json", "test", 5000), "flickr30k": ("dataset_flickr30k.json", "val", 1014)}
+#: profile entry -> (queries, gallery texts) of the other text sets
+TEXT_SETS = {
+    "nocaps": (4500, 40_500),  # val: 10 captions per image
+    "imdb": (2, 50_000),
+    "newsgroups": (20, 7532),  # the bydate test split
+    "nano_climate_fever": (50, 3408), "nano_dbpedia": (50, 6045), "nano_fever": (50, 4996),
+    "nano_nfcorpus": (50, 2953), "nano_nq": (50, 5035), "nano_scidocs": (50, 2210), "nano_scifact": (50, 2919),
+}
 
 
 def write_split(folder: Path, classes: int, sizes: tuple[int, int, int]) -> None:
@@ -55,6 +68,16 @@ def write_captions(path: Path, split: str, images: int) -> None:
               "sentences": [{"raw": f"caption {j} of image {i}"} for j in range(5)]} for i in range(images)]
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"images": items}))
+
+
+def write_table(path: Path, queries: int, gallery: int) -> None:
+    """A text table (text, group, split) with `queries` query texts and `gallery` gallery texts over the queries."""
+    import polars as pl
+
+    rows = [(f"query {i}", i, "query") for i in range(queries)]
+    rows += [(f"text {i}", i % queries, "gallery") for i in range(gallery)]
+    path.parent.mkdir(parents=True)
+    pl.DataFrame(rows, schema=["text", "group", "split"], orient="row").write_parquet(path)
 
 
 def main() -> None:
@@ -73,11 +96,15 @@ def main() -> None:
             write_split(root / name, classes, (sizes[0], sizes[1], sizes[2]))
             entry = cfg.datasets.classification[name]
             classification[name] = ClassificationDataset(root=str(root / name), split_file="split.json",
-                                                         prompts=entry.prompts)
+                                                         prompts=entry.prompts, templates=entry.templates,
+                                                         train_features=entry.train_features)
         texts = {}
         for name, (file, split, images) in CAPTION_SETS.items():
             write_captions(root / name / file, split, images)
             texts[name] = TextRetrievalDataset(path=str(root / name / file), format="karpathy", split=split)
+        for name, (queries, gallery) in TEXT_SETS.items():
+            write_table(root / name / "texts.parquet", queries, gallery)
+            texts[name] = TextRetrievalDataset(path=str(root / name / "texts.parquet"))
         datasets = DatasetsConfig(classification=classification, czsl={}, text_retrieval=texts,
                                   image_retrieval=dict(cfg.datasets.image_retrieval))
         cfg = cfg.model_copy(update={"datasets": datasets})

@@ -8,8 +8,10 @@ so a suite profile runs end to end on them: the tests check wiring and caching, 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 #: CoOp datasets with a split file: folder -> (split file, image dir, two real class names, relpath of image i).
@@ -88,6 +90,51 @@ def write_fgvc(root: Path) -> Path:
     return base
 
 
+#: CUB-200-2011: (class folder, image-name stem) of two real classes; 3 images each, the first two train
+CUB_CLASSES = (("001.Black_footed_Albatross", "Black_Footed_Albatross"), ("002.Laysan_Albatross", "Laysan_Albatross"))
+CUB_IMAGES = 3
+
+
+def write_cub(root: Path) -> Path:
+    """CUB_200_2011/ as released: images/<nnn.Class>/<Name>_<n>_<id>.jpg and its four id listings."""
+    base = root / "CUB_200_2011"
+    lists: dict[str, list[str]] = {"images": [], "image_class_labels": [], "train_test_split": []}
+    n = 0
+    for label, (folder, stem) in enumerate(CUB_CLASSES):
+        for i in range(CUB_IMAGES):
+            n += 1
+            rel = f"{folder}/{stem}_{i + 1:04d}_{796000 + n}.jpg"
+            _image(base / "images" / rel, label, i)
+            lists["images"].append(f"{n} {rel}")
+            lists["image_class_labels"].append(f"{n} {label + 1}")
+            lists["train_test_split"].append(f"{n} {int(i < 2)}")
+    for name, lines in lists.items():
+        (base / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    (base / "classes.txt").write_text("".join(f"{c + 1} {folder}\n" for c, (folder, _) in enumerate(CUB_CLASSES)))
+    return base
+
+
+#: Stanford Online Products: super-category folders and products (class ids from 1 over train, then test)
+SOP_PRODUCTS = {"train": (("bicycle_final", 1), ("cabinet_final", 2)), "test": (("chair_final", 3), ("sofa_final", 4))}
+SOP_IMAGES = 2  # per product
+
+
+def write_sop(root: Path) -> Path:
+    """Stanford_Online_Products/ as released: <super>_final/<product>_<n>.JPG and Ebay_{train,test}.txt listings."""
+    base = root / "Stanford_Online_Products"
+    n = 0
+    for split, products in SOP_PRODUCTS.items():
+        lines = ["image_id class_id super_class_id path"]
+        for s, (folder, class_id) in enumerate(products):
+            for i in range(SOP_IMAGES):
+                n += 1
+                rel = f"{folder}/{111085122870 + class_id}_{i}.JPG"
+                _image(base / rel, class_id, i)
+                lines.append(f"{n} {class_id} {s + 1} {rel}")
+        (base / f"Ebay_{split}.txt").write_text("\n".join(lines) + "\n")
+    return base
+
+
 def write_semobridge_datasets(data: Path) -> list[Path]:
     """Every dataset of the SeMoBridge suite under `data/` (the profile's roots are data/<folder>)."""
     return [write_imagenet(data), write_fgvc(data), *(write_coop(data, folder) for folder in COOP)]
@@ -161,7 +208,45 @@ def write_karpathy(root: Path, folder: str) -> Path:
     return base
 
 
+#: Revisited Oxford / Paris: database and query image names as released (`<search term>_<number>`), and the
+#: ground truth of each query (`gnd` entries; some lists numpy arrays, as older pickles hold them)
+REVISITED_DATABASE = [
+    "all_souls_000013", "all_souls_000026", "radcliffe_camera_000519", "radcliffe_camera_000523", "ashmolean_000007",
+    "ashmolean_000058", "oxford_000317", "bodleian_000108", "christ_church_000179", "magdalen_000078",
+    "hertford_000015", "cornmarket_000047",
+]
+REVISITED_QUERIES = ["all_souls_000091", "radcliffe_camera_000095", "ashmolean_000269"]
+REVISITED_GND = [
+    {"bbx": [136.5, 34.1, 648.5, 955.2], "easy": [0, 1], "hard": [11], "junk": [6]},
+    {"bbx": np.array([20.0, 30.0, 400.0, 500.0]), "easy": [2], "hard": np.array([3]), "junk": []},
+    {"bbx": [1.0, 2.0, 3.0, 4.0], "easy": np.array([4, 5], dtype=np.int64), "hard": [], "junk": [np.int64(7)]},
+]
+
+
+def write_revisited(root: Path, name: str, gnd: list[dict] | None = None) -> Path:
+    """A tiny `<root>/<name>` folder in the published layout: gnd_<name>.pkl and 8x8 JPEGs under jpg/."""
+    folder = root / name
+    (folder / "jpg").mkdir(parents=True)
+    for i, image in enumerate(REVISITED_DATABASE + REVISITED_QUERIES):
+        _image(folder / "jpg" / f"{image}.jpg", i % 3, i)
+    with (folder / f"gnd_{name}.pkl").open("wb") as f:
+        names = {"imlist": REVISITED_DATABASE, "qimlist": REVISITED_QUERIES}
+        pickle.dump({**names, "gnd": REVISITED_GND if gnd is None else gnd}, f)
+    return folder
+
+
+#: The seven NanoBEIR sets of the Cross-the-Gap suite, by their hub folder names.
+NANOBEIR = ("NanoClimateFEVER", "NanoDBPedia", "NanoFEVER", "NanoNFCorpus", "NanoNQ", "NanoSCIDOCS", "NanoSciFact")
+
+
 def write_cross_the_gap_datasets(data: Path) -> list[Path]:
-    """Every dataset of the Cross-the-Gap suite under `data/`: the SeMoBridge suite's 11 image datasets (their test
-    images query their train images) and the caption files (the profile's paths are data/<folder>/<file>)."""
-    return [*write_semobridge_datasets(data), *(write_karpathy(data, folder) for folder in KARPATHY)]
+    """Every dataset of the Cross-the-Gap suite under `data/` (the profile's paths are data/<folder>[/<file>]): the
+    SeMoBridge suite's 11 image datasets (their test images query their train images), CUB, SOP, ROxford5k,
+    RParis6k, the caption files, IMDB, 20 Newsgroups and the NanoBEIR sets."""
+    from replica_texts import write_imdb, write_nanobeir, write_newsgroups, write_nocaps
+
+    images = [*write_semobridge_datasets(data), write_cub(data), write_sop(data),
+              *(write_revisited(data, name) for name in ("roxford5k", "rparis6k"))]
+    texts = [*(write_karpathy(data, folder) for folder in KARPATHY), write_nocaps(data), write_imdb(data),
+             write_newsgroups(data), *(write_nanobeir(data, name) for name in NANOBEIR)]
+    return [*images, *texts]

@@ -55,7 +55,7 @@ def test_missing_split_file_and_image_folder(tmp_path: Path) -> None:
 def test_missing_images_are_listed(tmp_path: Path) -> None:
     root = _make_dataset(tmp_path)
     (root / "images" / "dog" / "d.jpg").unlink()
-    with pytest.raises(DatasetError, match=r"1 of 2 test images are missing .*dog/d\.jpg"):
+    with pytest.raises(DatasetError, match=r"1 of 2 test images are missing; first: .*dog/d\.jpg"):
         load_coop_dataset(root, "split_zhou_Pets.json", "images")
     assert load_coop_dataset(root, "split_zhou_Pets.json", "images", check_files=False).num_classes == 2
 

@@ -23,7 +23,7 @@ def test_per_query_ap_means_are_the_reported_metrics(same_set: bool, chunk: int)
     gallery = gen.normal(size=(40, 16)).astype(np.float32)
     query = gallery if same_set else gen.normal(size=(23, 16)).astype(np.float32)
     qlabels = labels if same_set else labels[:23]
-    kw = {"same_set": same_set, "chunk": chunk}
+    kw = {"own": np.arange(40) if same_set else None, "chunk": chunk}
     pq = per_query_metrics(query, qlabels, gallery, labels, **kw)
     mean = retrieval_metrics(query, qlabels, gallery, labels, **kw)
     assert pq.ap.dtype == np.float64 and pq.ap.shape == (len(query),)

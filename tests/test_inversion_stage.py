@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -17,10 +18,15 @@ from conftest import stage_context
 from model_fixtures import tiny_clip, tiny_tokenizer
 
 import pipeline_lib.backbone.load as backbone_load
-from pipeline_lib.diagnose.retrieval import retrieval_metrics
+from pipeline_lib.data.revisited import RevisitedGroundTruth
+from pipeline_lib.datasets.config import DatasetsConfig
+from pipeline_lib.datasets.relevance import RelevantSets
+from pipeline_lib.diagnose.retrieval import per_query_metrics, retrieval_metrics
+from pipeline_lib.diagnose.revisited import revisited_metrics
 from pipeline_lib.engine.config import Config, RuntimeConfig
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.store import DONE
+from pipeline_lib.features.ground_truth import write_ground_truth
 from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.evaluate import select_step
 from pipeline_lib.inversion.jobs import STORE, query_subset
@@ -62,12 +68,12 @@ def _stores(fewshot: Path, texts: Path) -> None:
     })
 
 
-def _ctx(tmp_path: Path, stage: str) -> StageContext:
+def _ctx(tmp_path: Path, stage: str, **datasets: Any) -> StageContext:
     """An instance's real context (`oti@shapes` or `ovi@shapes`): synthetic feature stores published under `repo`,
-    outputs into `work`."""
+    outputs into `work`; `datasets` replaces entries of the datasets section."""
     item = {"image_dataset": "shapes"} if stage == "oti" else {"text_dataset": "shapes"}
-    ctx = stage_context(tmp_path / "repo", stage, Config(inversion=CFG, runtime=RuntimeConfig(processes=1)),
-                        tmp_path / "work", **item)
+    cfg = Config(inversion=CFG, runtime=RuntimeConfig(processes=1), datasets=DatasetsConfig(**datasets))
+    ctx = stage_context(tmp_path / "repo", stage, cfg, tmp_path / "work", **item)
     _stores(tmp_path / "repo/artifacts/features/fewshot/shapes", tmp_path / "repo/artifacts/features/texts/shapes")
     return ctx
 
@@ -187,6 +193,70 @@ def test_ovi_instance_writes_the_contracted_outputs(tmp_path: Path, tiny_backbon
     with ctx.plot("ovi_map_vs_step").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["step", "ovi_to_text", "text_to_text"] and [r["step"] for r in rows] == ["1", "2"]
+
+
+def _test_rows(ctx: StageContext, method: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test queries (rows of the query set) and their AP of one method at one step, from the per-query table."""
+    table = pl.read_parquet(ctx.output() / PER_QUERY_AP)
+    rows = table.filter(pl.col("method") == method, pl.col("step") == step, pl.col("split") == "test")
+    return rows["query"].to_numpy(), rows["ap"].to_numpy()
+
+
+def test_same_split_oti_drops_each_query_own_image(tmp_path: Path, tiny_backbone: list[Path]) -> None:
+    ctx = _ctx(tmp_path, "oti", image_retrieval={"shapes": {"query_split": "all", "gallery_split": "all"}})
+    gen = np.random.default_rng(2)  # unclustered features: retrieval is far from perfect, so a self-match shows
+    _write(ctx.input("features_fewshot") / "fewshot.zarr", {
+        f"{split}/{name}": data for split, n in (("train", 15), ("test", 18))
+        for name, data in (("image", gen.normal(size=(n, 128)).astype(np.float32)), ("label", np.arange(n) % 3))})
+    run_oti(ctx)
+    img = json.loads((ctx.output() / RETRIEVAL).read_text())["image"]
+    fs = zarr.open_group(ctx.input("features_fewshot") / "fewshot.zarr", mode="r")
+    images = np.concatenate([fs["train/image"][...], fs["test/image"][...]])  # "all": train, val, test in order
+    labels = np.concatenate([fs["train/label"][...], fs["test/label"][...]])
+    assert img["n_queries"] == 10 and img["n_gallery"] == 33
+    queries, ap = _test_rows(ctx, "image_to_image", -1)
+    want = per_query_metrics(images[queries], labels[queries], images, labels, own=queries)
+    assert ap == pytest.approx(want.ap, rel=1e-12)
+    kept = per_query_metrics(images[queries], labels[queries], images, labels)  # its own image left in: ranked first
+    assert (kept.recall_at_1 == 1).all() and kept.ap.mean() > ap.mean()
+
+
+def test_ovi_ranks_by_qrels_when_the_store_has_them(tmp_path: Path, tiny_backbone: list[Path]) -> None:
+    ctx = _ctx(tmp_path, "ovi")
+    store = ctx.input("features_text") / "retrieval_text.zarr"
+    sets = RelevantSets.from_lists([[0, 5], [1], [2, 3, 4]])  # not the groups: a qrels file's answer
+    group = zarr.open_group(store, mode="a").require_group("relevant")
+    group.create_array("offsets", data=sets.offsets)
+    group.create_array("index", data=sets.index)
+    run_ovi(ctx)
+    texts = zarr.open_group(store, mode="r")
+    queries, ap = _test_rows(ctx, "text_to_text", -1)
+    q, g = texts["query/text"][...], texts["gallery/text"][...]
+    want = per_query_metrics(q[queries], queries, g, np.zeros(len(g)), relevant=sets.subset(queries))
+    assert ap == pytest.approx(want.ap, rel=1e-12)
+
+
+def test_revisited_oti_reports_the_protocol_per_difficulty(tmp_path: Path, tiny_backbone: list[Path]) -> None:
+    ctx = _ctx(tmp_path, "oti")
+    fewshot = ctx.input("features_fewshot") / "fewshot.zarr"
+    n_db = zarr.open_group(fewshot, mode="r")["train/label"].shape[0]
+    gen = np.random.default_rng(1)
+    rows = [gen.permutation(n_db)[:6] for _ in range(18)]  # per query: 2 easy, 2 hard, 2 junk database images
+    gt = RevisitedGroundTruth(*(RelevantSets.from_lists([r[k:k + 2] for r in rows]) for k in (0, 2, 4)),
+                              n_database=n_db)
+    write_ground_truth(zarr.open_group(fewshot, mode="a"), gt)
+    run_oti(ctx)
+    img = json.loads((ctx.output() / RETRIEVAL).read_text())["image"]
+    assert "class_text_to_image" not in img  # a revisited "class" is only a search term
+    queries, ap = _test_rows(ctx, "image_to_image", -1)
+    fs = zarr.open_group(fewshot, mode="r")
+    q, g = fs["test/image"][...][queries], fs["train/image"][...]
+    medium = gt.subset(queries).medium()
+    assert ap == pytest.approx(per_query_metrics(q, queries, g, np.zeros(n_db), relevant=medium).ap)
+    want = revisited_metrics(q, g, gt.subset(queries))
+    assert img["revisited"]["image_to_image"] == pytest.approx(want)
+    headline = json.loads(ctx.metrics().read_text())["image"]["revisited"]["image_to_image"]
+    assert headline == {k: round(v, 2) for k, v in want.items() if k.startswith("map_")}
 
 
 def test_missing_store_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

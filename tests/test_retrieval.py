@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_lib.diagnose.retrieval import ranking, retrieval_metrics
+from pipeline_lib.datasets.relevance import RelevantSets
+from pipeline_lib.diagnose.retrieval import per_query_metrics, ranking, retrieval_metrics
 
 
 def _unit(*degrees: float) -> torch.Tensor:
@@ -40,9 +41,27 @@ def test_self_match_removal_on_the_same_set() -> None:
     x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
     labels = [0, 0, 1, 1]
     # per query (own item removed): AP 1, 1/2, 1/2, 1; AP@R 1, 0, 0, 1; R-prec 1, 0, 0, 1; R@1 1, 0, 0, 1
-    assert _metrics(x, labels, x, labels, same_set=True) == pytest.approx([0.75, 0.5, 0.5, 0.5])
-    assert ranking(x, x, same_set=True).tolist() == [[1, 2, 3], [2, 0, 3], [1, 3, 0], [2, 1, 0]]
+    own = np.arange(4)
+    assert _metrics(x, labels, x, labels, own=own) == pytest.approx([0.75, 0.5, 0.5, 0.5])
+    assert ranking(x, x, own=own).tolist() == [[1, 2, 3], [2, 0, 3], [1, 3, 0], [2, 1, 0]]
     assert _metrics(x, labels, x, labels)[3] == 1.0  # without removal every query finds itself first
+    # a subset of the queries keeps its own rows: queries 3 and 1 are gallery rows 3 and 1
+    assert _metrics(x[[3, 1]], [1, 0], x, labels, own=np.array([3, 1])) == pytest.approx([0.75, 0.5, 0.5, 0.5])
+
+
+def test_explicit_relevant_sets_match_labels_and_allow_overlap() -> None:
+    gen = np.random.default_rng(3)
+    q, g = gen.normal(size=(9, 5)).astype(np.float32), gen.normal(size=(14, 5)).astype(np.float32)
+    ql, gl = gen.integers(0, 3, 9), gen.integers(0, 3, 14)
+    gl[:3] = [0, 1, 2]  # every label has a gallery item
+    sets = RelevantSets.from_lists([np.flatnonzero(gl == label).tolist() for label in ql])
+    assert _metrics(q, ql, g, gl, relevant=sets, chunk=4) == pytest.approx(_metrics(q, ql, g, gl), abs=1e-12)
+    # qrels: gallery row 0 answers both queries; the labels play no part
+    x = _unit(0, 45, 90)
+    overlap = RelevantSets.from_lists([[0, 2], [0]])
+    pq = per_query_metrics(x[:2], [9, 9], x, [7, 7, 7], relevant=overlap)
+    assert pq.ap.tolist() == pytest.approx([(1 + 2 / 3) / 2, 1 / 2])  # query 1's order: g1, g0, g2
+    assert overlap.subset(np.array([1])).row(0).tolist() == [0]
 
 
 def _reference_ap(sims: np.ndarray, rel: np.ndarray) -> float:
@@ -77,5 +96,7 @@ def test_bad_inputs_are_named() -> None:
         retrieval_metrics(_unit(0), [5], _unit(0, 10), [0, 1])
     with pytest.raises(ValueError, match="must share D"):
         retrieval_metrics(torch.zeros(1, 3), [0], torch.zeros(2, 2), [0, 0])
-    with pytest.raises(ValueError, match="same_set"):
-        retrieval_metrics(_unit(0), [0], _unit(0, 1), [0, 0], same_set=True)
+    with pytest.raises(ValueError, match="own must be"):
+        retrieval_metrics(_unit(0), [0], _unit(0, 1), [0, 0], own=np.array([2]))
+    with pytest.raises(ValueError, match="relevant holds 2"):
+        retrieval_metrics(_unit(0), [0], _unit(0, 1), [0, 0], relevant=RelevantSets.from_lists([[0], [1]]))

@@ -30,6 +30,14 @@ def split_frame(paths: list[str], labels: list[int], classnames: list[str]) -> p
 _SHOW_MISSING = 5  # how many missing files an error lists
 
 
+def require_files(paths: list[str], listing: Path, what: str) -> None:
+    """Fail before any extraction when images a listing names are missing; the error shows the first few."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DatasetError(f"{listing}: {len(missing)} of {len(paths)} {what} images are missing; "
+                           f"first: {missing[:_SHOW_MISSING]}")
+
+
 @dataclass(frozen=True)
 class CoopDataset:
     """A loaded CoOp split file: class names in label order and one table per split (absolute image paths)."""
@@ -137,12 +145,7 @@ def load_coop_dataset(
     for name, rows in rows_by_split.items():
         paths = [os.path.join(image_root, relpath) for relpath, _, _ in rows]
         if check_files:
-            missing = [p for p in paths if not os.path.isfile(p)]
-            if missing:
-                raise DatasetError(
-                    f"{split_path}: {len(missing)} of {len(paths)} {name} images are missing under {image_root}; "
-                    f"first: {missing[:_SHOW_MISSING]}"
-                )
+            require_files(paths, split_path, name)
         splits[name] = split_frame(paths, [r[1] for r in rows], [r[2] for r in rows])
     logger.info(
         "loaded CoOp dataset %s: %d classes, %s",

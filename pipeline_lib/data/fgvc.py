@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline_lib.data.coop import CoopDataset, split_frame
+from pipeline_lib.data.coop import CoopDataset, require_files, split_frame
 from pipeline_lib.data.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,7 @@ def load_fgvc_dataset(root: str | Path, image_dir: str = "images", check_files: 
             labels.append(label[variant])
             names.append(variant)
         if check_files:
-            missing = [p for p in paths if not Path(p).is_file()]
-            if missing:
-                raise DatasetError(f"{listing}: {len(missing)} of {len(paths)} images are missing: {missing[:5]}")
+            require_files(paths, listing, split)
         splits[split] = split_frame(paths, labels, names)
     log.info("loaded FGVC-Aircraft %s: %d classes, %s", root, len(classnames),
              ", ".join(f"{n}={len(df)}" for n, df in splits.items()))

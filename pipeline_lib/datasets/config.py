@@ -34,14 +34,16 @@ class AugmentRecipe(AugmentConfig):
 class ClassificationDataset(NamedPaths):
     """One classification dataset in CoOp's layout: `root/image_dir/<relpath>` images and `root/split_file`
     (format coop); ImageNet's class folders `root/image_dir/{train,val}/<wnid>/` with `root/classnames_file`
-    (format imagenet; val = test); or FGVC-Aircraft's `variants.txt` and `images_variant_<split>.txt` lists
-    (format fgvc_aircraft)."""
+    (format imagenet; val = test); FGVC-Aircraft's `variants.txt` and `images_variant_<split>.txt` lists
+    (format fgvc_aircraft); CUB-200-2011's `images.txt` lists (format cub); Stanford Online Products'
+    `Ebay_{train,test}.txt` (format sop); or revisited Oxford / Paris, `gnd_<name>.pkl` with `jpg/` (format
+    revisited: train = the database, test = the queries; image retrieval only)."""
 
     # null = the shapes world the data stage generates (artifacts/data/fewshot/shapes); relative paths start at the
     # project folder, so a user points at e.g. /data/oxford_pets without touching code.
     root: str | None = None
     # coop: split json {"train"|"val"|"test": [[relpath, label, classname]]}
-    format: Literal["coop", "imagenet", "fgvc_aircraft"] = "coop"
+    format: Literal["coop", "imagenet", "fgvc_aircraft", "cub", "sop", "revisited"] = "coop"
     split_file: str = "split_zhou_Shapes.json"  # format coop
     classnames_file: str = "classnames.txt"  # format imagenet: "<wnid> <class name>" lines
     image_dir: str = "images"  # folder under root that the split's relpaths are relative to
@@ -81,36 +83,41 @@ class CzslDataset(NamedPaths):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
-Split = Literal["train", "val", "test"]
+#: A split of a classification entry's feature store, or "all" of them (train, val, test in that order).
+Split = Literal["train", "val", "test", "all"]
 
 
 class ImageRetrievalDataset(Section):
     """One image-retrieval benchmark: two splits of the `datasets.classification` entry of the same name, whose few-shot
-    store holds their image features (Cross-the-Gap's DASSL protocol: test images query the train images, relevant =
-    same class; spec 3.1)."""
+    store holds their image features. Relevant = same class (Cross-the-Gap's DASSL protocol: test images query the
+    train images; spec 3.1), or the revisited protocol's ground truth for a `revisited` entry (database = train,
+    queries = test). When both splits are the same (CUB all/all, SOP test/test) each query's own image is removed from
+    its ranking."""
 
     query_split: Split = "test"
     gallery_split: Split = "train"
 
-    @model_validator(mode="after")
-    def _distinct_splits(self) -> ImageRetrievalDataset:
-        if self.query_split == self.gallery_split:
-            raise ValueError(f"query_split = gallery_split = {self.query_split!r}: same-split retrieval (CUB all/all, "
-                             "SOP test/test) needs each query's own item removed from its ranking, which is not "
-                             "implemented; use two different splits")
-        return self
-
 
 class TextRetrievalDataset(NamedPaths):
-    """One text-retrieval benchmark: query texts, gallery texts and the group that makes a gallery text relevant.
+    """One text-retrieval benchmark: query texts, gallery texts and what makes a gallery text relevant (spec 3.1).
 
-    `table`: a parquet with columns text, group, split ("query" | "gallery"). `karpathy`: Karpathy's caption file
-    (`dataset_coco.json`, `dataset_flickr30k.json`): of each image in `split`, the first caption is a query and the
-    others are its gallery texts (relevant = same image; spec 3.1)."""
+    `table`: a parquet with columns text, group, split ("query" | "gallery"), relevant = same group. `karpathy`:
+    Karpathy's caption file (`dataset_coco.json`, `dataset_flickr30k.json`): of each image in `split`, the first
+    caption is a query and the others are its gallery texts (relevant = same image). `coco_captions`: a COCO-style
+    caption file (NoCaps' `nocaps_val_4500_captions.json`), same first-caption rule. `newsgroups`: the 20news-bydate
+    folder, one description per newsgroup queries the `split` documents. `imdb`: the aclImdb folder, "a positive /
+    negative review of a movie." query all 50k reviews. `nanobeir`: one NanoBEIR set's folder (corpus, queries,
+    qrels parquet files), relevant = its qrels. Long gallery texts are truncated to the text encoder's context
+    (the paper summarised them with an LLM first)."""
 
-    path: str | None = None  # null = the data stage's shapes paraphrases (artifacts/data/retrieval/texts.parquet)
-    format: Literal["table", "karpathy"] = "table"
-    split: str = "test"  # karpathy: the images whose captions are used (COCO: test; Flickr30k: val in the paper)
+    # a file (table, karpathy, coco_captions) or folder (newsgroups, imdb, nanobeir); null = the data stage's shapes
+    # paraphrases (artifacts/data/retrieval/texts.parquet)
+    path: str | None = None
+    format: Literal["table", "karpathy", "coco_captions", "newsgroups", "imdb", "nanobeir"] = "table"
+    split: str = "test"  # karpathy: the images whose captions are used (COCO: test; Flickr30k: val in the paper);
+    # newsgroups: the bydate split whose documents form the gallery
+    # newsgroups: a json {newsgroup: description} (relative to the dataset folder) replacing the built-in queries
+    descriptions: str | None = None
 
 
 def _check_names(kind: str, names: list[str]) -> None:
@@ -151,7 +158,12 @@ class DatasetsConfig(Section):
             if source is None:
                 raise ValueError(f"image_retrieval.{name}: no datasets.classification entry {name!r} (its feature "
                                  f"store holds the query and gallery images; listed: {', '.join(self.classification)})")
-            if "train" in (entry.query_split, entry.gallery_split) and not source.train_features:
+            splits = (entry.query_split, entry.gallery_split)
+            if ("train" in splits or "all" in splits) and not source.train_features:
                 raise ValueError(f"image_retrieval.{name} reads train images, which classification.{name} does not "
                                  "extract (set its train_features: true)")
+            if source.format == "revisited" and splits != ("test", "train"):
+                raise ValueError(f"image_retrieval.{name}: a revisited dataset's queries are its test split and its "
+                                 f"database its train split; got query_split={splits[0]!r}, "
+                                 f"gallery_split={splits[1]!r}")
         return self

@@ -18,6 +18,18 @@ def load_classification(entry: ClassificationDataset, source: Path, check_files:
         from pipeline_lib.data.fgvc import load_fgvc_dataset
 
         return load_fgvc_dataset(source, entry.image_dir, check_files=check_files)
+    if entry.format == "cub":
+        from pipeline_lib.data.cub import load_cub_dataset
+
+        return load_cub_dataset(source, entry.image_dir, check_files=check_files)
+    if entry.format == "sop":
+        from pipeline_lib.data.sop import load_sop_dataset
+
+        return load_sop_dataset(source, entry.image_dir, check_files=check_files)
+    if entry.format == "revisited":
+        from pipeline_lib.data.revisited import load_revisited_dataset
+
+        return load_revisited_dataset(source, check_files=check_files)
     from pipeline_lib.data.coop import load_coop_dataset
 
     return load_coop_dataset(source, entry.split_file, entry.image_dir, check_files=check_files)

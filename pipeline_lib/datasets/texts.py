@@ -1,36 +1,61 @@
-"""Text-retrieval benchmarks as one table: each row a text, its side (`split`: "query" | "gallery") and the group that
-makes a gallery text relevant to a query (same group), whatever the file on disk looks like."""
+"""Text-retrieval benchmarks as one structure (`RetrievalTexts`: query and gallery texts, their groups, explicit
+relevance where a benchmark has qrels), whatever the files on disk look like: the project's own table and Karpathy's
+caption files here, the other real formats in `text_formats`."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from pipeline_lib.datasets.config import TextRetrievalDataset
+from pipeline_lib.datasets.text_formats import (
+    RetrievalTexts,
+    load_coco_captions,
+    load_imdb,
+    load_nanobeir,
+    load_newsgroups,
+)
 
 SIDES = ("query", "gallery")
+#: formats whose `path` is a folder rather than one file
+FOLDER_FORMATS = ("newsgroups", "imdb", "nanobeir")
 
 
-def load_retrieval_texts(entry: TextRetrievalDataset, source: Path
-                         ) -> tuple[pl.DataFrame, np.ndarray, list[str] | None]:
-    """The benchmark's rows (columns text, group, split), its groups as int64 ids and their names (None when the
-    file's groups are integers already)."""
-    if not source.is_file():
-        raise FileNotFoundError(f"text-retrieval file {source} not found (the path of its datasets.text_retrieval "
-                                "entry)")
-    df = _karpathy(source, entry.split) if entry.format == "karpathy" else _table(source)
-    if df["group"].dtype.is_integer():
-        return df, df["group"].cast(pl.Int64).to_numpy(), None
-    names = sorted(str(g) for g in df["group"].unique().to_list())
+def load_retrieval_texts(entry: TextRetrievalDataset, source: Path) -> RetrievalTexts:
+    """The benchmark of a `datasets.text_retrieval` entry, read from `source` (its resolved path)."""
+    folder = entry.format in FOLDER_FORMATS
+    if not (source.is_dir() if folder else source.is_file()):
+        raise FileNotFoundError(f"text-retrieval {'folder' if folder else 'file'} {source} not found (the path of "
+                                f"its datasets.text_retrieval entry, format {entry.format})")
+    return LOADERS[entry.format](entry, source)
+
+
+def _descriptions(entry: TextRetrievalDataset, source: Path) -> dict[str, str] | None:
+    """The entry's own newsgroup descriptions (a json {newsgroup: text}, relative to the dataset folder), if any."""
+    if entry.descriptions is None:
+        return None
+    path = source / entry.descriptions  # an absolute path stays as it is
+    if not path.is_file():
+        raise FileNotFoundError(f"newsgroup descriptions {path} not found (descriptions of its datasets.text_retrieval "
+                                "entry, relative to the dataset folder)")
+    return dict(json.loads(path.read_text()))
+
+
+def group_ids(texts: RetrievalTexts) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Query and gallery groups as int64 ids into one sorted list of group names."""
+    names = sorted(set(texts.query_groups) | set(texts.gallery_groups))
     lookup = {g: i for i, g in enumerate(names)}
-    return df, np.array([lookup[str(g)] for g in df["group"].to_list()], dtype=np.int64), names
+    as_ids = [np.array([lookup[g] for g in groups], dtype=np.int64)
+              for groups in (texts.query_groups, texts.gallery_groups)]
+    return as_ids[0], as_ids[1], names
 
 
-def _table(source: Path) -> pl.DataFrame:
-    """A parquet with columns text, group, split."""
+def _table(source: Path) -> RetrievalTexts:
+    """A parquet with columns text, group, split ("query" | "gallery"); relevant = same group."""
     df = pl.read_parquet(source)
     missing = {"text", "group", "split"} - set(df.columns)
     if missing:
@@ -38,21 +63,46 @@ def _table(source: Path) -> pl.DataFrame:
     bad = set(df["split"].unique().to_list()) - set(SIDES)
     if bad:
         raise ValueError(f"{source}: split values {sorted(bad)}; expected 'query' or 'gallery'")
-    return df
+    sides = [df.filter(pl.col("split") == side) for side in SIDES]
+    return RetrievalTexts(query=sides[0]["text"].to_list(), gallery=sides[1]["text"].to_list(),
+                          query_groups=[_group(g) for g in sides[0]["group"].to_list()],
+                          gallery_groups=[_group(g) for g in sides[1]["group"].to_list()])
 
 
-def _karpathy(source: Path, split: str) -> pl.DataFrame:
+def _group(value: object) -> str:
+    """A group as text; integer groups zero-padded so their sorted names keep numeric order."""
+    return f"{value:012d}" if isinstance(value, int) else str(value)
+
+
+def _karpathy(source: Path, split: str) -> RetrievalTexts:
     """Karpathy's caption file: of each image in `split`, the first caption queries its other captions (spec 3.1),
     grouped by the image's file name."""
     images = [im for im in json.loads(source.read_text()).get("images", []) if im.get("split") == split]
     if not images:
         raise ValueError(f"{source}: no image of split {split!r} (the split of its datasets.text_retrieval entry)")
-    rows: list[tuple[str, str, str]] = []
+    query: list[str] = []
+    gallery: list[str] = []
+    query_groups: list[str] = []
+    gallery_groups: list[str] = []
     for im in images:
         captions = [s["raw"].strip() for s in im["sentences"]]
         if len(captions) < 2:
             raise ValueError(f"{source}: image {im.get('filename')!r} has {len(captions)} caption(s); a query needs "
                              "at least one gallery caption of its image")
         group = str(im.get("filename", im.get("imgid")))
-        rows += [(text, group, "query" if i == 0 else "gallery") for i, text in enumerate(captions)]
-    return pl.DataFrame(rows, schema=["text", "group", "split"], orient="row")
+        query.append(captions[0])
+        query_groups.append(group)
+        gallery += captions[1:]
+        gallery_groups += [group] * (len(captions) - 1)
+    return RetrievalTexts(query=query, gallery=gallery, query_groups=query_groups, gallery_groups=gallery_groups)
+
+
+#: format -> loader of (entry, resolved path)
+LOADERS: dict[str, Callable[[TextRetrievalDataset, Path], RetrievalTexts]] = {
+    "table": lambda entry, source: _table(source),
+    "karpathy": lambda entry, source: _karpathy(source, entry.split),
+    "coco_captions": lambda entry, source: load_coco_captions(source),
+    "newsgroups": lambda entry, source: load_newsgroups(source, entry.split, _descriptions(entry, source)),
+    "imdb": lambda entry, source: load_imdb(source),
+    "nanobeir": lambda entry, source: load_nanobeir(source),
+}

@@ -2,10 +2,11 @@
 
 Both sides are L2-normalised and ranked by cosine similarity in fp32 (fp16/bf16 similarities reorder near-ties and
 move the metrics by ~1e-3). Ties are broken by a stable sort on descending similarity: among equal scores the gallery
-item that comes first in gallery order ranks first. Relevance is "same label". When query and gallery are the same
-set (`same_set=True`, rows aligned), each query's own item is removed from its ranking and from its relevant count.
-AP counts every relevant gallery item, whatever its score, and a query with no relevant item is an error rather than
-a silent zero. Computation is vectorised over queries and chunked over them to bound memory at (chunk, gallery).
+item that comes first in gallery order ranks first. Relevance is "same label", or explicit per-query sets of relevant
+gallery rows (`relevant`, e.g. a benchmark's qrels). When query and gallery come from the same set, each query's own
+gallery row (`own`) is removed from its ranking and from its relevant count (CUB all/all, SOP test/test). AP counts
+every relevant gallery item, whatever its score, and a query with no relevant item is an error rather than a silent
+zero. Computation is vectorised over queries and chunked over them to bound memory at (chunk, gallery).
 
 `retrieval_metrics` gives the means; `per_query_metrics` gives the per-query values they are the means of (e.g. for a
 bootstrap over queries, or for the means over a subset of the queries).
@@ -22,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline_lib.datasets.relevance import RelevantSets
+
 log = logging.getLogger(__name__)
 
-__all__ = ["PerQueryMetrics", "RetrievalMetrics", "per_query_metrics", "ranking", "retrieval_metrics"]
+__all__ = ["PerQueryMetrics", "RelevantSets", "RetrievalMetrics", "per_query_metrics", "ranking", "retrieval_metrics"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,10 @@ class PerQueryMetrics:
 
 
 def _as_tensor(x: np.ndarray | Tensor) -> Tensor:
-    return x if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x))
+    if isinstance(x, Tensor):
+        return x
+    a = np.asarray(x)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())  # read-only views (polars, zarr) are copied
 
 
 def _rank(sims: Tensor, own: Tensor | None) -> Tensor:
@@ -74,10 +80,11 @@ def _rank(sims: Tensor, own: Tensor | None) -> Tensor:
     return order[:, :-1] if own is not None else order
 
 
-def ranking(query: Tensor, gallery: Tensor, *, same_set: bool = False) -> Tensor:
-    """(Q, G') gallery indices in rank order (stable on ties); with `same_set` each query's own item is dropped."""
+def ranking(query: Tensor, gallery: Tensor, *, own: np.ndarray | None = None) -> Tensor:
+    """(Q, G') gallery indices in rank order (stable on ties); with `own` (Q,) each query's own gallery row is
+    dropped."""
     sims = F.normalize(query.float(), dim=-1) @ F.normalize(gallery.float(), dim=-1).T  # (Q, G)
-    return _rank(sims, torch.arange(len(query)) if same_set else None)
+    return _rank(sims, None if own is None else torch.tensor(np.asarray(own), dtype=torch.int64))
 
 
 def _chunk_stats(rel: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -103,18 +110,20 @@ def retrieval_metrics(
     gallery: np.ndarray | Tensor,
     gallery_labels: np.ndarray | Tensor,
     *,
-    same_set: bool = False,
+    own: np.ndarray | None = None,
+    relevant: RelevantSets | None = None,
     chunk: int = 1024,
     device: torch.device | str = "cpu",
 ) -> RetrievalMetrics:
-    """Mean retrieval metrics of `query` (Q, D) against `gallery` (G, D), relevant = same label.
+    """Mean retrieval metrics of `query` (Q, D) against `gallery` (G, D), relevant = same label or `relevant`.
 
-    `same_set` says the query rows *are* the gallery rows (same items, same order): each query's own item is then
-    removed from its ranking. Similarities and ranks are computed in fp32 on `device`, `chunk` queries at a time.
+    `own` (Q,) gives each query's own gallery row when queries are drawn from the gallery set (same split): it is
+    removed from the query's ranking. `relevant` replaces "same label" by explicit sets (the labels are then only
+    checked for shape). Similarities and ranks are computed in fp32 on `device`, `chunk` queries at a time.
     """
     sums = torch.zeros(4, dtype=torch.float64)
     n = 0
-    for stats in _query_stats(query, query_labels, gallery, gallery_labels, same_set=same_set, chunk=chunk,
+    for stats in _query_stats(query, query_labels, gallery, gallery_labels, own=own, relevant=relevant, chunk=chunk,
                               device=device):
         n += len(stats[0])
         for i, stat in enumerate(stats):
@@ -129,7 +138,8 @@ def per_query_metrics(
     gallery: np.ndarray | Tensor,
     gallery_labels: np.ndarray | Tensor,
     *,
-    same_set: bool = False,
+    own: np.ndarray | None = None,
+    relevant: RelevantSets | None = None,
     chunk: int = 1024,
     device: torch.device | str = "cpu",
 ) -> PerQueryMetrics:
@@ -138,7 +148,7 @@ def per_query_metrics(
     The same computation as `retrieval_metrics`, whose values are the means of these (up to float64 summation order).
     """
     parts: list[list[Tensor]] = [[], [], [], []]
-    for stats in _query_stats(query, query_labels, gallery, gallery_labels, same_set=same_set, chunk=chunk,
+    for stats in _query_stats(query, query_labels, gallery, gallery_labels, own=own, relevant=relevant, chunk=chunk,
                               device=device):
         for i, stat in enumerate(stats):
             parts[i].append(stat.double().cpu())
@@ -151,7 +161,8 @@ def _query_stats(
     gallery: np.ndarray | Tensor,
     gallery_labels: np.ndarray | Tensor,
     *,
-    same_set: bool,
+    own: np.ndarray | None,
+    relevant: RelevantSets | None,
     chunk: int,
     device: torch.device | str,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
@@ -165,14 +176,21 @@ def _query_stats(
             f"labels must be (Q,) and (G,); got {tuple(ql.shape)} for {q.shape[0]} queries and {tuple(gl.shape)} "
             f"for {g.shape[0]} gallery items"
         )
-    if same_set and q.shape[0] != g.shape[0]:
-        raise ValueError(f"same_set=True needs as many queries as gallery items; got {q.shape[0]} and {g.shape[0]}")
+    own_t = None if own is None else torch.tensor(np.asarray(own), dtype=torch.int64)
+    if own_t is not None and (own_t.shape != (q.shape[0],) or bool((own_t < 0).any() | (own_t >= g.shape[0]).any())):
+        raise ValueError(f"own must be (Q,) = ({q.shape[0]},) gallery rows in [0, {g.shape[0]}); got shape "
+                         f"{tuple(own_t.shape)}")
+    if relevant is not None and len(relevant) != q.shape[0]:
+        raise ValueError(f"relevant holds {len(relevant)} queries' sets for {q.shape[0]} queries")
     if q.shape[0] == 0:
         raise ValueError("no queries to evaluate")
     for lo in range(0, q.shape[0], chunk):
         hi = min(lo + chunk, q.shape[0])
         qc, qlc = q[lo:hi].to(device), ql[lo:hi].to(device)
         sims = F.normalize(qc.float(), dim=-1) @ F.normalize(g.float(), dim=-1).T  # (q, G)
-        order = _rank(sims, torch.arange(lo, hi, device=device) if same_set else None)  # (q, G')
-        rel = gl[order] == qlc.unsqueeze(1)  # (q, G') relevance in rank order
+        order = _rank(sims, None if own_t is None else own_t[lo:hi].to(device))  # (q, G')
+        if relevant is None:
+            rel = gl[order] == qlc.unsqueeze(1)  # (q, G') relevance in rank order
+        else:
+            rel = relevant.mask(lo, hi, g.shape[0]).to(device).gather(1, order)
         yield _chunk_stats(rel)

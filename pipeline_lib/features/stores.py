@@ -3,7 +3,7 @@
   fewshot.zarr         {train,val,test}/image|label|index (train only with train_features), text/*, clip/*
   k<K>/support.zarr    train/image|views|label|index of the images one few-shot sample draws, sampling/labels
   czsl.zarr            {train,val,test}/image|attr|obj|pair[|tokens]
-  retrieval_text.zarr  {query,gallery}/text|group
+  retrieval_text.zarr  {query,gallery}/text|group, relevant/offsets|index (qrels benchmarks)
 Image groups are written in resumable shard blocks (layout in pipeline_lib.engine.store): a killed run continues from
 its last finished block and ends with the same arrays as an uninterrupted run.
 """
@@ -23,7 +23,8 @@ import polars as pl
 import zarr
 
 from pipeline_lib.datasets.config import ClassificationDataset, TextRetrievalDataset
-from pipeline_lib.datasets.texts import load_retrieval_texts
+from pipeline_lib.datasets.relevance import RelevantSets
+from pipeline_lib.datasets.texts import group_ids, load_retrieval_texts
 from pipeline_lib.engine.stage_keys import EXTRACTION
 from pipeline_lib.engine.store import ArraySpec, BlockGroup, provenance, write_whole
 from pipeline_lib.features.config import AugmentConfig
@@ -184,6 +185,11 @@ def write_fewshot_store(
     write_whole(cg, "logit_scale", np.asarray(logit_scale(model), dtype=np.float32))
 
     out: dict[str, Any] = {"classes": len(ds.classnames), "prompts_per_class": text.prompt_count.tolist()}
+    if entry.format == "revisited":  # relevance is per query: it travels with the features it describes
+        from pipeline_lib.data.revisited import load_revisited_ground_truth
+        from pipeline_lib.features.ground_truth import write_ground_truth
+
+        write_ground_truth(top, load_revisited_ground_truth(source))
     for g in fewshot_groups(run, store, ds, source, entry):
         out[g.name] = run.image_group(g)
     top.attrs.update(
@@ -254,34 +260,38 @@ def write_czsl_store(run: ExtractionRun, store: Path, source: Path, check_sizes:
 
 def write_retrieval_text_store(run: ExtractionRun, store: Path, source: Path, entry: TextRetrievalDataset
                                ) -> dict[str, Any]:
-    """retrieval_text.zarr: raw projected features of query and gallery texts, and their meaning groups."""
-    df, groups, group_names = load_retrieval_texts(entry, source)
+    """retrieval_text.zarr: raw projected features of query and gallery texts, their groups and, for a benchmark
+    with qrels, each query's relevant gallery rows (`relevant/offsets`, `relevant/index`)."""
+    texts = load_retrieval_texts(entry, source)
+    query_groups, gallery_groups, group_names = group_ids(texts)
     c, model = run.cfg, run.backbone.model
     dim = text_projection(model).shape[1]
     out: dict[str, Any] = {}
-    splits = df["split"].to_numpy()
-    for split in ("query", "gallery"):
-        mask = splits == split
-        texts = df.filter(pl.col("split") == split)["text"].to_list()
-        n = len(texts)
+    for split, rows, groups in (("query", texts.query, query_groups), ("gallery", texts.gallery, gallery_groups)):
+        n = len(rows)
         bg = BlockGroup.create_or_resume(
             store,
             split,
             [ArraySpec("text", (n, dim), c.dtype), ArraySpec("group", (n,), "int64")],
             c.rows_per_chunk,
             c.rows_per_shard,
-            plan=run.plan(split=_digest([texts, groups[mask].tolist()])),
+            plan=run.plan(split=_digest([rows, groups.tolist()])),
         )
         t0 = time.perf_counter()
         for b in bg.pending():
             start, stop = bg.rows(b)
             feats, _ = encode_texts(
-                model, run.backbone.tokenizer, texts[start:stop], run.device, c.batch_size, eos=False, amp=c.amp
+                model, run.backbone.tokenizer, rows[start:stop], run.device, c.batch_size, eos=False, amp=c.amp
             )
-            bg.write_block(b, {"text": feats, "group": groups[mask][start:stop]})
+            bg.write_block(b, {"text": feats, "group": groups[start:stop]})
             if run.on_block is not None:
                 run.on_block(store.name, split, b)
         out[split] = {"rows": n, "seconds": round(time.perf_counter() - t0, 3)}
     top = zarr.open_group(str(store), mode="a")
+    if texts.relevant is not None:
+        sets = RelevantSets.from_lists(texts.relevant)
+        rg = top.require_group("relevant")
+        write_whole(rg, "offsets", sets.offsets)
+        write_whole(rg, "index", sets.index)
     top.attrs.update({"group_names": group_names, "provenance": store_provenance(run, source)})
     return out

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 from torch import Tensor
 
+from pipeline_lib.datasets.relevance import RelevantSets
 from pipeline_lib.diagnose.retrieval import PerQueryMetrics, per_query_metrics
 
 SPLITS = ("val", "test")
@@ -85,18 +86,22 @@ def evaluate_direction(
     *,
     is_val: np.ndarray,
     chunk: int,
+    own: np.ndarray | None = None,
+    relevant: RelevantSets | None = None,
 ) -> tuple[dict[str, Any], pl.DataFrame]:
     """Metrics of one direction (the metrics JSON's `image` / `text` entry, less its extras) and its per-query AP.
 
     `targets` (Q, D) are the raw query features (ranked for `baseline`), `snapshots` (Q, S, D) the inverted features
     at `steps` (ranked for `inverted`), `is_val` (Q,) the validation mask. Headline rows (the baseline, `inverted` at
     `final_step` and `{inverted}_selected` at the validation-selected step) are means over the test queries;
-    `by_step` holds the mAP per step over each split.
+    `by_step` holds the mAP per step over each split. `own` and `relevant` are as in
+    `pipeline_lib.diagnose.retrieval.per_query_metrics` (same-split benchmarks; explicit relevance).
     """
     is_val = np.asarray(is_val, dtype=bool)
     is_test = ~is_val
-    base = per_query_metrics(targets, labels, gallery, gallery_labels, chunk=chunk)
-    per_step = {int(s): per_query_metrics(snapshots[:, i], labels, gallery, gallery_labels, chunk=chunk)
+    kw: dict[str, Any] = {"chunk": chunk, "own": own, "relevant": relevant}
+    base = per_query_metrics(targets, labels, gallery, gallery_labels, **kw)
+    per_step = {int(s): per_query_metrics(snapshots[:, i], labels, gallery, gallery_labels, **kw)
                 for i, s in enumerate(steps)}
     by_split = {split: {s: pq.mean(mask).map for s, pq in per_step.items()}
                 for split, mask in zip(SPLITS, (is_val, is_test), strict=True)}

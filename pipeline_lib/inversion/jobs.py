@@ -7,6 +7,7 @@ the same job from the same inputs, so a block a worker writes is the block the s
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +15,12 @@ import numpy as np
 import torch
 from open_clip.model import CLIP
 
+from pipeline_lib.data.revisited import RevisitedGroundTruth
 from pipeline_lib.datasets.config import ImageRetrievalDataset
+from pipeline_lib.datasets.relevance import RelevantSets
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.store import lazy_array, open_store, read_array
+from pipeline_lib.features.ground_truth import GROUND_TRUTH, read_ground_truth
 from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.oti import Tokenizer, run_oti
 from pipeline_lib.inversion.ovi import run_ovi
@@ -36,6 +40,25 @@ class ImageRetrieval:
     gallery: np.ndarray  # (Gi, D) features of the gallery split's images
     gallery_labels: np.ndarray  # (Gi,)
     class_text: np.ndarray | None  # (C, D) class prompt features (text-image reference), row c = label c
+    same_set: bool = False  # query rows are the gallery rows (CUB all/all): each query's own image leaves its ranking
+    ground_truth: RevisitedGroundTruth | None = None  # revisited Oxford / Paris: relevance per query, not per class
+
+    def own(self, query_index: np.ndarray) -> np.ndarray | None:
+        """The gallery rows of the queries `query_index` when they are gallery images too, else None."""
+        return np.asarray(query_index, dtype=np.int64) if self.same_set else None
+
+
+def store_splits(split: str, present: Iterable[str]) -> list[str]:
+    """The store groups a retrieval split reads: itself, or for "all" every split present in train, val, test order."""
+    have = set(present)
+    return [s for s in ("train", "val", "test") if s in have] if split == "all" else [split]
+
+
+def _read_split(fewshot: Path, groups: list[str], d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image features (N, D) and labels (N,) of the store groups `groups`, concatenated in order."""
+    feats = [read_array(fewshot, f"{g}/image", (None, d)) for g in groups]
+    labels = [read_array(fewshot, f"{g}/label", (len(f),)) for g, f in zip(groups, feats, strict=True)]
+    return np.concatenate(feats), np.concatenate(labels)
 
 
 @dataclass(frozen=True)
@@ -46,10 +69,13 @@ class TextRetrieval:
     query_groups: np.ndarray  # (Qt,)
     gallery: np.ndarray  # (Gt, D)
     gallery_groups: np.ndarray  # (Gt,)
+    relevant: RelevantSets | None = None  # qrels (NanoBEIR): each query's relevant gallery rows; None = same group
 
 
 def load_image_retrieval(fewshot_dir: Path, entry: ImageRetrievalDataset) -> ImageRetrieval:
-    """The query and gallery splits of the few-shot store in `fewshot_dir` (a `features_fewshot` instance).
+    """The query and gallery splits of the few-shot store in `fewshot_dir` (a `features_fewshot` instance), with the
+    revisited ground truth when the store holds one (class prompts are then left out: a revisited "class" is only a
+    Flickr search term).
 
     `pipeline_lib.engine.store.read_array` refuses half-written groups, so a crashed features run is never evaluated,
     and checks every feature array against the width D of the store's clip/text_projection (W, D) (of test/image in
@@ -57,32 +83,36 @@ def load_image_retrieval(fewshot_dir: Path, entry: ImageRetrievalDataset) -> Ima
     """
     fewshot = fewshot_dir / "fewshot.zarr"
     fs = open_store(fewshot)  # a clear error when the features stage has not run
-    for split in (entry.query_split, entry.gallery_split):
-        if split not in fs:
+    groups = {split: store_splits(split, fs.group_keys()) for split in (entry.query_split, entry.gallery_split)}
+    for split, names in groups.items():
+        if not names or any(g not in fs for g in names):
             raise KeyError(f"{fewshot} has no {split!r} split (the image-retrieval entry's query or gallery split)")
     d = lazy_array(fewshot, "clip/text_projection" if "clip/text_projection" in fs else "test/image").shape[-1]
     class_text = read_array(fewshot, "text/class_proj", (None, d)) if "text/class_proj" in fs else None
-    query, gallery = (read_array(fewshot, f"{s}/image", (None, d)) for s in (entry.query_split, entry.gallery_split))
-    return ImageRetrieval(
-        query=query,
-        query_labels=read_array(fewshot, f"{entry.query_split}/label", (len(query),)),
-        gallery=gallery,
-        gallery_labels=read_array(fewshot, f"{entry.gallery_split}/label", (len(gallery),)),
-        class_text=class_text,
-    )
+    query, query_labels = _read_split(fewshot, groups[entry.query_split], d)
+    gallery, gallery_labels = _read_split(fewshot, groups[entry.gallery_split], d)
+    ground_truth = read_ground_truth(fewshot) if GROUND_TRUTH in fs else None
+    return ImageRetrieval(query=query, query_labels=query_labels, gallery=gallery, gallery_labels=gallery_labels,
+                          class_text=None if ground_truth is not None else class_text,
+                          same_set=entry.query_split == entry.gallery_split, ground_truth=ground_truth)
 
 
 def load_text_retrieval(texts_dir: Path) -> TextRetrieval:
     """The query and gallery texts of the retrieval-text store in `texts_dir` (a `features_text` instance)."""
     store = texts_dir / "retrieval_text.zarr"
-    open_store(store)  # a clear error when the features stage has not run
+    top = open_store(store)  # a clear error when the features stage has not run
     query = read_array(store, "query/text")  # (Qt, D)
     gallery = read_array(store, "gallery/text", (None, query.shape[-1]))
+    relevant = None
+    if "relevant" in top:
+        relevant = RelevantSets(read_array(store, "relevant/offsets", (len(query) + 1,)),
+                                read_array(store, "relevant/index"))
     return TextRetrieval(
         query=query,
         query_groups=read_array(store, "query/group", (len(query),)),
         gallery=gallery,
         gallery_groups=read_array(store, "gallery/group", (len(gallery),)),
+        relevant=relevant,
     )
 
 

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline_lib.data.revisited import RevisitedGroundTruth
 from pipeline_lib.diagnose.retrieval import retrieval_metrics
+from pipeline_lib.diagnose.revisited import revisited_metrics
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.io import write_csv, write_json
 from pipeline_lib.engine.parallel import run_shards_in_processes
@@ -74,7 +76,14 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
             full = metrics[side]
             out[side] = {m: {"map": round(full[m]["map"], 4)} for m in (baseline, inverted, f"{inverted}_selected")}
             out[side]["selected_step"] = full["selected_step"]
+            if "revisited" in full:  # revisited Oxford / Paris: the protocol's mAP per difficulty
+                out[side]["revisited"] = {m: {k: _round(v) for k, v in by.items() if k.startswith("map_")}
+                                          for m, by in full["revisited"].items()}
     return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
 
 
 def _metrics(q: np.ndarray | Tensor, ql: np.ndarray, g: np.ndarray, gl: np.ndarray, chunk: int) -> dict[str, float]:
@@ -97,10 +106,14 @@ def oti_and_evaluate(job: InversionJob, inputs: ImageRetrieval, cfg: InversionCo
     qi, targets = job.query_index, job.targets
     ql, g, gl = inputs.query_labels[qi], inputs.gallery, inputs.gallery_labels
     snaps = np.asarray(group["snapshots"][...])  # (Q, S, D)
+    gt = None if inputs.ground_truth is None else inputs.ground_truth.subset(qi)
+    is_val = direction_split("image", ql, cfg.val_fraction, cfg.seed)
     metrics, frame = evaluate_direction(
         "image", "image_to_image", "oti_to_image", targets, snaps, cfg.oti.recorded_steps, cfg.oti.steps, ql, g, gl,
-        qi, is_val=direction_split("image", ql, cfg.val_fraction, cfg.seed), chunk=cfg.query_chunk)
+        qi, is_val=is_val, chunk=cfg.query_chunk, own=inputs.own(qi), relevant=None if gt is None else gt.medium())
     metrics["oti_final_loss"] = float(np.mean(group["losses"][:, -1]))
+    if gt is not None:
+        metrics["revisited"] = _revisited(gt, targets, snaps, metrics, cfg, g, ~is_val)
     if inputs.class_text is not None:  # reference: one class prompt per class as the query (no query split)
         classes = np.unique(gl)
         metrics["class_text_to_image"] = _metrics(inputs.class_text[classes], classes, g, gl, cfg.query_chunk)
@@ -115,13 +128,28 @@ def ovi_and_evaluate(job: InversionJob, inputs: TextRetrieval, cfg: InversionCon
     group, seconds = _invert(job, out.folder / STORE, device, progress)
     qt = job.query_index
     ql, g, gl = inputs.query_groups[qt], inputs.gallery, inputs.gallery_groups
+    relevant = None if inputs.relevant is None else inputs.relevant.subset(qt)
     metrics, frame = evaluate_direction(
         "text", "text_to_text", "ovi_to_text", job.targets, np.asarray(group["snapshots"][...]),
         cfg.ovi.recorded_steps, cfg.ovi.steps, ql, g, gl, qt,
-        is_val=direction_split("text", ql, cfg.val_fraction, cfg.seed), chunk=cfg.query_chunk)
+        is_val=direction_split("text", ql, cfg.val_fraction, cfg.seed), chunk=cfg.query_chunk, relevant=relevant)
     metrics["ovi_final_loss"] = float(np.mean(group["losses"][:, -1]))
     out.write({"text": metrics}, frame, "ovi_to_text", "text_to_text")
     return _summary("ovi", len(qt), seconds, metrics, "text_to_text", "ovi_to_text")
+
+
+def _revisited(gt: RevisitedGroundTruth, targets: np.ndarray, snaps: np.ndarray, metrics: dict[str, Any],
+               cfg: InversionConfig, gallery: np.ndarray, is_test: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """The revisited protocol's mAP (Easy / Medium / Hard) and mP@k over the test queries: image->image, OTI at the
+    final and at the validation-selected step (the headline `map` of a revisited set is plain AP against its Easy +
+    Hard images; these are the numbers its papers report)."""
+    steps = list(cfg.oti.recorded_steps)
+    test = np.flatnonzero(is_test)
+    sub = gt.subset(test)
+    rows = {"image_to_image": targets, "oti_to_image": snaps[:, steps.index(cfg.oti.steps)],
+            "oti_to_image_selected": snaps[:, steps.index(metrics["selected_step"])]}
+    out = {name: revisited_metrics(q[test], gallery, sub, chunk=cfg.query_chunk) for name, q in rows.items()}
+    return {name: {k: None if v != v else v for k, v in m.items()} for name, m in out.items()}  # NaN: no positive
 
 
 def _summary(name: str, queries: int, seconds: float, metrics: dict[str, Any], baseline: str, inverted: str

@@ -103,8 +103,8 @@ class PlanInputs:
         if name not in self._texts:
             entry = self.cfg.datasets.text_retrieval[name]
             path = self.source(entry.path, TEXTS_DEFAULT)
-            split = load_retrieval_texts(entry, path)[0]["split"] if path.is_file() else None
-            self._texts[name] = None if split is None else {s: int((split == s).sum()) for s in ("query", "gallery")}
+            texts = load_retrieval_texts(entry, path) if path.exists() else None
+            self._texts[name] = None if texts is None else {"query": len(texts.query), "gallery": len(texts.gallery)}
         return self._texts[name]
 
 
@@ -183,7 +183,8 @@ def fewshot_run(p: PlanInputs, inst: StageInstance) -> Work:
 def oti(p: PlanInputs, inst: StageInstance) -> Work:
     inv, name = p.cfg.inversion, inst.item["image_dataset"]
     sizes, entry = p.classification(name), p.cfg.datasets.image_retrieval[name]
-    queries = {"train": len(sizes.train_labels), "val": sizes.val, "test": sizes.test}[entry.query_split]
+    per_split = {"train": len(sizes.train_labels), "val": sizes.val, "test": sizes.test}
+    queries = sum(per_split.values()) if entry.query_split == "all" else per_split[entry.query_split]
     return Work(((OTI_STEPS, int(min(queries, inv.max_queries or math.inf)) * inv.oti.steps),), note="OTI")
 
 
