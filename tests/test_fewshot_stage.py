@@ -161,3 +161,23 @@ def test_support_rows_are_the_drawn_images_and_a_store_for_fewer_shots_is_refuse
     np.testing.assert_array_equal(got_labels, labels[idx])
     with pytest.raises(KeyError, match="6-shot sample of seed 1"):
         support_views(tmp_path / "s1.zarr", 6, 1, views.shape[-1])
+
+
+def test_the_search_worker_gets_copies_and_the_training_inputs_keep_their_memory(published):
+    """Pickling a tensor for a process pool moves its storage into shared memory, in the pool's feeder thread, while
+    SeMoBridge-T trains on the same tensors here: the worker must get copies, so the tensors the training reads
+    never change storage under it."""
+    from pipeline_lib.engine.parallel import started_pool
+    from pipeline_lib.fewshot.evaluate import evaluate_seed
+    from pipeline_lib.fewshot.stage import load_bridge, load_inputs
+
+    root, cfg, _, _, _ = published
+    inp, _ = load_inputs(root / "artifacts/features/fewshot/shapes/fewshot.zarr",
+                         root / "artifacts/features/support/shapes/s1/k2/support.zarr", 2, 1, cfg.augment_epochs)
+    fit = load_bridge(root / "artifacts/fewshot_bridge/shapes")
+    tensors = [inp.support, inp.text_proj, inp.w_txt, inp.val_raw, fit.pinv]
+    pointers = [t.data_ptr() for t in tensors]
+    with started_pool(1) as pool:
+        evaluate_seed(inp, fit, cfg, 1, "cpu", pool)
+    assert [t.data_ptr() for t in tensors] == pointers
+    assert not any(t.is_shared() for t in tensors)

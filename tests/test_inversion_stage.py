@@ -29,7 +29,7 @@ from pipeline_lib.engine.store import DONE
 from pipeline_lib.features.ground_truth import write_ground_truth
 from pipeline_lib.inversion.config import InversionConfig
 from pipeline_lib.inversion.evaluate import select_step
-from pipeline_lib.inversion.jobs import STORE, query_subset
+from pipeline_lib.inversion.jobs import STORE, instance_config, query_subset
 from pipeline_lib.inversion.outputs import PER_QUERY_AP, RETRIEVAL
 from pipeline_lib.inversion.stage import run_oti, run_ovi, similarity_histogram
 
@@ -257,6 +257,17 @@ def test_revisited_oti_reports_the_protocol_per_difficulty(tmp_path: Path, tiny_
     assert img["revisited"]["image_to_image"] == pytest.approx(want)
     headline = json.loads(ctx.metrics().read_text())["image"]["revisited"]["image_to_image"]
     assert headline == {k: round(v, 2) for k, v in want.items() if k.startswith("map_")}
+
+
+def test_ovi_takes_the_reference_p_of_the_backbone(tmp_path: Path) -> None:
+    inversion = InversionConfig(ovi={"num_patches": "reference"})
+    for model, pretrained, p in (("ViT-L-14", "openai", 4), ("ViT-B-32-quickgelu", "openai", 1),
+                                 ("ViT-L-14", "datacomp_xl_s13b_b90k", 2)):
+        cfg = Config(inversion=inversion, backbone={"model": model, "pretrained": pretrained})
+        ovi = stage_context(tmp_path, "ovi", cfg, tmp_path / "w", text_dataset="shapes")
+        assert instance_config(ovi).ovi.num_patches == p
+    oti = stage_context(tmp_path, "oti", Config(inversion=inversion), tmp_path / "w", image_dataset="shapes")
+    assert instance_config(oti) is oti.cfg.inversion  # OTI does not read P: the tiny backbone is fine there
 
 
 def test_missing_store_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

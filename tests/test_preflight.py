@@ -66,6 +66,8 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
         (("fewshot.atoll=0.3",), "no such key (known here: atol,"),
         (("datasets.classification.shapes.root=/no/such/folder",), "no such file or folder"),
         (("backbone.model=NotAModel-B-99",), "not an open_clip model name"),
+        # OVI's reference P exists for the reference backbones only
+        (("inversion.ovi.num_patches=reference",), "no reference P for backbone bf-tiny-vit-32"),
         # an image-retrieval entry reads its classification entry's store
         (("datasets.classification={}",), "image_retrieval.shapes: no datasets.classification entry 'shapes'"),
         # a suite without classification datasets run in full: the stages pinned to one cannot run

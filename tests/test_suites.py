@@ -81,7 +81,8 @@ def semobridge(tmp_path_factory: pytest.TempPathFactory) -> Path:
 #: The retrieval suite at smoke size: two queries per dataset, two optimisation steps each way.
 GAP_SMOKE = ("backbone.model=ViT-S-32", "backbone.pretrained=null", "inversion.max_queries=2",
              "inversion.oti.steps=2", "inversion.oti.snapshot_steps=[1,2]", "inversion.ovi.steps=2",
-             "inversion.ovi.snapshot_steps=[1,2]", "inversion.plot_steps=[1]", "features.batch_size=16")
+             "inversion.ovi.snapshot_steps=[1,2]", "inversion.plot_steps=[1]", "features.batch_size=16",
+             "inversion.ovi.num_patches=2")  # the profile's "reference" P has no random ViT-S/32 entry
 
 
 @pytest.fixture(scope="module")

@@ -141,6 +141,17 @@ def backbone_problems(cfg: Config) -> list[str]:
     return [f"backbone.model = {name!r}: not an open_clip model name ({hint})"]
 
 
+def ovi_problems(cfg: Config) -> list[str]:
+    """OVI's reference P asked for a backbone that has none (only when text-retrieval datasets are listed)."""
+    if not cfg.datasets.text_retrieval:
+        return []
+    try:
+        cfg.inversion.ovi.patches(cfg.backbone.model, cfg.backbone.pretrained)
+    except ValueError as err:
+        return [str(err)]
+    return []
+
+
 def preflight(root: Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = (),
               require_dvc_keys: bool = False) -> Config:
     """The validated config, or ParamsError listing every problem (key, value, what is allowed)."""
@@ -151,7 +162,7 @@ def preflight(root: Path, profile: str | None = None, overrides: list[str] | tup
     if problems:
         raise ParamsError("invalid params:\n  " + "\n  ".join(problems))
     cfg = load_config(root, profile, overrides)
-    problems = dataset_problems(cfg) + missing_paths(root, cfg) + backbone_problems(cfg)
+    problems = dataset_problems(cfg) + missing_paths(root, cfg) + backbone_problems(cfg) + ovi_problems(cfg)
     if problems:
         raise ParamsError("invalid params:\n  " + "\n  ".join(problems))
     return cfg

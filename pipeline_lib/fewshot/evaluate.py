@@ -11,6 +11,7 @@ Methods (each a registry entry, spec 4-6 plus controls):
 
 from __future__ import annotations
 
+import copy
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
@@ -143,7 +144,10 @@ def evaluate_seed(inp: FewshotInputs, fit: BridgeFit, cfg: FewshotConfig, seed: 
         free = training_free(inp, fit, cfg, seed)
         t_part = trained(inp, fit, cfg, seed, device)
     else:
-        future = pool.submit(training_free, inp, fit, cfg, seed)
+        # The worker gets copies: pickling a tensor for a process pool moves its storage into shared memory (torch's
+        # reducers), in the pool's feeder thread, while the training below reads the same tensors: a race that
+        # changed SeMoBridge-T's results now and then.
+        future = pool.submit(training_free, copy.deepcopy(inp), copy.deepcopy(fit), cfg, seed)
         with torch_threads(torch.get_num_threads() - 1):
             t_part = trained(inp, fit, cfg, seed, device)
         free = future.result()

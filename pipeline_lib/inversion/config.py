@@ -7,6 +7,8 @@ pseudo-patch, fp16 autocast + GradScaler on CUDA, last iterate kept.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from pipeline_lib.engine.configbase import Section
@@ -62,6 +64,16 @@ class OtiConfig(OptimConfig):
         return value
 
 
+#: P of the reference OVI configs per open_clip (model, pretrained tag) (spec 2.1; SLIP is not an open_clip model).
+REFERENCE_PATCHES: dict[tuple[str, str], int] = {
+    ("ViT-B-32", "openai"): 1,
+    ("ViT-L-14", "openai"): 4,
+    ("ViT-B-32", "datacomp_xl_s13b_b90k"): 1,
+    ("ViT-L-14", "datacomp_xl_s13b_b90k"): 2,
+    ("ViT-B-16-SigLIP", "webli"): 4,
+}
+
+
 class OviConfig(OptimConfig):
     """Optimization-based Visual Inversion: pseudo-patches whose image feature matches a query text's feature."""
 
@@ -69,8 +81,20 @@ class OviConfig(OptimConfig):
     steps: int = Field(1000, ge=1)
     snapshot_steps: tuple[int, ...] = (1, 10, 50, 100, 250, 500, 1000)
     # P = 1 pseudo-patch (reference ViT-B/32 configs), repeated over the whole patch grid; P > 1 fills contiguous
-    # runs of patches (patch i uses pseudo-patch floor(i * P / N)).
-    num_patches: int = Field(1, ge=1)
+    # runs of patches (patch i uses pseudo-patch floor(i * P / N)). "reference": the reference config's P of the
+    # backbone (REFERENCE_PATCHES), so a suite keeps the paper's P when its backbone changes.
+    num_patches: Annotated[int, Field(ge=1)] | Literal["reference"] = 1
+
+    def patches(self, model: str, pretrained: str | None) -> int:
+        """P for the backbone `model` / `pretrained` (open_clip names; a -quickgelu suffix is the same model)."""
+        if self.num_patches != "reference":
+            return self.num_patches
+        key = (model.removesuffix("-quickgelu"), str(pretrained))
+        if key not in REFERENCE_PATCHES:
+            known = ", ".join(f"{m} {t}" for m, t in REFERENCE_PATCHES)
+            raise ValueError(f"inversion.ovi.num_patches=reference: no reference P for backbone {model} {pretrained} "
+                             f"(known: {known}); give num_patches as a number")
+        return REFERENCE_PATCHES[key]
 
 
 class InversionConfig(Section):

@@ -169,6 +169,16 @@ def load_instance_inputs(ctx: StageContext) -> ImageRetrieval | TextRetrieval:
     return load_text_retrieval(ctx.input("features_text"))
 
 
+def instance_config(ctx: StageContext) -> InversionConfig:
+    """The `inversion` settings of an instance, with an OVI instance's P resolved for the run's backbone (the stage
+    and its shard workers build their job from this, so both use the same P)."""
+    cfg: InversionConfig = ctx.cfg.inversion
+    if ctx.inst.stage.name != "ovi" or cfg.ovi.num_patches != "reference":
+        return cfg
+    p = cfg.ovi.patches(ctx.cfg.backbone.model, ctx.cfg.backbone.pretrained)
+    return cfg.model_copy(update={"ovi": cfg.ovi.model_copy(update={"num_patches": p})})
+
+
 def instance_job(model: CLIP, tokenizer: Tokenizer, inputs: ImageRetrieval | TextRetrieval, cfg: InversionConfig
                  ) -> InversionJob:
     """The one inversion of an instance: OTI of image queries or OVI of text queries."""

@@ -16,7 +16,14 @@ from typing import Any
 
 from pipeline_lib.engine.context import StageContext
 from pipeline_lib.engine.shards import Shard, per_thread, split_blocks
-from pipeline_lib.inversion.jobs import STORE, InversionJob, instance_job, load_instance_inputs, prepare_model
+from pipeline_lib.inversion.jobs import (
+    STORE,
+    InversionJob,
+    instance_config,
+    instance_job,
+    load_instance_inputs,
+    prepare_model,
+)
 from pipeline_lib.inversion.runner import open_run, run_blocks
 
 
@@ -27,7 +34,7 @@ def _job(ctx: StageContext) -> tuple[InversionJob, Path]:
     inputs = load_instance_inputs(ctx)
     backbone = load_published_backbone(ctx.input("backbone"), ctx.device)
     model = prepare_model(backbone.model, ctx.device)
-    return instance_job(model, backbone.tokenizer, inputs, ctx.cfg.inversion), ctx.output() / STORE
+    return instance_job(model, backbone.tokenizer, inputs, instance_config(ctx)), ctx.output() / STORE
 
 
 def plan_shards(ctx: StageContext, files_per_shard: int = 1) -> list[Shard]:

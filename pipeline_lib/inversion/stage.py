@@ -41,6 +41,7 @@ from pipeline_lib.inversion.jobs import (
     ImageRetrieval,
     InversionJob,
     TextRetrieval,
+    instance_config,
     instance_job,
     load_instance_inputs,
     prepare_model,
@@ -232,14 +233,15 @@ def _run(ctx: StageContext, plots: tuple[Path, ...]) -> dict[str, Any]:
     from pipeline_lib.backbone.load import load_published_backbone
 
     inputs = load_instance_inputs(ctx)  # cheap, so a missing store fails before the model loads
+    cfg = instance_config(ctx)  # and a backbone without a reference P
     processes = ctx.cfg.runtime.processes
     if processes > 1 and ctx.device.type == "cpu":  # OTI/OVI blocks of a small model: one core each beats threads
         run_shards_in_processes(ctx, plan_shards, invert_shard, processes)
     backbone = load_published_backbone(ctx.input("backbone"), ctx.device)
     model = prepare_model(backbone.model, ctx.device)
-    job = instance_job(model, backbone.tokenizer, inputs, ctx.cfg.inversion)
+    job = instance_job(model, backbone.tokenizer, inputs, cfg)
     out = Outputs(ctx.output(), ctx.metrics(), plots)
     progress: Progress = lambda it, total, desc: ctx.progress(it, total=total, desc=desc)  # noqa: E731
     if isinstance(inputs, ImageRetrieval):
-        return oti_and_evaluate(job, inputs, ctx.cfg.inversion, out, ctx.device, progress)
-    return ovi_and_evaluate(job, inputs, ctx.cfg.inversion, out, ctx.device, progress)
+        return oti_and_evaluate(job, inputs, cfg, out, ctx.device, progress)
+    return ovi_and_evaluate(job, inputs, cfg, out, ctx.device, progress)
