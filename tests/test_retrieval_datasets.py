@@ -4,6 +4,7 @@ image-retrieval splits a params entry may name, and every text format through th
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,17 @@ def test_newsgroup_descriptions_of_your_own_replace_the_built_in_queries(tmp_pat
     assert load_retrieval_texts(entry, path).query == ["pictures", "cars", "rockets"]
     with pytest.raises(FileNotFoundError, match="relative to the dataset folder"):
         load_retrieval_texts(entry.model_copy(update={"descriptions": "nope.json"}), path)
+
+
+def test_nanobeir_summaries_replace_the_corpus_and_a_code_carrying_pickle_is_refused(tmp_path: Path) -> None:
+    path = write_nanobeir(tmp_path)
+    summaries = {d: f"summary of {d}" for d in ("4983", "5836", "7912", "18670")}
+    (path / "summarized_text.pkl").write_bytes(pickle.dumps(summaries))
+    entry = TextRetrievalDataset(path=str(path), format="nanobeir", summaries="summarized_text.pkl")
+    assert load_retrieval_texts(entry, path).gallery == [f"summary of {d}" for d in summaries]
+    (path / "summarized_text.pkl").write_bytes(pickle.dumps({"4983": "only one"}))
+    with pytest.raises(DatasetError, match="3 document.s. without a summary"):
+        load_retrieval_texts(entry, path)
+    (path / "summarized_text.pkl").write_bytes(pickle.dumps({"4983": Path("x")}))  # a global: refused, not run
+    with pytest.raises(DatasetError, match="disallowed global pathlib"):
+        load_retrieval_texts(entry, path)

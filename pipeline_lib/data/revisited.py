@@ -10,10 +10,8 @@ shows, and must never be used as retrieval relevance.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,25 +21,12 @@ import numpy as np
 
 from pipeline_lib.data.coop import CoopDataset, split_frame
 from pipeline_lib.data.errors import DatasetError
+from pipeline_lib.data.safe_pickle import NUMPY_GLOBALS, load_pickle
 from pipeline_lib.datasets.relevance import RelevantSets
 
 log = logging.getLogger(__name__)
 
-# The only globals a ground-truth pickle may name: numpy's array/scalar reconstruction (numpy 1 and 2 module paths),
-# and _codecs.encode, which protocol-2 pickles written by Python 3 use to rebuild the arrays' bytes (data only).
-_ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
-_ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 _SHOW_MISSING = 5
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Refuses every global but numpy's reconstruction helpers, so a crafted pickle cannot run code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED:
-            raise DatasetError(f"ground-truth pickle names the disallowed global {module}.{name}")
-        # numpy 2 renamed numpy.core to numpy._core (the old path still imports, with a deprecation warning)
-        return getattr(importlib.import_module(module.replace("numpy.core.", "numpy._core.", 1)), name)
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,11 +85,7 @@ def _read_pickle(root: Path) -> tuple[Path, list[str], list[str], list[dict[str,
     found = sorted(root.glob("gnd_*.pkl"))
     if len(found) != 1:
         raise DatasetError(f"expected exactly one gnd_*.pkl in {root}, found {[p.name for p in found]}")
-    try:
-        with found[0].open("rb") as f:
-            raw = _NumpyOnlyUnpickler(f, encoding="latin1").load()  # latin1: numpy arrays from Python 2 pickles
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as exc:
-        raise DatasetError(f"cannot read ground-truth pickle {found[0]}: {exc}") from exc
+    raw = load_pickle(found[0], "ground-truth pickle", NUMPY_GLOBALS)
     if not isinstance(raw, dict) or not {"imlist", "qimlist", "gnd"} <= set(raw):
         raise DatasetError(f"{found[0]}: expected a dict with keys imlist, qimlist, gnd")
     imlist, qimlist, gnd = raw["imlist"], raw["qimlist"], raw["gnd"]

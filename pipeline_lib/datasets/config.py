@@ -107,8 +107,8 @@ class TextRetrievalDataset(NamedPaths):
     caption file (NoCaps' `nocaps_val_4500_captions.json`), same first-caption rule. `newsgroups`: the 20news-bydate
     folder, one description per newsgroup queries the `split` documents. `imdb`: the aclImdb folder, "a positive /
     negative review of a movie." query all 50k reviews. `nanobeir`: one NanoBEIR set's folder (corpus, queries,
-    qrels parquet files), relevant = its qrels. Long gallery texts are truncated to the text encoder's context
-    (the paper summarised them with an LLM first)."""
+    qrels parquet files), relevant = its qrels. Long gallery texts are truncated to the text encoder's context; the
+    paper summarised them with an LLM first, and NanoBEIR's `summaries` reads those summaries."""
 
     # a file (table, karpathy, coco_captions) or folder (newsgroups, imdb, nanobeir); null = the data stage's shapes
     # paraphrases (artifacts/data/retrieval/texts.parquet)
@@ -118,6 +118,9 @@ class TextRetrievalDataset(NamedPaths):
     # newsgroups: the bydate split whose documents form the gallery
     # newsgroups: a json {newsgroup: description} (relative to the dataset folder) replacing the built-in queries
     descriptions: str | None = None
+    # nanobeir: a pickle {corpus _id: summary} (relative to the dataset folder) replacing the corpus texts, e.g. the
+    # paper's Llama-3.2-1B summaries (its `summarized_text.pkl` of the set), so the gallery is the paper's
+    summaries: str | None = None
 
 
 def _check_names(kind: str, names: list[str]) -> None:

@@ -59,8 +59,9 @@ NEWSGROUP_DESCRIPTIONS: dict[str, str] = {
     "talk.politics.misc": "A political discussion about government, taxes and public policy.",
     "talk.religion.misc": "A discussion about religion, religious beliefs, cults and morality.",
 }
-"""One query per newsgroup, written for THIS project: the paper's authors used hand-written descriptions that are not
-published, so numbers obtained with these are not directly comparable with theirs."""
+"""One query per newsgroup, written for this project. The paper's own descriptions are in the authors' code, which
+this project does not copy: to reproduce their protocol, put them in a json and name it in the entry's
+`descriptions`."""
 
 IMDB_QUERIES = {"pos": "a positive review of a movie.", "neg": "a negative review of a movie."}
 _IMDB_NAME = re.compile(r"(\d+)_(\d+)\.txt")  # <review id>_<rating 1-10>.txt
@@ -151,9 +152,10 @@ def load_imdb(path: Path) -> RetrievalTexts:
     return _checked(RetrievalTexts(list(IMDB_QUERIES.values()), gallery, list(IMDB_QUERIES), gallery_groups), path)
 
 
-def load_nanobeir(path: Path) -> RetrievalTexts:
+def load_nanobeir(path: Path, summaries: dict[str, str] | None = None) -> RetrievalTexts:
     """One NanoBEIR set as on the Hugging Face hub (`<path>/{corpus,queries,qrels}/*.parquet`): the queries with qrels
-    against the whole corpus, relevance from qrels (the groups are ids, for reference only)."""
+    against the whole corpus, relevance from qrels (the groups are ids, for reference only). `summaries` ({corpus
+    _id: text}, the paper's LLM summaries) replace the corpus texts, every document's."""
     corpus = _parquets(path / "corpus", ("_id", "text"))
     queries = _parquets(path / "queries", ("_id", "text"))
     qrels = _parquets(path / "qrels", ("query-id", "corpus-id"))
@@ -164,6 +166,12 @@ def load_nanobeir(path: Path) -> RetrievalTexts:
     if "title" in corpus.columns:  # BEIR's optional title column, often empty
         titles = corpus["title"].to_list()
         docs = [f"{title}. {text}" if title else text for title, text in zip(titles, docs, strict=True)]
+    if summaries is not None:
+        missing = [d for d in doc_ids if d not in summaries]
+        if missing:
+            raise DatasetError(f"{path / 'corpus'}: {len(missing)} document(s) without a summary, first {missing[:5]}; "
+                               "expected the summaries of this set's whole corpus")
+        docs = [str(summaries[d]) for d in doc_ids]
     index = {d: i for i, d in enumerate(doc_ids)}
     if len(index) != len(doc_ids):
         raise DatasetError(f"{path / 'corpus'}: duplicate _id values; expected one row per document")

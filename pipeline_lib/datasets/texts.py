@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from pipeline_lib.data.errors import DatasetError
+from pipeline_lib.data.safe_pickle import load_pickle
 from pipeline_lib.datasets.config import TextRetrievalDataset
 from pipeline_lib.datasets.text_formats import (
     RetrievalTexts,
@@ -43,6 +45,20 @@ def _descriptions(entry: TextRetrievalDataset, source: Path) -> dict[str, str] |
         raise FileNotFoundError(f"newsgroup descriptions {path} not found (descriptions of its datasets.text_retrieval "
                                 "entry, relative to the dataset folder)")
     return dict(json.loads(path.read_text()))
+
+
+def _summaries(entry: TextRetrievalDataset, source: Path) -> dict[str, str] | None:
+    """The entry's corpus summaries (a pickle {corpus _id: text}, relative to the dataset folder), if any."""
+    if entry.summaries is None:
+        return None
+    path = source / entry.summaries
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus summaries {path} not found (summaries of its datasets.text_retrieval entry, "
+                                "relative to the dataset folder)")
+    raw = load_pickle(path, "corpus summaries")  # a plain dict of strings: no global may be named
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise DatasetError(f"{path}: expected a dict {{corpus _id: summary text}}")
+    return raw
 
 
 def group_ids(texts: RetrievalTexts) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -104,5 +120,5 @@ LOADERS: dict[str, Callable[[TextRetrievalDataset, Path], RetrievalTexts]] = {
     "coco_captions": lambda entry, source: load_coco_captions(source),
     "newsgroups": lambda entry, source: load_newsgroups(source, entry.split, _descriptions(entry, source)),
     "imdb": lambda entry, source: load_imdb(source),
-    "nanobeir": lambda entry, source: load_nanobeir(source),
+    "nanobeir": lambda entry, source: load_nanobeir(source, _summaries(entry, source)),
 }
